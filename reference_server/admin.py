@@ -1,0 +1,143 @@
+"""The admin HTTP plane (aiohttp): provisioning under a bearer token, plus /metrics and /healthz.
+
+Provisioning goes through the writer like every other change, so it is ordered with the sends around it
+and durable before the response. A request that fails validation writes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reference_server import protocol
+from reference_server.store import AdminError, AdminJob, ChangeMembers, CreateGroups, CreateUsers
+
+if TYPE_CHECKING:
+    from reference_server.server import ChatServer
+
+MAX_BULK = 1_000_000
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _bad(status: int, message: str) -> web.Response:
+    return _json({"error": message}, status)
+
+
+def _ids(value: Any, what: str) -> list[int]:
+    if type(value) is not list or any(type(v) is not int or not 0 <= v <= protocol.MAX_ID for v in value):
+        raise AdminError(400, f"{what} must be a list of integer ids in [0, 2**63)")
+    if len(value) > MAX_BULK:
+        raise AdminError(400, f"{what}: at most {MAX_BULK} per request")
+    return value
+
+
+def build_app(server: ChatServer) -> web.Application:
+    config = server.config
+    token = f"Bearer {config.admin_token}".encode()
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/admin/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, token):
+                return _bad(401, "admin endpoints need 'Authorization: Bearer <admin token>'")
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        except AdminError as exc:
+            return _bad(exc.status, str(exc))
+
+    async def body(request: web.Request) -> dict[str, Any]:
+        try:
+            data = orjson.loads(await request.read())
+        except orjson.JSONDecodeError as exc:
+            raise AdminError(400, f"body is not valid JSON: {exc}") from None
+        if type(data) is not dict:
+            raise AdminError(400, "body must be a JSON object")
+        return data
+
+    async def run(job: AdminJob) -> dict[str, object]:
+        if not server.logic.accepting:
+            raise AdminError(503, "server is shutting down")
+        server.store.submit(job)
+        return await job.future
+
+    async def create_users(request: web.Request) -> web.Response:
+        data = await body(request)
+        if "ids" in data:
+            uids = _ids(data["ids"], "ids")
+        else:
+            first, count = data.get("first"), data.get("count")
+            if type(first) is not int or type(count) is not int or first < 0 or not 0 < count <= MAX_BULK:
+                raise AdminError(400, f"give 'ids' (a list) or 'first' and 'count' (1..{MAX_BULK})")
+            uids = list(range(first, first + count))
+        result = await run(CreateUsers(server.loop, uids))
+        if data.get("tokens"):
+            result["tokens"] = {str(u): protocol.user_token(config.secret, u) for u in uids}
+        return _json(result)
+
+    async def create_groups(request: web.Request) -> web.Response:
+        data = await body(request)
+        raw = data.get("groups")
+        if type(raw) is not list or not raw:
+            raise AdminError(400, "'groups' must be a non-empty list of {gid, members}")
+        groups = []
+        for g in raw:
+            if type(g) is not dict or type(g.get("gid")) is not int or not 0 <= g["gid"] <= protocol.MAX_ID:
+                raise AdminError(400, "each group needs an integer 'gid' in [0, 2**63)")
+            groups.append((g["gid"], _ids(g.get("members", []), f"members of group {g['gid']}")))
+        return _json(await run(CreateGroups(server.loop, groups)))
+
+    async def change_members(request: web.Request) -> web.Response:
+        gid = _path_id(request, "gid")
+        data = await body(request)
+        add = _ids(data.get("add", []), "add")
+        remove = _ids(data.get("remove", []), "remove")
+        return _json(await run(ChangeMembers(server.loop, gid, add, remove)))
+
+    async def get_group(request: web.Request) -> web.Response:
+        gid = _path_id(request, "gid")
+        group = server.store.directory.groups.get(gid)
+        if group is None:
+            raise AdminError(404, f"no group {gid}")
+        return _json({"gid": gid, "members": len(group.members), "max_seq": group.max_seq})
+
+    async def user_token(request: web.Request) -> web.Response:
+        uid = _path_id(request, "uid")
+        if uid not in server.store.directory.users:
+            raise AdminError(404, f"no user {uid}")
+        return _json({"uid": uid, "token": protocol.user_token(config.secret, uid)})
+
+    async def metrics(request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(server.metrics.registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok = server.logic.accepting and server.store.failed is None
+        return _json({"status": "ok" if ok else "stopping", "modes": config.modes(),
+                      "connections": len(server.gateway.online), "ws_port": server.gateway.port},
+                     200 if ok else 503)
+
+    app = web.Application(middlewares=[errors], client_max_size=256 * 1024 * 1024)
+    app.router.add_post("/admin/users", create_users)
+    app.router.add_get("/admin/users/{uid}/token", user_token)
+    app.router.add_post("/admin/groups", create_groups)
+    app.router.add_get("/admin/groups/{gid}", get_group)
+    app.router.add_post("/admin/groups/{gid}/members", change_members)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _path_id(request: web.Request, name: str) -> int:
+    raw = request.match_info[name]
+    if not raw.isdigit() or int(raw) > protocol.MAX_ID:
+        raise AdminError(400, f"{name} must be an integer id")
+    return int(raw)

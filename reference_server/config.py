@@ -1,0 +1,105 @@
+"""One frozen ServerConfig: modes by name, limits, timeouts. Built from CLI flags, each with an env var."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from reference_server import protocol
+
+DEV_SECRET = "chatbench-dev-secret"
+DEV_ADMIN_TOKEN = "chatbench-dev-admin"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    # Endpoints
+    host: str = "127.0.0.1"
+    port: int = 8765  # WebSocket
+    admin_port: int = 8766  # HTTP admin plane, /metrics, /healthz
+    # Auth
+    secret: str = DEV_SECRET
+    admin_token: str = DEV_ADMIN_TOKEN
+    # Modes (one module per mode; names checked against each package's registry)
+    storage: str = "read"
+    unread: str = "seq"
+    offline: str = "pull"
+    fanout: str = "local"
+    # Storage
+    db_path: Path = Path("var/chat.db")
+    sqlite_synchronous: str = "full"  # full: durable across power loss; normal: across process crash only
+    max_batch: int = 512  # messages per group-commit transaction
+    # Limits (None = no limit)
+    max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
+    max_body_chars: int = protocol.DEFAULT_MAX_BODY_CHARS
+    send_rate: float | None = 50.0  # messages/s per connection (token bucket)
+    send_burst: int = 100
+    max_send_queue_bytes: int = 4 * 1024 * 1024  # per connection; past it: close 4001 slow consumer
+    # Timeouts
+    idle_timeout_s: float = 75.0  # nothing received for this long: close 4000
+    shutdown_grace_s: float = 5.0
+    # Runtime
+    use_uvloop: bool = True
+    log_level: str = "INFO"
+
+    def modes(self) -> dict[str, str]:
+        return {"storage": self.storage, "unread": self.unread, "offline": self.offline, "fanout": self.fanout}
+
+
+_HELP: dict[str, str] = {
+    "host": "address to listen on",
+    "port": "WebSocket port",
+    "admin_port": "admin HTTP port (also /metrics and /healthz)",
+    "secret": "HMAC secret for user tokens",
+    "admin_token": "bearer token of the admin plane",
+    "storage": "storage mode",
+    "unread": "unread-count mode",
+    "offline": "offline-delivery mode",
+    "fanout": "online-push mode",
+    "db_path": "SQLite database file",
+    "sqlite_synchronous": "SQLite synchronous setting: full or normal",
+    "max_batch": "max messages per group-commit transaction",
+    "max_frame_bytes": "max inbound WebSocket frame size",
+    "max_body_chars": "max message body length",
+    "send_rate": "max sends per second per connection (0 = unlimited)",
+    "send_burst": "send-rate bucket size",
+    "max_send_queue_bytes": "per-connection send-queue bound",
+    "idle_timeout_s": "close connections silent for this many seconds",
+    "shutdown_grace_s": "seconds to flush on SIGTERM",
+    "use_uvloop": "run on uvloop",
+    "log_level": "logging level",
+}
+
+_CHOICES: dict[str, list[str]] = {"sqlite_synchronous": ["full", "normal"]}
+
+
+def env_name(field: str) -> str:
+    return "CHAT_" + field.upper()
+
+
+def add_arguments(parser: argparse.ArgumentParser, mode_choices: dict[str, list[str]]) -> None:
+    """Add one flag per config field; each defaults to its env var (CHAT_<FIELD>) or the built-in default."""
+    defaults = ServerConfig()
+    for f in fields(ServerConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        env = os.environ.get(env_name(f.name))
+        help_text = f"{_HELP[f.name]} (env {env_name(f.name)}; default {default})"
+        choices = mode_choices.get(f.name) or _CHOICES.get(f.name)
+        if isinstance(default, bool):
+            value = default if env is None else env.lower() in ("1", "true", "yes", "on")
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value, help=help_text)
+            continue
+        kind: Any = type(default) if default is not None else float
+        parser.add_argument(flag, type=kind, default=kind(env) if env is not None else default, choices=choices,
+                            help=help_text)
+
+
+def from_args(ns: argparse.Namespace) -> ServerConfig:
+    values = {f.name: getattr(ns, f.name) for f in fields(ServerConfig)}
+    if values["send_rate"] is not None and values["send_rate"] <= 0:
+        values["send_rate"] = None
+    return ServerConfig(**values)

@@ -1,0 +1,178 @@
+"""The logic layer: requests in, the send pipeline, replies out.
+
+Send path: validate → writer (seq → storage → unread → offline, one transaction) → ack + fan-out.
+Every request gets exactly one reply frame (its result or an ``error`` with a stable code); a bad frame
+never affects the connection or anyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from reference_server import protocol
+from reference_server.directory import Directory, Group
+from reference_server.fanout import Fanout
+from reference_server.gateway import Conn, ws_frame
+from reference_server.metrics import ServerMetrics
+from reference_server.protocol import (
+    Delete,
+    ErrorCode,
+    GroupState,
+    Message,
+    Ping,
+    ProtocolError,
+    Read,
+    Send,
+    Sync,
+    Unread,
+)
+from reference_server.store import DeleteJob, ReadJob, SendJob, Store
+
+if TYPE_CHECKING:
+    from reference_server.config import ServerConfig
+
+log = logging.getLogger("chat.logic")
+
+
+class ChatLogic:
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics, store: Store) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.store = store
+        self.directory: Directory = store.directory
+        self.fanout: Fanout | None = None  # set once the gateway exists
+        self.accepting = True
+        self._flushed_sts: list[int] = []  # accept times of messages fanned out since the last flush
+        self._req = {op: metrics.requests.labels(op) for op in ("send", "sync", "read", "unread", "delete", "ping")}
+
+    # -- connection events
+    def on_connect(self, conn: Conn) -> None:
+        c = self.config
+        gids = sorted(self.directory.groups_of(conn.uid))
+        groups = [self._state(conn.uid, self.directory.groups[gid]) for gid in gids]
+        conn.send(protocol.encode_hello(
+            conn.uid, groups, max_body_chars=c.max_body_chars, max_frame_bytes=c.max_frame_bytes,
+            idle_timeout_s=c.idle_timeout_s, send_rate=c.send_rate or 0.0,
+        ))
+
+    def reject_frame(self, conn: Conn, why: str) -> None:
+        self._error(conn, ProtocolError(ErrorCode.BAD_FRAME, why))
+
+    def handle(self, conn: Conn, payload: bytes) -> None:
+        try:
+            req = protocol.decode_request(payload, max_body_chars=self.config.max_body_chars)
+            t = type(req)
+            if t is Send:
+                self._req["send"].inc()
+                self._send(conn, req)  # type: ignore[arg-type]
+            elif t is Sync:
+                self._req["sync"].inc()
+                self._sync(conn, req)  # type: ignore[arg-type]
+            elif t is Read:
+                self._req["read"].inc()
+                self._read(conn, req)  # type: ignore[arg-type]
+            elif t is Unread:
+                self._req["unread"].inc()
+                self._unread(conn, req)  # type: ignore[arg-type]
+            elif t is Delete:
+                self._req["delete"].inc()
+                self._delete(conn, req)  # type: ignore[arg-type]
+            elif t is Ping:
+                self._req["ping"].inc()
+                conn.send(protocol.encode_pong(req.rid))
+        except ProtocolError as exc:
+            self._error(conn, exc)
+
+    def _error(self, conn: Conn, exc: ProtocolError) -> None:
+        self.metrics.errors.labels(exc.code).inc()
+        conn.send(protocol.encode_error(exc.code, exc.message, exc.rid))
+
+    def _group(self, uid: int, gid: int, rid: int | None) -> Group:
+        group = self.directory.groups.get(gid)
+        if group is None or uid not in group.members:
+            raise ProtocolError(ErrorCode.NOT_MEMBER, f"user {uid} is not a member of group {gid}", rid)
+        return group
+
+    # -- send
+    def _send(self, conn: Conn, req: Send) -> None:
+        sts = protocol.now_us()
+        if not self.accepting:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "server is shutting down", req.rid)
+        rate = self.config.send_rate
+        if rate is not None:
+            now = conn.gw.loop.time()
+            conn.bucket = min(float(self.config.send_burst), conn.bucket + (now - conn.bucket_at) * rate)
+            conn.bucket_at = now
+            if conn.bucket < 1.0:
+                raise ProtocolError(ErrorCode.RATE_LIMITED, f"over {rate:g} messages/s; not accepted", req.rid)
+            conn.bucket -= 1.0
+        self._group(conn.uid, req.gid, req.rid)
+        rid = req.rid
+        msg = Message(req.gid, 0, conn.uid, req.cts, sts, req.body, req.to)
+        self.store.submit(SendJob(msg, lambda job: self._sent(conn, rid, job)))
+
+    def _sent(self, conn: Conn, rid: int | None, job: SendJob) -> None:
+        """Event loop, after the commit: ack the sender, push to the online members."""
+        if job.error is not None:
+            assert isinstance(job.error, ProtocolError)
+            self._error(conn, ProtocolError(job.error.code, job.error.message, rid))
+            return
+        msg = job.msg
+        assert msg is not None and self.fanout is not None
+        self.metrics.messages_accepted.inc()
+        conn.send(protocol.encode_ack(rid, msg.gid, msg.seq, msg.sts))
+        n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), self.directory.groups[msg.gid])
+        self.metrics.deliveries.inc(n)
+        self._flushed_sts.append(msg.sts)
+
+    def after_flush(self) -> None:
+        """The gateway wrote every queued frame: observe accept → write for the messages in it."""
+        if self._flushed_sts:
+            now = protocol.now_us()
+            observe = self.metrics.push_latency.observe
+            for sts in self._flushed_sts:
+                observe((now - sts) / 1e6)
+            self._flushed_sts.clear()
+
+    # -- sync / read / unread / delete
+    def _sync(self, conn: Conn, req: Sync) -> None:
+        group = self._group(conn.uid, req.gid, req.rid)
+        self.metrics.sync_requests.inc()
+        after = max(req.after, group.members[conn.uid])
+        max_seq = group.max_seq
+        msgs, last = self.store.storage.history(self.store.reader, conn.uid, req.gid, after, req.limit)
+        conn.send(protocol.encode_sync_page(req.rid, req.gid, msgs, last, last < max_seq, max_seq))
+
+    def _state(self, uid: int, group: Group) -> GroupState:
+        count = self.store.unread.count(self.store.reader, uid, group)
+        return GroupState(group.gid, group.max_seq, group.read.get(uid, 0), count)
+
+    def _read(self, conn: Conn, req: Read) -> None:
+        self._group(conn.uid, req.gid, req.rid)
+
+        def done(job: ReadJob) -> None:
+            if job.error is not None:
+                assert isinstance(job.error, ProtocolError)
+                self._error(conn, job.error)
+            else:
+                conn.send(protocol.encode_read_reply(job.rid, self._state(conn.uid, self.directory.groups[job.gid])))
+
+        self.store.submit(ReadJob(conn.uid, req.gid, req.seq, req.rid, done))
+
+    def _unread(self, conn: Conn, req: Unread) -> None:
+        gids = sorted(self.directory.groups_of(conn.uid)) if req.gids is None else list(req.gids)
+        groups = [self._group(conn.uid, gid, req.rid) for gid in gids]
+        conn.send(protocol.encode_unread_reply(req.rid, [self._state(conn.uid, g) for g in groups]))
+
+    def _delete(self, conn: Conn, req: Delete) -> None:
+        self._group(conn.uid, req.gid, req.rid)
+
+        def done(job: DeleteJob) -> None:
+            if job.error is not None:
+                assert isinstance(job.error, ProtocolError)
+                self._error(conn, job.error)
+            else:
+                conn.send(protocol.encode_delete_reply(job.rid, job.gid, job.seq))
+
+        self.store.submit(DeleteJob(conn.uid, req.gid, req.seq, req.rid, done))

@@ -1,0 +1,391 @@
+"""SQLite (WAL) behind a single writer thread that commits in groups.
+
+Every state change is a :class:`Job`. The writer takes all queued jobs (up to ``max_batch``), applies them
+in one transaction, commits, publishes the batch's exact cost counts, updates the in-memory directory, and
+only then hands the batch back to the event loop, where replies and pushes go out. So no ack precedes its
+commit, and a seq is assigned inside the transaction that stores it: a rolled-back batch leaves no gap.
+Reads (sync, unread) run on the event loop over a second connection; WAL lets them proceed during commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reference_server.directory import Directory, Group
+from reference_server.metrics import ServerMetrics
+from reference_server.offline import OfflineDelivery
+from reference_server.protocol import ErrorCode, Message, ProtocolError
+from reference_server.storage import Storage
+from reference_server.tally import Tally
+from reference_server.unread import UnreadCounter
+
+log = logging.getLogger("chat.store")
+
+BASE_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS users (uid INTEGER PRIMARY KEY)",
+    "CREATE TABLE IF NOT EXISTS groups (gid INTEGER PRIMARY KEY)",
+    # join_seq: the member sees messages after it; read_seq: its read mark
+    "CREATE TABLE IF NOT EXISTS members (gid INTEGER NOT NULL, uid INTEGER NOT NULL, join_seq INTEGER NOT NULL, "
+    "read_seq INTEGER NOT NULL, PRIMARY KEY (gid, uid)) WITHOUT ROWID",
+]
+
+
+class AdminError(Exception):
+    """An admin request that cannot be applied; nothing of it was written."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Job:
+    """One unit of work for the writer. ``apply`` runs in the transaction (writer thread); ``done`` on the loop.
+
+    An exception from ``apply`` that is a ProtocolError or AdminError fails this job only (it must not
+    have written anything); any other exception rolls back the whole batch.
+    """
+
+    error: Exception | None = None
+
+    def apply(self, w: Writer) -> None:
+        raise NotImplementedError
+
+    def after_commit(self, w: Writer) -> None:
+        """Writer thread, after the commit: publish in-memory state."""
+
+    def done(self) -> None:
+        """Event loop, after the commit."""
+
+
+class Writer:
+    """State the writer thread owns: its connection, the seq counters, the batch's tally."""
+
+    def __init__(self, db: sqlite3.Connection, directory: Directory, storage: Storage, unread: UnreadCounter,
+                 offline: OfflineDelivery) -> None:
+        self.db = db
+        self.directory = directory
+        self.storage = storage
+        self.unread = unread
+        self.offline = offline
+        self.tally = Tally()
+        # next seq per group = last assigned + 1; includes seqs assigned in the open transaction
+        self.last_seq: dict[int, int] = {gid: g.max_seq for gid, g in directory.groups.items()}
+        self.online: Callable[[int], bool] = lambda uid: False
+
+    def next_seq(self, gid: int) -> int:
+        seq = self.last_seq.get(gid, 0) + 1
+        self.last_seq[gid] = seq
+        return seq
+
+    def group(self, gid: int, uid: int, rid: int | None) -> Group:
+        group = self.directory.groups.get(gid)
+        if group is None or uid not in group.members:
+            raise ProtocolError(ErrorCode.NOT_MEMBER, f"user {uid} is not a member of group {gid}", rid)
+        return group
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+    db.execute("PRAGMA busy_timeout=10000")
+    return db
+
+
+class Store:
+    def __init__(self, path: Path, *, synchronous: str, max_batch: int, storage: Storage, unread: UnreadCounter,
+                 offline: OfflineDelivery, metrics: ServerMetrics) -> None:
+        self.path = path
+        self.max_batch = max_batch
+        self.storage = storage
+        self.unread = unread
+        self.offline = offline
+        self.metrics = metrics
+        self._synchronous = synchronous
+        self.reader = connect(path, synchronous)
+        for stmt in BASE_SCHEMA + storage.schema() + unread.schema() + offline.schema():
+            self.reader.execute(stmt)
+        self.directory = load_directory(self.reader)
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.failed: BaseException | None = None
+        self.writer: Writer | None = None
+        #: whether a user is connected now (the offline stage asks, from the writer thread)
+        self.online: Callable[[int], bool] = lambda uid: False
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="chat-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish every queued job, then stop the writer (blocking)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.reader.close()
+
+    def _run(self) -> None:
+        db = connect(self.path, self._synchronous)
+        w = self.writer = Writer(db, self.directory, self.storage, self.unread, self.offline)
+        w.online = self.online
+        assert self._loop is not None
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            self._commit(w, batch)
+            self._loop.call_soon_threadsafe(_finish, batch)
+        db.close()
+
+    def _commit(self, w: Writer, batch: Sequence[Job]) -> None:
+        t0 = time.perf_counter()
+        w.tally = Tally()
+        seqs_before = dict(w.last_seq)
+        try:
+            w.db.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                try:
+                    job.apply(w)
+                except (ProtocolError, AdminError) as exc:
+                    job.error = exc
+            w.db.execute("COMMIT")
+        except Exception as exc:  # storage failure: nothing of this batch happened
+            log.exception("group commit of %d jobs failed; batch rolled back", len(batch))
+            if w.db.in_transaction:
+                w.db.execute("ROLLBACK")
+            w.last_seq = seqs_before
+            for job in batch:
+                job.error = ProtocolError(ErrorCode.UNAVAILABLE, f"storage failure: {exc}")
+            return
+        for job in batch:
+            if job.error is None:
+                job.after_commit(w)
+        m, t = self.metrics, w.tally
+        for kind, n in t.storage.items():
+            m.storage_writes.labels(kind).inc(n)
+        if t.unread:
+            m.unread_writes.inc(t.unread)
+        if t.offline:
+            m.offline_writes.inc(t.offline)
+        if t.offline_dropped:
+            m.offline_dropped.inc(t.offline_dropped)
+        m.commit_seconds.observe(time.perf_counter() - t0)
+        m.commit_batch.observe(len(batch))
+
+
+def _finish(batch: Sequence[Job]) -> None:
+    for job in batch:
+        try:
+            job.done()
+        except Exception:
+            log.exception("completing %s failed", type(job).__name__)
+
+
+def load_directory(db: sqlite3.Connection) -> Directory:
+    d = Directory()
+    d.users.update(uid for (uid,) in db.execute("SELECT uid FROM users"))
+    for (gid,) in db.execute("SELECT gid FROM groups"):
+        d.groups[gid] = Group(gid)
+    for gid, max_seq in db.execute("SELECT gid, max(seq) FROM messages GROUP BY gid"):
+        if gid in d.groups:
+            d.groups[gid].max_seq = max_seq
+    user_groups: dict[int, set[int]] = {}
+    for gid, uid, join_seq, read_seq in db.execute("SELECT gid, uid, join_seq, read_seq FROM members"):
+        g = d.groups[gid]
+        g.members[uid] = join_seq
+        g.read[uid] = read_seq
+        user_groups.setdefault(uid, set()).add(gid)
+    d.user_groups = {uid: frozenset(gids) for uid, gids in user_groups.items()}
+    return d
+
+
+class SendJob(Job):
+    """seq → storage → unread → offline, in the transaction; fan-out and ack on the loop."""
+
+    __slots__ = ("msg", "on_done", "req")
+
+    def __init__(self, req: Message, on_done: Callable[[SendJob], None]) -> None:
+        self.req = req  # seq 0 until applied
+        self.msg: Message | None = None
+        self.on_done = on_done
+
+    def apply(self, w: Writer) -> None:
+        r = self.req
+        group = w.group(r.gid, r.sender, None)
+        to = r.to
+        if to is not None:
+            to = tuple(sorted({u for u in to if u in group.members and u != r.sender}))
+        msg = Message(r.gid, w.next_seq(r.gid), r.sender, r.cts, r.sts, r.body, to)
+        w.storage.append(w.db, w.tally, msg, group.members)
+        w.unread.on_message(w.db, w.tally, msg, group.members)
+        if w.offline.needs_offline_members:
+            online = w.online
+            w.offline.on_message(w.db, w.tally, msg, [u for u in group.members if not online(u)])
+        else:
+            w.offline.on_message(w.db, w.tally, msg, ())
+        self.msg = msg
+
+    def after_commit(self, w: Writer) -> None:
+        assert self.msg is not None
+        w.directory.groups[self.msg.gid].max_seq = self.msg.seq
+
+    def done(self) -> None:
+        self.on_done(self)
+
+
+class ReadJob(Job):
+    __slots__ = ("gid", "on_done", "rid", "seq", "uid")
+
+    def __init__(self, uid: int, gid: int, seq: int, rid: int | None, on_done: Callable[[ReadJob], None]) -> None:
+        self.uid, self.gid, self.seq, self.rid, self.on_done = uid, gid, seq, rid, on_done
+
+    def apply(self, w: Writer) -> None:
+        group = w.group(self.gid, self.uid, self.rid)
+        old = group.read.get(self.uid, 0)
+        new = min(max(old, self.seq), w.last_seq.get(self.gid, 0))
+        if new > old:
+            w.db.execute("UPDATE members SET read_seq = ? WHERE gid = ? AND uid = ?", (new, self.gid, self.uid))
+            w.tally.storage["read_mark"] += 1
+            w.unread.on_read(w.db, w.tally, self.uid, self.gid, old, new)
+        self.seq = new
+
+    def after_commit(self, w: Writer) -> None:
+        group = w.directory.groups[self.gid]
+        if group.read.get(self.uid, 0) < self.seq:
+            group.read[self.uid] = self.seq
+
+    def done(self) -> None:
+        self.on_done(self)
+
+
+class DeleteJob(Job):
+    __slots__ = ("gid", "on_done", "rid", "seq", "uid")
+
+    def __init__(self, uid: int, gid: int, seq: int, rid: int | None, on_done: Callable[[DeleteJob], None]) -> None:
+        self.uid, self.gid, self.seq, self.rid, self.on_done = uid, gid, seq, rid, on_done
+
+    def apply(self, w: Writer) -> None:
+        w.group(self.gid, self.uid, self.rid)
+        if not 1 <= self.seq <= w.last_seq.get(self.gid, 0):
+            raise ProtocolError(ErrorCode.NO_SUCH_MESSAGE, f"group {self.gid} has no seq {self.seq}", self.rid)
+        w.storage.delete(w.db, w.tally, self.uid, self.gid, self.seq)
+
+    def done(self) -> None:
+        self.on_done(self)
+
+
+class AdminJob(Job):
+    """Provisioning, applied in order with the sends; the admin coroutine awaits ``future``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.future: asyncio.Future[dict[str, object]] = loop.create_future()
+        self.result: dict[str, object] = {}
+
+    def done(self) -> None:
+        if self.future.done():
+            return
+        if self.error is not None:
+            self.future.set_exception(self.error)
+        else:
+            self.future.set_result(self.result)
+
+
+class CreateUsers(AdminJob):
+    def __init__(self, loop: asyncio.AbstractEventLoop, uids: list[int]) -> None:
+        super().__init__(loop)
+        self.uids = uids
+
+    def apply(self, w: Writer) -> None:
+        before = w.db.total_changes
+        w.db.executemany("INSERT OR IGNORE INTO users VALUES (?)", ((u,) for u in self.uids))
+        self.result = {"created": w.db.total_changes - before, "requested": len(self.uids)}
+
+    def after_commit(self, w: Writer) -> None:
+        w.directory.users.update(self.uids)
+
+
+class CreateGroups(AdminJob):
+    def __init__(self, loop: asyncio.AbstractEventLoop, groups: list[tuple[int, list[int]]]) -> None:
+        super().__init__(loop)
+        self.groups = groups
+
+    def apply(self, w: Writer) -> None:
+        d = w.directory
+        gids = [gid for gid, _ in self.groups]
+        if len(set(gids)) != len(gids):
+            raise AdminError(400, "a gid appears twice in the request")
+        exists = [gid for gid in gids if gid in d.groups]
+        if exists:
+            raise AdminError(409, f"groups already exist: {exists[:10]}")
+        unknown = sorted({u for _, members in self.groups for u in members if u not in d.users})
+        if unknown:
+            raise AdminError(400, f"{len(unknown)} members are not users, e.g. {unknown[:10]}; create them first")
+        w.db.executemany("INSERT INTO groups VALUES (?)", ((gid,) for gid in gids))
+        w.db.executemany(
+            "INSERT INTO members VALUES (?, ?, 0, 0)", ((gid, u) for gid, members in self.groups for u in set(members))
+        )
+        self.result = {"created": len(gids), "members": sum(len(set(m)) for _, m in self.groups)}
+
+    def after_commit(self, w: Writer) -> None:
+        for gid, members in self.groups:
+            group = Group(gid)
+            w.directory.groups[gid] = group
+            w.directory.set_members(group, dict.fromkeys(members, 0))
+
+
+class ChangeMembers(AdminJob):
+    def __init__(self, loop: asyncio.AbstractEventLoop, gid: int, add: list[int], remove: list[int]) -> None:
+        super().__init__(loop)
+        self.gid, self.add, self.remove = gid, add, remove
+        self.members: dict[int, int] = {}
+
+    def apply(self, w: Writer) -> None:
+        group = w.directory.groups.get(self.gid)
+        if group is None:
+            raise AdminError(404, f"no group {self.gid}")
+        unknown = sorted({u for u in self.add if u not in w.directory.users})
+        if unknown:
+            raise AdminError(400, f"{len(unknown)} users do not exist, e.g. {unknown[:10]}")
+        join = w.last_seq.get(self.gid, 0)
+        members = dict(group.members)
+        added = [u for u in dict.fromkeys(self.add) if u not in members]
+        removed = [u for u in dict.fromkeys(self.remove) if u in members and u not in added]
+        w.db.executemany("INSERT INTO members VALUES (?, ?, ?, ?)", ((self.gid, u, join, join) for u in added))
+        w.db.executemany("DELETE FROM members WHERE gid = ? AND uid = ?", ((self.gid, u) for u in removed))
+        for u in added:
+            members[u] = join
+        for u in removed:
+            del members[u]
+        self.members = members
+        self.result = {"added": len(added), "removed": len(removed), "members": len(members)}
+
+    def after_commit(self, w: Writer) -> None:
+        w.directory.set_members(w.directory.groups[self.gid], self.members)
