@@ -1,0 +1,1 @@
+"""chatbench: the CLI that orchestrates servers, swarms and results."""

@@ -1,0 +1,81 @@
+"""Client of the server's admin HTTP plane (provisioning, health, metrics), on the standard library."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"admin request failed with HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                message = orjson.loads(raw).get("error", raw.decode(errors="replace"))
+            except orjson.JSONDecodeError:
+                message = raw.decode(errors="replace")
+            raise AdminError(exc.code, str(message)) from None
+        if path == "/metrics":
+            return raw.decode()
+        return orjson.loads(raw)
+
+    def create_users(self, first: int, count: int, *, tokens: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", "/admin/users", {"first": first, "count": count, "tokens": tokens})
+        return result
+
+    def create_groups(self, groups: dict[int, list[int]]) -> dict[str, Any]:
+        body = {"groups": [{"gid": gid, "members": members} for gid, members in groups.items()]}
+        result: dict[str, Any] = self.request("POST", "/admin/groups", body)
+        return result
+
+    def change_members(self, gid: int, add: list[int] | None = None, remove: list[int] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "POST", f"/admin/groups/{gid}/members", {"add": add or [], "remove": remove or []}
+        )
+        return result
+
+    def group(self, gid: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"/admin/groups/{gid}")
+        return result
+
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", "/healthz")
+        return result
+
+    def metrics_text(self) -> str:
+        text: str = self.request("GET", "/metrics")
+        return text
+
+    def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.health()
+            except (OSError, AdminError) as exc:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"server at {self.url} not healthy after {timeout:g} s: {exc}") from exc
+                time.sleep(0.1)
