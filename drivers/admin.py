@@ -43,32 +43,31 @@ class AdminClient:
             return raw.decode()
         return orjson.loads(raw)
 
-    def create_users(self, first: int, count: int, *, tokens: bool = False) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("POST", "/admin/users", {"first": first, "count": count, "tokens": tokens})
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """A JSON request whose answer is a JSON object."""
+        result = self.request(method, path, body)
+        if not isinstance(result, dict):
+            raise AdminError(200, f"expected a JSON object from {path}, got {type(result).__name__}")
         return result
+
+    def create_users(self, first: int, count: int, *, tokens: bool = False) -> dict[str, Any]:
+        return self.call("POST", "/admin/users", {"first": first, "count": count, "tokens": tokens})
 
     def create_groups(self, groups: dict[int, list[int]]) -> dict[str, Any]:
         body = {"groups": [{"gid": gid, "members": members} for gid, members in groups.items()]}
-        result: dict[str, Any] = self.request("POST", "/admin/groups", body)
-        return result
+        return self.call("POST", "/admin/groups", body)
 
     def change_members(self, gid: int, add: list[int] | None = None, remove: list[int] | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "POST", f"/admin/groups/{gid}/members", {"add": add or [], "remove": remove or []}
-        )
-        return result
+        return self.call("POST", f"/admin/groups/{gid}/members", {"add": add or [], "remove": remove or []})
 
     def group(self, gid: int) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", f"/admin/groups/{gid}")
-        return result
+        return self.call("GET", f"/admin/groups/{gid}")
 
     def health(self) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", "/healthz")
-        return result
+        return self.call("GET", "/healthz")
 
     def metrics_text(self) -> str:
-        text: str = self.request("GET", "/metrics")
-        return text
+        return str(self.request("GET", "/metrics"))
 
     def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

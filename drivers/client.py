@@ -175,7 +175,11 @@ class ChatClient:
     # Connection
 
     def connect(self) -> Frame:
-        """Open the socket, wait for the server's ``hello`` and return it; start the background threads."""
+        """Open the socket, wait for the server's ``hello`` and return it; start the background threads.
+
+        Raises ConnectRefused (HTTP status), RequestTimeout (no hello), ConnectionClosed (closed before hello),
+        ServerError (error frame instead of hello); transport failures (e.g. ConnectionRefusedError) as OSError.
+        """
         if self._ws is not None or self._closing:
             raise ChatClientError("connect() may be called once per ChatClient")
         target = self.url + protocol.ws_query(self.uid, self.token)

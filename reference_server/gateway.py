@@ -205,7 +205,7 @@ class Gateway:
             return refuse(503, "server is shutting down")
         query = parse_qs(target.query)
         uid_s, token = query.get("uid", [""])[0], query.get("token", [""])[0]
-        if not uid_s.isdigit() or not token:
+        if not (uid_s.isascii() and uid_s.isdigit()) or not token:
             return refuse(401, "uid and token query parameters are required")
         uid = int(uid_s)
         if uid > protocol.MAX_ID or not protocol.verify_token(self.config.secret, uid, token):

@@ -109,7 +109,8 @@ def user_token(secret: str | bytes, uid: int) -> str:
 
 
 def verify_token(secret: str | bytes, uid: int, token: str) -> bool:
-    return hmac.compare_digest(user_token(secret, uid), token)
+    # compare_digest only takes ASCII str; a non-ASCII token is simply wrong
+    return token.isascii() and hmac.compare_digest(user_token(secret, uid), token)
 
 
 def ws_query(uid: int, token: str) -> str:
@@ -167,21 +168,25 @@ Request = Send | Sync | Read | Unread | Delete | Ping
 
 
 def _int(obj: dict[str, Any], key: str, rid: int | None, *, default: int | None = None) -> int:
-    value = obj.get(key, default)
-    if value is None:
-        raise ProtocolError(ErrorCode.BAD_FIELD, f"missing field {key!r}", rid)
+    value = obj.get(key)
+    if value is None:  # absent or null
+        if default is None:
+            raise ProtocolError(ErrorCode.BAD_FIELD, f"missing field {key!r}", rid)
+        return default
     # bool is an int subclass in Python; on the wire it is not a number.
     if type(value) is not int or not 0 <= value <= MAX_ID:
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{key!r} must be an integer in [0, 2**63)", rid)
     return value
 
 
-def _id_list(obj: dict[str, Any], key: str, rid: int | None) -> tuple[int, ...] | None:
+def _id_list(obj: dict[str, Any], key: str, rid: int | None, *, non_empty: bool = False) -> tuple[int, ...] | None:
     value = obj.get(key)
     if value is None:
         return None
     if type(value) is not list or any(type(v) is not int or not 0 <= v <= MAX_ID for v in value):
         raise ProtocolError(ErrorCode.BAD_FIELD, f"{key!r} must be a list of integer ids", rid)
+    if non_empty and not value:
+        raise ProtocolError(ErrorCode.BAD_FIELD, f"{key!r} must name at least one id", rid)
     return tuple(value)
 
 
@@ -207,7 +212,8 @@ def decode_request(data: bytes | str, *, max_body_chars: int = DEFAULT_MAX_BODY_
             raise ProtocolError(
                 ErrorCode.BODY_TOO_LONG, f"body has {len(body)} characters, limit {max_body_chars}", rid
             )
-        return Send(rid, _int(obj, "gid", rid), body, _int(obj, "cts", rid, default=0), _id_list(obj, "to", rid))
+        return Send(rid, _int(obj, "gid", rid), body, _int(obj, "cts", rid, default=0),
+                    _id_list(obj, "to", rid, non_empty=True))
     if op == "sync":
         limit = _int(obj, "limit", rid, default=100)
         if not 1 <= limit <= MAX_SYNC_LIMIT:
@@ -391,8 +397,11 @@ def decode_server_frame(data: bytes | str) -> dict[str, Any]:
 
 def message_from_wire(obj: dict[str, Any]) -> Message:
     """A :class:`Message` from a ``msg`` frame or a sync page entry."""
-    to = obj.get("to")
-    return Message(
-        gid=obj["gid"], seq=obj["seq"], sender=obj["from"], cts=obj["cts"], sts=obj["sts"], body=obj["body"],
-        to=tuple(to) if to is not None else None,
-    )
+    try:
+        to = obj.get("to")
+        return Message(
+            gid=obj["gid"], seq=obj["seq"], sender=obj["from"], cts=obj["cts"], sts=obj["sts"], body=obj["body"],
+            to=tuple(to) if to is not None else None,
+        )
+    except (KeyError, TypeError) as exc:
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"not a message: missing or bad {exc}") from None

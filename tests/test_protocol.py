@@ -50,7 +50,7 @@ ROUND_TRIPS: list[tuple[bytes, protocol.Request]] = [
     (protocol.encode_send(7, 1, "hello", 1_700_000_000_000_000), Send(7, 1, "hello", 1_700_000_000_000_000)),
     (protocol.encode_send(8, 2, "psst", 5, to=[3, 4]), Send(8, 2, "psst", 5, (3, 4))),
     (protocol.encode_send(None, 2, "", 0), Send(None, 2, "", 0)),
-    (protocol.encode_send(0, 2, "万人群聊 🎉", 1, to=[]), Send(0, 2, "万人群聊 🎉", 1, ())),
+    (protocol.encode_send(0, 2, "万人群聊 🎉", 1, to=[5]), Send(0, 2, "万人群聊 🎉", 1, (5,))),
     (protocol.encode_sync(3, 2, 10, 50), Sync(3, 2, 10, 50)),
     (protocol.encode_sync(4, 2, 0), Sync(4, 2, 0, 100)),
     (protocol.encode_read(5, 9, 42), Read(5, 9, 42)),
@@ -310,14 +310,26 @@ def test_verify_rejects_forged_tokens(forge: Any) -> None:
     assert not protocol.verify_token(SECRET, 42, forged)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="verify_token raises TypeError on non-ASCII tokens (hmac.compare_digest on str); the token comes "
-    "from the handshake query string, so the server must answer 401, not crash",
-)
 def test_verify_rejects_non_ascii_token() -> None:
+    # the token comes from the handshake query string: a non-ASCII one must be refused, not crash
     assert not protocol.verify_token(SECRET, 42, "é" * 64)
+
+
+def test_null_optional_fields_mean_absent() -> None:
+    req = protocol.decode_request(b'{"op":"send","gid":1,"body":"x","cts":null,"to":null}')
+    assert req == Send(None, 1, "x", 0, None)
+
+
+def test_empty_recipient_list_is_refused() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode_request(b'{"op":"send","rid":3,"gid":1,"body":"x","to":[]}')
+    assert info.value.code is ErrorCode.BAD_FIELD and info.value.rid == 3
+
+
+def test_message_from_wire_rejects_non_messages() -> None:
+    with pytest.raises(ProtocolError) as info:
+        protocol.message_from_wire({"op": "msg", "gid": 1})
+    assert info.value.code is ErrorCode.BAD_FRAME
 
 
 def test_ws_query() -> None:
@@ -333,6 +345,13 @@ def test_push_round_trip() -> None:
     frame = protocol.decode_server_frame(protocol.encode_push(msg))
     assert frame == {"op": "msg", "gid": 1, "seq": 2, "from": 3, "cts": 4, "sts": 5, "body": "hi 群"}
     assert protocol.message_from_wire(frame) == msg
+
+
+def test_long_push_round_trip() -> None:
+    msg = Message(
+        gid=MAX_ID, seq=MAX_ID, sender=MAX_ID, cts=MAX_ID, sts=MAX_ID, body="群" * protocol.DEFAULT_MAX_BODY_CHARS
+    )
+    assert protocol.message_from_wire(protocol.decode_server_frame(protocol.encode_push(msg))) == msg
 
 
 def test_private_push_round_trip() -> None:
@@ -428,7 +447,7 @@ ids = st.integers(min_value=0, max_value=MAX_ID)
 rids = st.none() | ids
 bodies = st.text(max_size=protocol.DEFAULT_MAX_BODY_CHARS)
 requests = st.one_of(
-    st.builds(Send, rids, ids, bodies, ids, st.none() | st.lists(ids, max_size=20).map(tuple)),
+    st.builds(Send, rids, ids, bodies, ids, st.none() | st.lists(ids, min_size=1, max_size=20).map(tuple)),
     st.builds(Sync, rids, ids, ids, st.integers(min_value=1, max_value=protocol.MAX_SYNC_LIMIT)),
     st.builds(Read, rids, ids, ids),
     st.builds(Delete, rids, ids, ids),
