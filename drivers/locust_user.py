@@ -23,6 +23,8 @@ from argparse import ArgumentParser
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import orjson
+
 from drivers.admin import AdminClient
 from drivers.client import ChatClient
 from drivers.deliveries import DeliveryRecorder
@@ -44,6 +46,8 @@ def _options(parser: ArgumentParser) -> None:
                    help="bearer token of the admin plane")
     g.add_argument("--chat-secret", env_var="CHATBENCH_SECRET", default="chatbench-dev-secret",
                    help="server secret the user tokens are derived from")
+    g.add_argument("--chatbench-out", env_var="CHATBENCH_OUT", default="",
+                   help="write the swarm's results (JSON) to this file when Locust quits")
 
 
 def _report(client_id: str, data: dict[str, Any]) -> None:
@@ -55,7 +59,30 @@ def _merge(client_id: str, data: dict[str, Any]) -> None:
         recorder.merge(data["chatbench_deliveries"])
 
 
+def _write_results(environment: Environment, **_: Any) -> None:
+    opts = environment.parsed_options
+    if not is_coordinator(environment) or opts is None or not opts.chatbench_out:
+        return
+    requests = {}
+    for (name, _method), entry in environment.stats.entries.items():
+        requests[name] = {
+            "count": entry.num_requests, "failures": entry.num_failures,
+            "p50_ms": entry.get_response_time_percentile(0.5), "p99_ms": entry.get_response_time_percentile(0.99),
+            "avg_ms": entry.avg_response_time,
+        }
+    result = {
+        "delivered": recorder.delivered,
+        "latency_clamped": recorder.clamped,
+        "delivery_latency_ms": recorder.summary_ms(),
+        "delivery_latency_hdr": recorder.latency.encode().decode(),
+        "requests": requests,
+    }
+    with open(opts.chatbench_out, "wb") as f:
+        f.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+
+
 events.init_command_line_parser.add_listener(_options)
+events.quitting.add_listener(_write_results)
 events.report_to_master.add_listener(_report)
 events.worker_report.add_listener(_merge)
 
