@@ -87,15 +87,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"[red]the swarm wrote no results (locust exit {proc.returncode})[/]")
             return 2
         swarm = orjson.loads(out.read_bytes())
-    summary(args, swarm, before, after, elapsed, proc.returncode)
+    result = summary(args, swarm, before, after, elapsed, proc.returncode)
+    if args.json:
+        Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0 if proc.returncode == 0 else 1
 
 
 def summary(args: argparse.Namespace, swarm: dict[str, Any], before: dict[str, float], after: dict[str, float],
-            elapsed: float, locust_rc: int) -> None:
+            elapsed: float, locust_rc: int) -> dict[str, Any]:
     messages = delta(after, before, "chat_messages_accepted_total")
     deliveries = delta(after, before, "chat_deliveries_total")
     cpu = delta(after, before, "process_cpu_seconds_total")
+    writes = {kind: delta(after, before, f"chat_storage_writes_total{{kind={kind}}}")
+              for kind in ("body", "index", "delete", "read_mark")}
     t = Table(title=f"chatbench run: {args.scenario}", show_header=True, header_style="bold")
     t.add_column("measure")
     t.add_column("value", justify="right")
@@ -111,12 +115,15 @@ def summary(args: argparse.Namespace, swarm: dict[str, Any], before: dict[str, f
     t.add_row("server CPU", f"{cpu:.2f} s over {elapsed:.0f} s")
     if cpu > 0 and deliveries:
         t.add_row("deliveries per server CPU-second", f"{deliveries / cpu:,.0f}")
-    for kind in ("body", "index", "delete", "read_mark"):
-        n = delta(after, before, f'chat_storage_writes_total{{kind={kind}}}')
+    for kind, n in writes.items():
         if n:
             t.add_row(f"storage writes: {kind}", f"{n:,.0f}" + (f" ({n / messages:.2f}/msg)" if messages else ""))
     t.add_row("locust exit code", str(locust_rc))
     console.print(t)
+    return {"scenario": args.scenario, "messages": messages, "deliveries_pushed": deliveries,
+            "delivered": swarm["delivered"], "delivery_latency_ms": swarm["delivery_latency_ms"],
+            "requests": swarm["requests"], "server_cpu_s": cpu, "storage_writes": writes, "elapsed_s": elapsed,
+            "locust_exit_code": locust_rc}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--fanout", default="local")
     r.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
     r.add_argument("--locust-arg", action="append", default=[], help="extra locust flag (repeatable)")
+    r.add_argument("--json", default="", help="also write the summary as JSON to this file")
     args = p.parse_args(argv)
     if args.command == "run":
         try:

@@ -1,0 +1,32 @@
+"""Integration: the smoke scenario under real Locust against a real server, through the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_chatbench_run_smoke(tmp_path: Path, processes: int) -> None:
+    out = tmp_path / "run.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatbench.cli", "run", "smoke", "-u", "60", "-r", "60", "-t", "6s",
+         "--processes", str(processes), "--json", str(out), "--locust-arg=--senders=2",
+         "--locust-arg=--send-interval=0.5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = orjson.loads(out.read_bytes())
+    assert result["requests"]["connect"] == {**result["requests"]["connect"], "count": 60, "failures": 0}
+    sends = result["requests"]["send"]
+    assert sends["failures"] == 0 and sends["count"] == result["messages"] > 0
+    assert result["storage_writes"]["body"] == result["messages"]  # read diffusion: one row per message
+    # every push the server made reached a swarm user (the last few may race the users' shutdown)
+    assert 0.95 * result["deliveries_pushed"] <= result["delivered"] <= result["deliveries_pushed"]
+    assert result["delivery_latency_ms"]["p50"] > 0
