@@ -74,7 +74,8 @@ def build_app(server: ChatServer) -> web.Application:
             uids = _ids(data["ids"], "ids")
         else:
             first, count = data.get("first"), data.get("count")
-            if type(first) is not int or type(count) is not int or first < 0 or not 0 < count <= MAX_BULK:
+            if (type(first) is not int or type(count) is not int or first < 0 or not 0 < count <= MAX_BULK
+                    or first + count - 1 > protocol.MAX_ID):
                 raise AdminError(400, f"give 'ids' (a list) or 'first' and 'count' (1..{MAX_BULK})")
             uids = list(range(first, first + count))
         result = await run(CreateUsers(server.loop, uids))
@@ -138,6 +139,6 @@ def build_app(server: ChatServer) -> web.Application:
 
 def _path_id(request: web.Request, name: str) -> int:
     raw = request.match_info[name]
-    if not raw.isdigit() or int(raw) > protocol.MAX_ID:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > protocol.MAX_ID:
         raise AdminError(400, f"{name} must be an integer id")
     return int(raw)

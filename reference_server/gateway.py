@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from picows import (
+    WSCloseCode,
     WSFrame,
     WSListener,
     WSMsgType,
@@ -94,7 +95,8 @@ class Conn(WSListener):
             transport.send_pong(frame.get_payload_as_bytes())
         elif t is WSMsgType.CLOSE:
             self.flush_now()
-            transport.send_close(frame.get_close_code())
+            code = frame.get_close_code()
+            transport.send_close(code if code.value else WSCloseCode.OK)  # no status given: answer 1000
             transport.disconnect()
         elif t is not WSMsgType.PONG:
             self.gw.logic.reject_frame(self, "binary and fragmented frames are not supported")

@@ -54,6 +54,7 @@ class ChatLogic:
         conn.send(protocol.encode_hello(
             conn.uid, groups, max_body_chars=c.max_body_chars, max_frame_bytes=c.max_frame_bytes,
             idle_timeout_s=c.idle_timeout_s, send_rate=c.send_rate or 0.0,
+            send_burst=c.send_burst,
         ))
 
     def reject_frame(self, conn: Conn, why: str) -> None:
@@ -97,8 +98,8 @@ class ChatLogic:
     # -- send
     def _send(self, conn: Conn, req: Send) -> None:
         sts = protocol.now_us()
-        if not self.accepting:
-            raise ProtocolError(ErrorCode.UNAVAILABLE, "server is shutting down", req.rid)
+        self._writable(req.rid)
+        self._group(conn.uid, req.gid, req.rid)
         rate = self.config.send_rate
         if rate is not None:
             now = conn.gw.loop.time()
@@ -107,7 +108,6 @@ class ChatLogic:
             if conn.bucket < 1.0:
                 raise ProtocolError(ErrorCode.RATE_LIMITED, f"over {rate:g} messages/s; not accepted", req.rid)
             conn.bucket -= 1.0
-        self._group(conn.uid, req.gid, req.rid)
         rid = req.rid
         msg = Message(req.gid, 0, conn.uid, req.cts, sts, req.body, req.to)
         self.store.submit(SendJob(msg, lambda job: self._sent(conn, rid, job)))
@@ -140,16 +140,21 @@ class ChatLogic:
         group = self._group(conn.uid, req.gid, req.rid)
         self.metrics.sync_requests.inc()
         after = max(req.after, group.members[conn.uid])
-        max_seq = group.max_seq
         msgs, last = self.store.storage.history(self.store.reader, conn.uid, req.gid, after, req.limit)
+        max_seq = max(group.max_seq, last)  # read after the query: a commit may have landed in between
         conn.send(protocol.encode_sync_page(req.rid, req.gid, msgs, last, last < max_seq, max_seq))
 
     def _state(self, uid: int, group: Group) -> GroupState:
         count = self.store.unread.count(self.store.reader, uid, group)
         return GroupState(group.gid, group.max_seq, group.read.get(uid, 0), count)
 
+    def _writable(self, rid: int | None) -> None:
+        if not self.accepting:
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "server is shutting down", rid)
+
     def _read(self, conn: Conn, req: Read) -> None:
         self._group(conn.uid, req.gid, req.rid)
+        self._writable(req.rid)
 
         def done(job: ReadJob) -> None:
             if job.error is not None:
@@ -167,6 +172,7 @@ class ChatLogic:
 
     def _delete(self, conn: Conn, req: Delete) -> None:
         self._group(conn.uid, req.gid, req.rid)
+        self._writable(req.rid)
 
         def done(job: DeleteJob) -> None:
             if job.error is not None:

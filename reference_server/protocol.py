@@ -323,7 +323,7 @@ class GroupState:
 
 def encode_hello(
     uid: int, groups: list[GroupState], *, max_body_chars: int, max_frame_bytes: int, idle_timeout_s: float,
-    send_rate: float,
+    send_rate: float, send_burst: int,
 ) -> bytes:
     return _dumps(
         {
@@ -336,6 +336,7 @@ def encode_hello(
                 "max_frame_bytes": max_frame_bytes,
                 "idle_timeout_s": idle_timeout_s,
                 "send_rate": send_rate,
+                "send_burst": send_burst,
             },
             "groups": [_group_wire(g) for g in groups],
         }

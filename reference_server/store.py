@@ -53,6 +53,7 @@ class Job:
     """
 
     error: Exception | None = None
+    rid: int | None = None  # the request's rid, for the error reply when the whole batch fails
 
     def apply(self, w: Writer) -> None:
         raise NotImplementedError
@@ -117,7 +118,7 @@ class Store:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.failed: BaseException | None = None
+        self.failed: BaseException | None = None  # the last commit's error; None once a commit succeeds
         self.writer: Writer | None = None
         #: whether a user is connected now (the offline stage asks, from the writer thread)
         self.online: Callable[[int], bool] = lambda uid: False
@@ -183,8 +184,10 @@ class Store:
                 w.db.execute("ROLLBACK")
             w.last_seq = seqs_before
             for job in batch:
-                job.error = ProtocolError(ErrorCode.UNAVAILABLE, f"storage failure: {exc}")
+                job.error = ProtocolError(ErrorCode.UNAVAILABLE, f"storage failure: {exc}", job.rid)
+            self.failed = exc
             return
+        self.failed = None
         for job in batch:
             if job.error is None:
                 job.after_commit(w)

@@ -414,12 +414,14 @@ def test_hello() -> None:
             max_frame_bytes=1000,
             idle_timeout_s=75.0,
             send_rate=50.0,
+            send_burst=100,
         )
     )
     assert frame["op"] == "hello"
     assert frame["v"] == protocol.PROTOCOL_VERSION
     assert frame["uid"] == 7
-    assert frame["limits"]["max_body_chars"] == 100
+    assert frame["limits"] == {"max_body_chars": 100, "max_frame_bytes": 1000, "idle_timeout_s": 75.0,
+                               "send_rate": 50.0, "send_burst": 100}
     assert frame["groups"] == [{"gid": 1, "max": 10, "read": 4, "unread": 6}]
     assert abs(frame["sts"] - protocol.now_us()) < 60_000_000
 

@@ -100,7 +100,7 @@ def test_send_ack_push(server: ServerProcess, connect: Connect) -> None:
         assert msg == {"op": "msg", "gid": 1, "seq": 1, "from": 1, "cts": before, "sts": ack["sts"], "body": "hello"}
     assert b.send(1, "second")["seq"] == 2
     assert inbox[1].wait(1)[0]["seq"] == 2  # the sender gets an ack, never its own message
-    assert inbox[3].seqs() == [1, 2]
+    assert [m["seq"] for m in inbox[3].wait(2)] == [1, 2]
     assert error_code(lambda: outsider.send(1, "let me in")) == "not_member"
     assert error_code(lambda: a.send(404, "nowhere")) == "not_member"
     assert c.ping()["op"] == "pong"
@@ -395,8 +395,12 @@ def test_admin_plane(server: ServerProcess, connect: Connect) -> None:
         with pytest.raises(AdminError) as info:
             adm.request("POST", "/admin/groups", body)
         assert info.value.status == status, body
+    for body in ({"first": 1}, {"first": 2**63 - 1, "count": 2}, {"ids": [1, -1]}):
+        with pytest.raises(AdminError) as info:
+            adm.request("POST", "/admin/users", body)
+        assert info.value.status == 400, body
     with pytest.raises(AdminError) as info:
-        adm.request("POST", "/admin/users", {"first": 1})
+        adm.request("GET", "/admin/users/%C2%B2/token")  # a non-ASCII digit is no id
     assert info.value.status == 400
     with pytest.raises(AdminError) as info:
         adm.group(2)  # nothing of the refused requests was written

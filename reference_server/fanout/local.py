@@ -3,6 +3,8 @@ frame bytes to each online one. No bus message."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from reference_server.directory import Group
 from reference_server.fanout import Fanout
 from reference_server.protocol import Message
@@ -13,12 +15,15 @@ class LocalFanout(Fanout):
 
     def push(self, msg: Message, frame: bytes, group: Group) -> int:
         online = self.gateway.online
-        sender = msg.sender
-        receivers = group.members if msg.to is None else msg.to
+        sender, seq, members = msg.sender, msg.seq, group.members
+        receivers: Iterable[tuple[int, int]] = (
+            members.items() if msg.to is None else [(uid, members.get(uid, seq)) for uid in msg.to]
+        )
         n = 0
-        for uid in receivers:
+        for uid, join in receivers:
             conn = online.get(uid)
-            if conn is not None and uid != sender and not conn.closing:
+            # a member who joined at or after this seq does not see it (it may have joined in the same batch)
+            if conn is not None and join < seq and uid != sender and not conn.closing:
                 conn.queue(frame)
                 n += 1
         self.gateway.kick()
