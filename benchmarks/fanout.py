@@ -19,9 +19,12 @@ What it does:
    * ``burst``: send ``--burst`` messages in one write without waiting for acks, then wait for all of their
      deliveries: the server coalesces several frames per socket write;
 
-   The window of each run is exactly the broadcast: the server's CPU (user+sys of the whole process, from
-   /proc/PID/stat via psutil; also the per-thread schedstat nanosecond sum) and the receiver's CPU are read
-   right before the first send and right after the last delivery arrived. Connection set-up is outside it.
+   The window of each run is exactly the broadcast: the server's CPU and the receiver's CPU are read right
+   before the first send and right after the last delivery arrived; connection set-up is outside it. Server
+   CPU is user+sys of the whole process from /proc/PID/stat (psutil; 10 ms ticks) and, for the headline
+   figure, the sum of the threads' /proc/PID/task/TID/schedstat on-CPU nanoseconds (the same quantity,
+   exact; falls back to psutil when schedstat is missing). Both are in the JSON; a warning says if they
+   disagree by more than 10%.
 5. after each run the receiver verifies every connection received exactly the messages sent so far and the
    last seq; the server's ``chat_deliveries_total`` delta is cross-checked. Incomplete deliveries make the
    benchmark fail (exit 1) after writing its result.
@@ -154,6 +157,7 @@ class Server:
             self.proc = subprocess.Popen(
                 self.cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO, env=env,
                 preexec_fn=lambda: _child_setup(core),
+                start_new_session=True,  # a terminal Ctrl-C reaches only us; we stop it in order, by PID
             )
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
@@ -392,6 +396,7 @@ class Run:
     server_sys_s: float = 0.0
     server_cpu_s_schedstat: float = 0.0
     receiver_cpu_s: float = 0.0
+    receiver_sys_s: float = 0.0
     receiver_cpu_share: float = 0.0
     sender_cpu_s: float = 0.0
     wall_s: float = 0.0
@@ -454,6 +459,7 @@ class Bench:
         burst = 1 if mode == "paced" else self.args.burst
         r = Run(mode=mode, repeat=repeat, messages=m, burst=burst, deliveries_expected=m * self.n)
         before_metrics = self.server.metrics()
+        time.sleep(0.05)  # let the server finish with the scrape's connection before the window opens
         sent0 = self.sent
         s0, x0, me0, t0 = (cpu_sample(self.server_ps), cpu_sample(self.rx_ps), self.self_ps.cpu_times(),
                            time.perf_counter())
@@ -471,6 +477,7 @@ class Bench:
         r.server_cpu_s = s1.total - s0.total
         r.server_cpu_s_schedstat = (s1.sched_ns - s0.sched_ns) / 1e9
         r.receiver_cpu_s = x1.total - x0.total
+        r.receiver_sys_s = x1.sys - x0.sys
         r.receiver_cpu_share = r.receiver_cpu_s / r.wall_s if r.wall_s > 0 else 0.0
         r.sender_cpu_s = (me1.user + me1.system) - (me0.user + me0.system)
         r.server_metric_deliveries = after_metrics.get("chat_deliveries_total", 0.0) - before_metrics.get(
@@ -559,7 +566,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             "receiver_cpu_s": [r.receiver_cpu_s for r in rs],
             "wall_s": {"median": statistics.median(r.wall_s for r in rs), "all": [r.wall_s for r in rs]},
             "deliveries_per_wall_s": {"median": statistics.median(r.deliveries_per_wall_s for r in rs)},
-            "meets_target": statistics.median(rates) >= TARGET_RATE,
+            "meets_target": all(r.complete for r in rs) and statistics.median(rates) >= TARGET_RATE,
         }
     return out
 
@@ -670,6 +677,9 @@ def _workdir(keep: bool) -> Iterator[Path]:
     try:
         yield path
         ok = True
+    except KeyboardInterrupt:
+        ok = True  # nothing to investigate
+        raise
     finally:
         if keep or not ok:
             console.print(f"server temp dir kept: {path}")
@@ -722,8 +732,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = _run(args, params, result, work, procs)
             finally:
                 server = procs.server
-                procs.stop(result)
-                if code != 0 and server is not None:
+                # a second Ctrl-C must not cut the clean-up short
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                try:
+                    procs.stop(result)
+                finally:
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    signal.signal(signal.SIGTERM, _sigterm)
+                interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+                if code != 0 and server is not None and not interrupted:
                     console.print(f"[dim]server log tail:\n{server.log_tail()}[/dim]")
     except KeyboardInterrupt:
         console.print("[red]interrupted; server and receiver stopped[/red]")
@@ -732,6 +750,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         console.print(f"[red]benchmark failed: {exc}[/red]")
         result["error"] = str(exc)
+        code = 2
+    except Exception as exc:
+        console.print_exception()
+        result["error"] = f"{type(exc).__name__}: {exc}"
         code = 2
     result["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     if code != 130 or result.get("runs"):
@@ -774,10 +796,12 @@ def _run(args: argparse.Namespace, params: dict[str, Any], result: dict[str, Any
     result["idle"] = bench.idle(1.0)
 
     runs: list[Run] = []
+    result["runs"] = []  # filled as runs finish: an interrupted benchmark still writes what it measured
     for rep in range(args.repeat):
         for mode in args.modes:
             r = bench.run(mode, rep)
             runs.append(r)
+            result["runs"].append(asdict(r))
             state = "[green]complete[/green]" if r.complete else "[red]INCOMPLETE[/red]"
             console.print(
                 f"  {mode:5s} #{rep + 1}: {r.deliveries_received:,} deliveries, "
@@ -789,7 +813,6 @@ def _run(args: argparse.Namespace, params: dict[str, Any], result: dict[str, Any
                 break
         if runs and not runs[-1].complete:
             break
-    result["runs"] = [asdict(r) for r in runs]
     summary = result["summary"] = summarize(runs)
     print_table(summary, params)
 
@@ -805,6 +828,10 @@ def _run(args: argparse.Namespace, params: dict[str, Any], result: dict[str, Any
         console.print(f"[yellow]warning: {w}[/yellow]")
     for mode, s in summary.items():
         rate = s["deliveries_per_server_cpu_s"]["median"]
+        if not s["complete"]:
+            console.print(f"{mode}: [red]deliveries incomplete: {rate:,.0f} deliveries per server-CPU-second is not "
+                          "a valid figure[/red]")
+            continue
         verdict = "[green]meets[/green]" if rate >= TARGET_RATE else "[red]below[/red]"
         console.print(f"{mode}: median {rate:,.0f} deliveries per server-CPU-second — {verdict} the target of "
                       f"{TARGET_RATE:,}")
