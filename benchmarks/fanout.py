@@ -5,12 +5,14 @@
 
 What it does:
 
-1. starts ``python -m reference_server`` on free loopback ports with a fresh database in a temp dir,
-   ``--send-rate 0 --idle-timeout-s 600``, pinned to core 0 (``--server-core``);
+1. starts ``python -m reference_server`` (:class:`chatbench.procs.ServerProcess`) on loopback ports it binds
+   itself, with a fresh database in a temp dir, ``--send-rate 0 --idle-timeout-s 600``, pinned to core 0
+   (``--server-core``), in its own session, SIGTERMed by the kernel should this process die;
 2. provisions users 1..N+1 and group 1 holding all of them (N receivers + the sender, uid N+1);
 3. starts a receiver process pinned to core 1 (``--receiver-core``) that holds the N connections with a
    :class:`drivers.fast_receiver.FastReceiver` and answers a small control protocol over a pipe;
-   this process (the sender) is pinned to the same core: its share is a few system calls per message;
+   this process (the sender, one :class:`drivers.client.ChatClient`) is pinned to the same core: its share
+   is a few system calls per message;
 4. sends a few unmeasured warm-up messages, measures the server's idle CPU for a second, then runs each mode
    ``--repeat`` times, interleaved:
 
@@ -22,9 +24,9 @@ What it does:
    The window of each run is exactly the broadcast: the server's CPU and the receiver's CPU are read right
    before the first send and right after the last delivery arrived; connection set-up is outside it. Server
    CPU is user+sys of the whole process from /proc/PID/stat (psutil; 10 ms ticks) and, for the headline
-   figure, the sum of the threads' /proc/PID/task/TID/schedstat on-CPU nanoseconds (the same quantity,
-   exact; falls back to psutil when schedstat is missing). Both are in the JSON; a warning says if they
-   disagree by more than 10%.
+   figure, :func:`chatbench.machine.process_cpu_seconds` (the threads' schedstat on-CPU nanoseconds: the same
+   quantity, exact; psutil's figure is used when schedstat is missing). Both are in the JSON; a warning says
+   if they disagree by more than 10%.
 5. after each run the receiver verifies every connection received exactly the messages sent so far and the
    last seq; the server's ``chat_deliveries_total`` delta is cross-checked. Incomplete deliveries make the
    benchmark fail (exit 1) after writing its result.
@@ -40,24 +42,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
 import multiprocessing as mp
 import os
-import platform
-import re
-import resource
-import select
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -66,23 +58,24 @@ from typing import Any, Final
 
 import orjson
 import psutil  # type: ignore[import-untyped, unused-ignore]
-import websocket
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from chatbench.cli import delta, server_counters
+from chatbench.machine import git_info, machine_info, process_cpu_seconds
+from chatbench.procs import SECRET, ServerProcess, ServerStartError
+from drivers.admin import AdminError
+from drivers.client import ChatClient, ChatClientError
 from drivers.fast_receiver import FastReceiver
-from reference_server import protocol
+from reference_server.protocol import user_token
 
-SECRET: Final = "chatbench-dev-secret"
-ADMIN_TOKEN: Final = "chatbench-dev-admin"
 GID: Final = 1
 TARGET_RATE: Final = 100_000  # deliveries per server-CPU-second
-REPO: Final = Path(__file__).resolve().parents[1]
-READY: Final = re.compile(r"chatbench server ready ws=(\S+) admin=(\S+)")
 MAX_MEMBERS: Final = 19_000  # one receiver process; 20,000 open files per process
 RECEIVER_BUSY: Final = 0.90  # receiver CPU share of its core above which it may be the bottleneck
 MODES: Final = ("paced", "burst")
+ACK_TIMEOUT: Final = 60.0
 
 # wide enough for the table when the output is a file or a pipe (rich defaults to 80 columns there)
 console = Console() if sys.stdout.isatty() else Console(width=200)
@@ -92,15 +85,18 @@ class BenchError(Exception):
     """Set-up or run failure (not a measurement result)."""
 
 
-# --------------------------------------------------------------------------------------------------
-# CPU accounting
+class _Incomplete(Exception):
+    """A batch's deliveries did not all arrive in time (a measurement result: the run is incomplete)."""
+
+
+FAILURES: Final = (BenchError, ServerStartError, AdminError, ChatClientError)
 
 
 @dataclass(frozen=True, slots=True)
 class CpuSample:
     user: float
     sys: float
-    sched_ns: int  # sum over the process's live threads of /proc/PID/task/TID/schedstat field 1 (ns on CPU)
+    sched: float  # chatbench.machine.process_cpu_seconds (schedstat, ns precision; 0.0 where missing)
 
     @property
     def total(self) -> float:
@@ -109,121 +105,7 @@ class CpuSample:
 
 def cpu_sample(proc: psutil.Process) -> CpuSample:
     t = proc.cpu_times()
-    ns = 0
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{proc.pid}/task"):
-            with contextlib.suppress(OSError, ValueError), open(f"/proc/{proc.pid}/task/{tid}/schedstat") as f:
-                ns += int(f.read().split()[0])
-    return CpuSample(t.user, t.system, ns)
-
-
-# --------------------------------------------------------------------------------------------------
-# The server
-
-
-def _child_setup(core: int | None) -> None:
-    """Runs in the forked server child before exec: pin it, and have it SIGTERMed if we die."""
-    if core is not None:
-        os.sched_setaffinity(0, {core})
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Server:
-    def __init__(self, workdir: Path, core: int | None, extra_args: Sequence[str]) -> None:
-        self.workdir = workdir
-        self.log_path = workdir / "server.log"
-        self.cmd = [
-            sys.executable, "-m", "reference_server", "--port", "0", "--admin-port", "0",
-            "--db-path", str(workdir / "chat.db"), "--send-rate", "0", "--idle-timeout-s", "600", *extra_args,
-        ]
-        self.core = core
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.ws_url = ""
-        self.admin_url = ""
-        self.ready_line = ""
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 60.0) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-        core = self.core
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO, env=env,
-                preexec_fn=lambda: _child_setup(core),
-                start_new_session=True,  # a terminal Ctrl-C reaches only us; we stop it in order, by PID
-            )
-        assert self.proc.stdout is not None
-        fd = self.proc.stdout.fileno()
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                raise BenchError(f"server did not become ready (exit {self.proc.poll()}); log:\n{self.log_tail()}")
-            r, _, _ = select.select([fd], [], [], min(left, 0.2))
-            if r:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    continue
-                buf += chunk
-                m = READY.search(buf.decode(errors="replace"))
-                if m:
-                    self.ws_url, self.admin_url = m.group(1), m.group(2)
-                    self.ready_line = buf.decode(errors="replace").strip().splitlines()[0]
-                    return
-
-    def admin(self, method: str, path: str, body: Any = None, timeout: float = 120.0) -> bytes:
-        data = orjson.dumps(body) if body is not None else None
-        req = urllib.request.Request(self.admin_url + path, data=data, method=method)
-        req.add_header("Authorization", f"Bearer {ADMIN_TOKEN}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                raw: bytes = resp.read()
-                return raw
-        except urllib.error.HTTPError as exc:
-            raise BenchError(f"{method} {path}: HTTP {exc.code}: {exc.read()[:300]!r}") from None
-
-    def metrics(self) -> dict[str, float]:
-        wanted = ("chat_deliveries_total", "chat_messages_accepted_total", "process_cpu_seconds_total")
-        out: dict[str, float] = {}
-        for line in self.admin("GET", "/metrics").decode().splitlines():
-            name, _, value = line.partition(" ")
-            if name in wanted:
-                out[name] = float(value)
-        return out
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM by PID (graceful shutdown), SIGKILL after timeout."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        return proc.returncode
+    return CpuSample(t.user, t.system, process_cpu_seconds(proc.pid))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,8 +179,7 @@ class ReceiverProc:
 
     def recv(self, timeout: float) -> tuple[Any, ...]:
         if not self.conn.poll(timeout):
-            alive = self.proc.is_alive()
-            raise BenchError(f"receiver did not answer within {timeout:g} s (alive: {alive})")
+            raise BenchError(f"receiver did not answer within {timeout:g} s (alive: {self.proc.is_alive()})")
         try:
             msg: tuple[Any, ...] = self.conn.recv()
         except EOFError:
@@ -324,59 +205,6 @@ class ReceiverProc:
             self.proc.kill()
             self.proc.join()
         self.conn.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# The sender (this process): websocket-client, one connection
-
-
-class Sender:
-    def __init__(self, ws_url: str, uid: int) -> None:
-        self.uid = uid
-        self.ws = websocket.create_connection(
-            ws_url + protocol.ws_query(uid, protocol.user_token(SECRET, uid)), timeout=60,
-            skip_utf8_validation=True,
-        )
-        hello = orjson.loads(self.ws.recv_data()[1])
-        if hello.get("op") != "hello":
-            raise BenchError(f"sender: expected hello, got {hello!r}")
-        self.rid = 0
-        self.last_seq = 0
-        self.acks = 0
-
-    def send_batch(self, bodies: Sequence[str]) -> list[int]:
-        """Send len(bodies) messages in one write; return their rids."""
-        rids = []
-        frames = []
-        for body in bodies:
-            self.rid += 1
-            rids.append(self.rid)
-            payload = protocol.encode_send(self.rid, GID, body, protocol.now_us())
-            frames.append(websocket.ABNF.create_frame(payload, websocket.ABNF.OPCODE_TEXT).format())
-        sock = self.ws.sock
-        if sock is None:
-            raise BenchError("sender: connection is closed")
-        sock.sendall(b"".join(frames))
-        return rids
-
-    def await_acks(self, rids: Sequence[int]) -> None:
-        want = set(rids)
-        while want:
-            opcode, data = self.ws.recv_data()
-            if opcode != websocket.ABNF.OPCODE_TEXT:
-                raise BenchError(f"sender: unexpected frame opcode {opcode}: {data[:100]!r}")
-            frame = orjson.loads(data)
-            op = frame.get("op")
-            if op == "ack" and frame.get("rid") in want:
-                want.discard(frame["rid"])
-                self.acks += 1
-                self.last_seq = max(self.last_seq, frame["seq"])
-            elif op == "error":
-                raise BenchError(f"sender: server error {frame!r}")
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ws.close(timeout=2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -410,26 +238,25 @@ class Run:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, server: Server, rx: ReceiverProc, sender: Sender) -> None:
-        self.args = args
-        self.server = server
-        self.rx = rx
-        self.sender = sender
+    """Sends with this process's ChatClient, waits on the receiver process, measures windows."""
+
+    def __init__(self, args: argparse.Namespace, server: ServerProcess, rx: ReceiverProc, sender: ChatClient) -> None:
+        assert server.admin is not None
+        self.args, self.admin, self.rx, self.sender = args, server.admin, rx, sender
         self.n = args.members
         self.sent = 0  # messages sent so far (each must reach every receiver)
-        self.server_ps = psutil.Process(server.pid)
-        self.rx_ps = psutil.Process(rx.pid)
-        self.self_ps = psutil.Process()
+        self.last_seq = 0
+        self.server_ps, self.rx_ps, self.self_ps = psutil.Process(server.pid), psutil.Process(rx.pid), psutil.Process()
 
     def _deliver(self, count: int, burst: int) -> None:
-        """Send count messages in batches of burst; after each batch wait for its acks and all deliveries."""
+        """Send count messages in batches of burst (one write each); after each batch wait for its acks and all
+        deliveries."""
         timeout = self.args.timeout
         i = 0
         while i < count:
             k = min(burst, count - i)
-            bodies = [f"fanout message {self.sent + j + 1:08d} " + "x" * 40 for j in range(k)]
-            rids = self.sender.send_batch(bodies)
-            self.sender.await_acks(rids)
+            acks = self.sender.send_many(GID, [f"fanout message {self.sent + j + 1:08d} " + "x" * 40 for j in range(k)])
+            self.last_seq = max(self.last_seq, *(ack["seq"] for ack in acks))
             self.sent += k
             i += k
             _, ok, total = self.rx.call(("wait", self.sent * self.n, timeout), timeout + 10)
@@ -443,7 +270,7 @@ class Bench:
         return self._verify()
 
     def _verify(self) -> dict[str, Any]:
-        _, report = self.rx.call(("verify", self.sent, self.sender.last_seq if self.sent else None), 60)
+        _, report = self.rx.call(("verify", self.sent, self.last_seq if self.sent else None), 60)
         assert isinstance(report, dict)
         return report
 
@@ -451,39 +278,33 @@ class Bench:
         a, t0 = cpu_sample(self.server_ps), time.perf_counter()
         time.sleep(seconds)
         b, t1 = cpu_sample(self.server_ps), time.perf_counter()
-        return {"seconds": t1 - t0, "server_cpu_s": b.total - a.total,
-                "server_cpu_s_schedstat": (b.sched_ns - a.sched_ns) / 1e9}
+        return {"seconds": t1 - t0, "server_cpu_s": b.total - a.total, "server_cpu_s_schedstat": b.sched - a.sched}
 
     def run(self, mode: str, repeat: int) -> Run:
         m = self.args.messages
         burst = 1 if mode == "paced" else self.args.burst
         r = Run(mode=mode, repeat=repeat, messages=m, burst=burst, deliveries_expected=m * self.n)
-        before_metrics = self.server.metrics()
+        before = server_counters(self.admin.metrics_text())
         time.sleep(0.05)  # let the server finish with the scrape's connection before the window opens
         sent0 = self.sent
-        s0, x0, me0, t0 = (cpu_sample(self.server_ps), cpu_sample(self.rx_ps), self.self_ps.cpu_times(),
-                           time.perf_counter())
+        s0, x0, me0 = cpu_sample(self.server_ps), cpu_sample(self.rx_ps), self.self_ps.cpu_times()
+        t0 = time.perf_counter()
         error: _Incomplete | None = None
         try:
             self._deliver(m, burst)
         except _Incomplete as exc:
             error = exc
-        t1, s1, x1, me1 = (time.perf_counter(), cpu_sample(self.server_ps), cpu_sample(self.rx_ps),
-                           self.self_ps.cpu_times())
-        after_metrics = self.server.metrics()
+        t1 = time.perf_counter()
+        s1, x1, me1 = cpu_sample(self.server_ps), cpu_sample(self.rx_ps), self.self_ps.cpu_times()
+        after = server_counters(self.admin.metrics_text())
         r.wall_s = t1 - t0
-        r.server_user_s = s1.user - s0.user
-        r.server_sys_s = s1.sys - s0.sys
-        r.server_cpu_s = s1.total - s0.total
-        r.server_cpu_s_schedstat = (s1.sched_ns - s0.sched_ns) / 1e9
-        r.receiver_cpu_s = x1.total - x0.total
-        r.receiver_sys_s = x1.sys - x0.sys
+        r.server_user_s, r.server_sys_s, r.server_cpu_s = s1.user - s0.user, s1.sys - s0.sys, s1.total - s0.total
+        r.server_cpu_s_schedstat = s1.sched - s0.sched
+        r.receiver_cpu_s, r.receiver_sys_s = x1.total - x0.total, x1.sys - x0.sys
         r.receiver_cpu_share = r.receiver_cpu_s / r.wall_s if r.wall_s > 0 else 0.0
         r.sender_cpu_s = (me1.user + me1.system) - (me0.user + me0.system)
-        r.server_metric_deliveries = after_metrics.get("chat_deliveries_total", 0.0) - before_metrics.get(
-            "chat_deliveries_total", 0.0)
-        r.server_metric_accepted = after_metrics.get("chat_messages_accepted_total", 0.0) - before_metrics.get(
-            "chat_messages_accepted_total", 0.0)
+        r.server_metric_deliveries = delta(after, before, "chat_deliveries_total")
+        r.server_metric_accepted = delta(after, before, "chat_messages_accepted_total")
         r.verify = self._verify()
         r.deliveries_received = int(r.verify["received_total"]) - sent0 * self.n
         # prefer the nanosecond schedstat figure when available (psutil's /proc/PID/stat has 10 ms ticks)
@@ -499,47 +320,12 @@ class Bench:
         return r
 
 
-class _Incomplete(Exception):
-    pass
-
-
 # --------------------------------------------------------------------------------------------------
 # Reporting
 
 
-def machine_info() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    freq = psutil.cpu_freq()
-    return {
-        "cpu_model": model or platform.processor(),
-        "cpu_count_logical": psutil.cpu_count(logical=True),
-        "cpu_count_physical": psutil.cpu_count(logical=False),
-        "cpu_affinity_available": sorted(os.sched_getaffinity(0)),
-        "cpu_mhz": freq.current if freq else None,
-        "memory_bytes": psutil.virtual_memory().total,
-        "kernel": platform.release(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "hostname": platform.node(),
-        "open_files_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
-    }
-
-
-def git_info() -> dict[str, Any]:
-    def git(*a: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    status = git("status", "--porcelain")
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
+def _stat(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "all": values}
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:
@@ -553,18 +339,15 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             "runs": len(rs),
             "complete": all(r.complete for r in rs),
             "deliveries_per_run": [r.deliveries_received for r in rs],
-            "deliveries_per_server_cpu_s": {"median": statistics.median(rates), "all": rates},
-            "server_cpu_s": {"median": statistics.median(r.server_cpu_s_schedstat or r.server_cpu_s for r in rs),
-                             "all": [r.server_cpu_s_schedstat or r.server_cpu_s for r in rs]},
+            "deliveries_per_server_cpu_s": _stat(rates),
+            "server_cpu_s": _stat([r.server_cpu_s_schedstat or r.server_cpu_s for r in rs]),
             "server_cpu_s_psutil": [r.server_cpu_s for r in rs],
             "server_sys_fraction": {"median": statistics.median(
                 r.server_sys_s / r.server_cpu_s if r.server_cpu_s else 0.0 for r in rs)},
-            "server_cpu_us_per_delivery": {"median": statistics.median(r.server_cpu_us_per_delivery for r in rs),
-                                           "all": [r.server_cpu_us_per_delivery for r in rs]},
-            "receiver_cpu_share": {"median": statistics.median(r.receiver_cpu_share for r in rs),
-                                   "all": [r.receiver_cpu_share for r in rs]},
+            "server_cpu_us_per_delivery": _stat([r.server_cpu_us_per_delivery for r in rs]),
+            "receiver_cpu_share": _stat([r.receiver_cpu_share for r in rs]),
             "receiver_cpu_s": [r.receiver_cpu_s for r in rs],
-            "wall_s": {"median": statistics.median(r.wall_s for r in rs), "all": [r.wall_s for r in rs]},
+            "wall_s": _stat([r.wall_s for r in rs]),
             "deliveries_per_wall_s": {"median": statistics.median(r.deliveries_per_wall_s for r in rs)},
             "meets_target": all(r.complete for r in rs) and statistics.median(rates) >= TARGET_RATE,
         }
@@ -580,17 +363,15 @@ def print_table(summary: dict[str, Any], params: dict[str, Any]) -> None:
                          ("deliveries / wall-s", "right"), ("complete", "center")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for mode, s in summary.items():
-        label = mode if mode == "paced" else f"{mode} (k={params['burst']})"
-        rate = s["deliveries_per_server_cpu_s"]
+        rate, share = s["deliveries_per_server_cpu_s"], s["receiver_cpu_share"]
         table.add_row(
-            label,
+            mode if mode == "paced" else f"{mode} (k={params['burst']})",
             f"{s['deliveries_per_run'][0]:,}",
             f"{s['server_cpu_s']['median']:.3f}",
             f"[bold]{rate['median']:,.0f}[/bold] " + escape("[" + ", ".join(f"{v:,.0f}" for v in rate["all"]) + "]"),
             f"{s['server_cpu_us_per_delivery']['median']:.2f}",
             f"{100 * s['server_sys_fraction']['median']:.0f}%",
-            f"{100 * s['receiver_cpu_share']['median']:.0f}% "
-            + escape("[" + ", ".join(f"{100 * v:.0f}%" for v in s["receiver_cpu_share"]["all"]) + "]"),
+            f"{100 * share['median']:.0f}% " + escape("[" + ", ".join(f"{100 * v:.0f}%" for v in share["all"]) + "]"),
             f"{s['wall_s']['median']:.2f}",
             f"{s['deliveries_per_wall_s']['median']:,.0f}",
             "[green]yes[/green]" if s["complete"] else "[red]NO[/red]",
@@ -598,9 +379,40 @@ def print_table(summary: dict[str, Any], params: dict[str, Any]) -> None:
     console.print(table)
 
 
-def default_out() -> Path:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return Path("results") / f"bench-fanout-{stamp}.json"
+def report(args: argparse.Namespace, runs: list[Run], result: dict[str, Any]) -> int:
+    """Summary, table, warnings and verdicts into result and onto the console; the exit code."""
+    summary = result["summary"] = summarize(runs)
+    print_table(summary, result["params"])
+    warnings: list[str] = result["warnings"]
+    for r in runs:
+        if r.receiver_cpu_share > RECEIVER_BUSY:
+            warnings.append(f"{r.mode} #{r.repeat + 1}: receiver used {100 * r.receiver_cpu_share:.0f}% of its core "
+                            "during the window: it may be the bottleneck (wall-clock figures understate the server)")
+        if r.server_cpu_s > 0 and abs(r.server_cpu_s - r.server_cpu_s_schedstat) > max(0.05, 0.1 * r.server_cpu_s):
+            warnings.append(f"{r.mode} #{r.repeat + 1}: psutil CPU {r.server_cpu_s:.3f} s and schedstat "
+                            f"{r.server_cpu_s_schedstat:.3f} s disagree")
+    for w in warnings:
+        console.print(f"[yellow]warning: {w}[/yellow]")
+    for mode, s in summary.items():
+        rate = s["deliveries_per_server_cpu_s"]["median"]
+        if not s["complete"]:
+            console.print(f"{mode}: [red]deliveries incomplete: {rate:,.0f} deliveries per server-CPU-second is not "
+                          "a valid figure[/red]")
+            continue
+        verdict = "[green]meets[/green]" if rate >= TARGET_RATE else "[red]below[/red]"
+        console.print(f"{mode}: median {rate:,.0f} deliveries per server-CPU-second — {verdict} the target of "
+                      f"{TARGET_RATE:,}")
+    incomplete = [r for r in runs if not r.complete]
+    for r in incomplete:
+        v = r.verify
+        console.print(f"[red]{r.mode} #{r.repeat + 1}: deliveries INCOMPLETE: {r.deliveries_received:,} of "
+                      f"{r.deliveries_expected:,} (server counted {r.server_metric_deliveries:,.0f}); lost "
+                      f"{v.get('lost')}, extra {v.get('extra')}, wrong max seq {v.get('wrong_max_seq')}, "
+                      f"disconnected {v.get('disconnected')}[/red]")
+        for ex in v.get("examples", [])[:5]:
+            console.print(f"[red]    {ex}[/red]")
+    result["ok"] = not incomplete and len(runs) == args.repeat * len(args.modes)
+    return 0 if result["ok"] else 1
 
 
 def write_exclusive(path: Path, data: bytes) -> Path:
@@ -645,10 +457,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="extra argument for the server (repeatable), e.g. --server-arg=--sqlite-synchronous=normal")
     p.add_argument("--keep-tmp", action="store_true", help="keep the server's temp dir (db, log)")
     args = p.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in MODES for m in modes):
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not args.modes or any(m not in MODES for m in args.modes):
         p.error(f"--modes must name some of {', '.join(MODES)}")
-    args.modes = modes
     if not 1 <= args.members <= MAX_MEMBERS:
         p.error(f"--members must be in 1..{MAX_MEMBERS} (one receiver process, 20,000 open files per process)")
     if args.messages < 1 or args.repeat < 1 or args.burst < 1 or args.warmup < 0:
@@ -670,30 +481,12 @@ def _sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def _workdir(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="chatbench-fanout-"))
-    ok = False
-    try:
-        yield path
-        ok = True
-    except KeyboardInterrupt:
-        ok = True  # nothing to investigate
-        raise
-    finally:
-        if keep or not ok:
-            console.print(f"server temp dir kept: {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 class Procs:
     """What this run started; stop() ends each of them by PID, in order: sender, receiver, server."""
 
-    def __init__(self) -> None:
-        self.server: Server | None = None
-        self.rx: ReceiverProc | None = None
-        self.sender: Sender | None = None
+    server: ServerProcess | None = None
+    rx: ReceiverProc | None = None
+    sender: ChatClient | None = None
 
     def stop(self, result: dict[str, Any]) -> None:
         if self.sender is not None:
@@ -709,7 +502,7 @@ class Procs:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
-    out_path: Path = args.out or default_out()
+    out_path: Path = args.out or Path("results") / f"bench-fanout-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
     n = args.members
     params = {
         "members": n, "messages": args.messages, "repeat": args.repeat, "burst": args.burst, "modes": args.modes,
@@ -727,28 +520,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     procs = Procs()
     code = 2
     try:
-        with _workdir(args.keep_tmp) as work:
+        try:
+            code = _run(args, result, procs)
+        finally:
+            # a second Ctrl-C must not cut the clean-up short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
             try:
-                code = _run(args, params, result, work, procs)
+                procs.stop(result)
             finally:
-                server = procs.server
-                # a second Ctrl-C must not cut the clean-up short
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                try:
-                    procs.stop(result)
-                finally:
-                    signal.signal(signal.SIGINT, signal.default_int_handler)
-                    signal.signal(signal.SIGTERM, _sigterm)
-                interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
-                if code != 0 and server is not None and not interrupted:
-                    console.print(f"[dim]server log tail:\n{server.log_tail()}[/dim]")
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, _sigterm)
+            raised = sys.exc_info()[1]
+            interrupted = isinstance(raised, KeyboardInterrupt)
+            if (server := procs.server) is not None:
+                if code != 0 and not interrupted:
+                    console.print(f"[dim]server log tail:\n{escape(server.log_tail(30))}[/dim]")
+                keep = args.keep_tmp or (raised is not None and not interrupted)  # a failure to look into
+                server.cleanup(keep=keep)
+                if keep:
+                    console.print(f"server temp dir kept: {server.db_path.parent}")
     except KeyboardInterrupt:
         console.print("[red]interrupted; server and receiver stopped[/red]")
         result["error"] = "interrupted"
         code = 130
-    except BenchError as exc:
-        console.print(f"[red]benchmark failed: {exc}[/red]")
+    except FAILURES as exc:
+        console.print(f"[red]benchmark failed: {escape(str(exc))}[/red]")
         result["error"] = str(exc)
         code = 2
     except Exception as exc:
@@ -762,17 +559,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run(args: argparse.Namespace, params: dict[str, Any], result: dict[str, Any], work: Path, procs: Procs) -> int:
+def _run(args: argparse.Namespace, result: dict[str, Any], procs: Procs) -> int:
     n = args.members
     if args.receiver_core is not None:
         os.sched_setaffinity(0, {args.receiver_core})  # the sender shares the receiver's core
-    server = procs.server = Server(work, args.server_core, args.server_arg)
+    server = procs.server = ServerProcess(
+        "--send-rate", "0", "--idle-timeout-s", "600", *args.server_arg, cpu=args.server_core, port=0, admin_port=0,
+        new_session=True, die_with_parent=True)
     console.print(f"starting server (core {args.server_core}) ...")
-    server.start()
+    server.start(timeout=60.0)
+    assert server.admin is not None
+    server.admin.timeout = 120.0
     result["server"] = {"cmd": server.cmd, "pid": server.pid, "ready_line": server.ready_line}
     t0 = time.perf_counter()
-    server.admin("POST", "/admin/users", {"first": 1, "count": n + 1})
-    server.admin("POST", "/admin/groups", {"groups": [{"gid": GID, "members": list(range(1, n + 2))}]})
+    server.admin.create_users(1, n + 1)
+    server.admin.create_groups({GID: list(range(1, n + 2))})
     result["provision_s"] = time.perf_counter() - t0
     console.print(f"provisioned {n + 1:,} users and group {GID} in {result['provision_s']:.2f} s; "
                   f"connecting {n:,} receivers (core {args.receiver_core}) ...")
@@ -785,7 +586,9 @@ def _run(args: argparse.Namespace, params: dict[str, Any], result: dict[str, Any
     if connect["connected"] != n:
         raise BenchError(f"receiver connected {connect['connected']} of {n}: {connect['errors']}")
     console.print(f"{n:,} receivers connected in {connect['seconds']:.2f} s ({connect['retries']} retries)")
-    procs.sender = Sender(server.ws_url, n + 1)
+    procs.sender = ChatClient(server.ws_url, n + 1, user_token(SECRET, n + 1), heartbeat_s=None,
+                              request_timeout=ACK_TIMEOUT, connect_timeout=60)
+    procs.sender.connect()
     bench = Bench(args, server, procs.rx, procs.sender)
 
     warm = bench.warmup(args.warmup)
@@ -813,42 +616,7 @@ def _run(args: argparse.Namespace, params: dict[str, Any], result: dict[str, Any
                 break
         if runs and not runs[-1].complete:
             break
-    summary = result["summary"] = summarize(runs)
-    print_table(summary, params)
-
-    warnings: list[str] = result["warnings"]
-    for r in runs:
-        if r.receiver_cpu_share > RECEIVER_BUSY:
-            warnings.append(f"{r.mode} #{r.repeat + 1}: receiver used {100 * r.receiver_cpu_share:.0f}% of its core "
-                            "during the window: it may be the bottleneck (wall-clock figures understate the server)")
-        if r.server_cpu_s > 0 and abs(r.server_cpu_s - r.server_cpu_s_schedstat) > max(0.05, 0.1 * r.server_cpu_s):
-            warnings.append(f"{r.mode} #{r.repeat + 1}: psutil CPU {r.server_cpu_s:.3f} s and schedstat "
-                            f"{r.server_cpu_s_schedstat:.3f} s disagree")
-    for w in warnings:
-        console.print(f"[yellow]warning: {w}[/yellow]")
-    for mode, s in summary.items():
-        rate = s["deliveries_per_server_cpu_s"]["median"]
-        if not s["complete"]:
-            console.print(f"{mode}: [red]deliveries incomplete: {rate:,.0f} deliveries per server-CPU-second is not "
-                          "a valid figure[/red]")
-            continue
-        verdict = "[green]meets[/green]" if rate >= TARGET_RATE else "[red]below[/red]"
-        console.print(f"{mode}: median {rate:,.0f} deliveries per server-CPU-second — {verdict} the target of "
-                      f"{TARGET_RATE:,}")
-    incomplete = [r for r in runs if not r.complete]
-    if incomplete or len(runs) != args.repeat * len(args.modes):
-        for r in incomplete:
-            console.print(f"[red]{r.mode} #{r.repeat + 1}: deliveries INCOMPLETE: "
-                          f"{r.deliveries_received:,} of {r.deliveries_expected:,} "
-                          f"(server counted {r.server_metric_deliveries:,.0f}); lost {r.verify.get('lost')}, "
-                          f"extra {r.verify.get('extra')}, wrong max seq {r.verify.get('wrong_max_seq')}, "
-                          f"disconnected {r.verify.get('disconnected')}[/red]")
-            for ex in r.verify.get("examples", [])[:5]:
-                console.print(f"[red]    {ex}[/red]")
-        result["ok"] = False
-        return 1
-    result["ok"] = True
-    return 0
+    return report(args, runs, result)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@ Only processes started here are ever signalled, always by PID.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +26,12 @@ from drivers.admin import AdminClient
 READY = re.compile(r"chatbench server ready ws=(\S+) admin=(\S+)")
 ADMIN_TOKEN = "chatbench-dev-admin"
 SECRET = "chatbench-dev-secret"
+REPO = Path(__file__).resolve().parents[1]
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerStartError(RuntimeError):
+    """The server exited or did not print its ready line in time."""
 
 
 def free_port() -> int:
@@ -30,22 +40,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when the thread that started it ends (Linux PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class ServerProcess:
-    """``python -m reference_server`` on free loopback ports with its own database (unless given)."""
+    """``python -m reference_server`` on free loopback ports with its own database (unless given).
+
+    ``port``/``admin_port``: None picks a free port before the start; 0 lets the server bind one itself (no race
+    with other processes); either way ``port``, ``admin_port``, ``ws_url`` and ``admin_url`` hold the real ones
+    once started. ``cpu`` pins the server to one core. ``new_session`` starts it in its own session, so a
+    terminal's Ctrl-C reaches only the caller, which then stops it in order. ``die_with_parent`` has the kernel
+    SIGTERM it if the thread that started it ends (PR_SET_PDEATHSIG; start it from a long-lived thread).
+    """
 
     def __init__(self, *args: str, db_path: Path | None = None, cpu: int | None = None,
-                 log_path: Path | None = None) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="chatbench-") if db_path is None else None
-        base = Path(self._tmp.name) if self._tmp else db_path.parent  # type: ignore[union-attr]
+                 log_path: Path | None = None, port: int | None = None, admin_port: int | None = None,
+                 new_session: bool = False, die_with_parent: bool = False) -> None:
+        # without db_path: a temp dir for the database and the log, removed by cleanup() (or when this object
+        # is collected, or at exit) unless cleanup(keep=True)
+        base = Path(tempfile.mkdtemp(prefix="chatbench-")) if db_path is None else db_path.parent
+        self._tmp = weakref.finalize(self, shutil.rmtree, base, ignore_errors=True) if db_path is None else None
         self.db_path = db_path or base / "chat.db"
         self.log_path = log_path or base / "server.log"
         self.args = list(args)
         self.cpu = cpu
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.port = free_port() if port is None else port
+        self.admin_port = free_port() if admin_port is None else admin_port
+        self.new_session = new_session
+        self.die_with_parent = die_with_parent
+        self.cmd: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self.ws_url = ""
         self.admin_url = ""
+        self.ready_line = ""
         self.admin: AdminClient | None = None
         self._stdout_lines: list[str] = []
 
@@ -59,8 +89,14 @@ class ServerProcess:
                str(self.admin_port), "--db-path", str(self.db_path), *self.args]
         if self.cpu is not None:
             cmd = ["taskset", "-c", str(self.cpu), *cmd]
+        self.cmd = cmd
+        env = dict(os.environ)  # the server runs this checkout's code, installed or not
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         log = self.log_path.open("a")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env,
+            start_new_session=self.new_session, preexec_fn=_die_with_parent if self.die_with_parent else None,
+        )
         log.close()
         ready = threading.Event()
 
@@ -69,8 +105,11 @@ class ServerProcess:
             for line in self.proc.stdout:
                 self._stdout_lines.append(line)
                 m = READY.search(line)
-                if m:
+                if m and not ready.is_set():
                     self.ws_url, self.admin_url = m.group(1), m.group(2)
+                    self.port = int(self.ws_url.rsplit(":", 1)[1])
+                    self.admin_port = int(self.admin_url.rsplit(":", 1)[1])
+                    self.ready_line = line.strip()
                     ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -78,7 +117,7 @@ class ServerProcess:
         while not ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"server did not start (exit {self.proc.returncode}); log:\n{self.log_tail()}")
+                raise ServerStartError(f"server did not start (exit {self.proc.returncode}); log:\n{self.log_tail()}")
         self.admin = AdminClient(self.admin_url, ADMIN_TOKEN)
         return self
 
@@ -106,10 +145,14 @@ class ServerProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
-    def cleanup(self) -> None:
+    def cleanup(self, keep: bool = False) -> None:
+        """stop(); then remove the temp dir this object made, unless keep (to look at the db and the log)."""
         self.stop()
         if self._tmp is not None:
-            self._tmp.cleanup()
+            if keep:
+                self._tmp.detach()
+            else:
+                self._tmp()
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -15,6 +15,7 @@ import itertools
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -107,6 +108,22 @@ class _Socket(websocket.WebSocket):
     def release(self) -> None:
         """Close the file descriptor (websocket-client's shutdown(), which is not annotated)."""
         self.shutdown()  # type: ignore[no-untyped-call]
+
+    def send_texts(self, payloads: Sequence[bytes]) -> None:
+        """Text frames, each masked as send() does, written with one sendall under the send lock."""
+        if len(payloads) == 1:
+            self.send(payloads[0], _OPCODE_TEXT)
+            return
+        frames = []
+        for payload in payloads:
+            frame = websocket.ABNF.create_frame(payload, _OPCODE_TEXT)
+            if self.get_mask_key:
+                frame.get_mask_key = self.get_mask_key
+            frames.append(frame.format())
+        data = b"".join(frames)
+        with self.lock:
+            while data:
+                data = data[self._send(data):]
 
 
 class _Waiter:
@@ -381,33 +398,47 @@ class ChatClient:
 
     def _start_request(self, encode: Callable[[int], bytes], callback: FrameCallback | None) -> int:
         """Register ``callback`` under a new rid (unless None), send ``encode(rid)``; return the rid."""
+        return self._start_requests([encode], [callback])[0]
+
+    def _start_requests(
+        self, encodes: Sequence[Callable[[int], bytes]], callbacks: Sequence[FrameCallback | None]
+    ) -> list[int]:
+        """Register each callback under a new rid (unless None), send every ``encode(rid)`` in one write."""
         ws = self._ws
         if ws is None:
             raise ChatClientError("not connected")
         with self._lock:
             if self._closing or self._dropped:
                 raise ConnectionClosed(self.close_code, self.close_reason)
-            rid = next(self._rids)
-            if callback is not None:
-                self._pending[rid] = callback
+            rids = [next(self._rids) for _ in encodes]
+            for rid, callback in zip(rids, callbacks, strict=True):
+                if callback is not None:
+                    self._pending[rid] = callback
         try:
-            data = encode(rid)
+            payloads = [encode(rid) for encode, rid in zip(encodes, rids, strict=True)]
         except BaseException:
-            self._pending.pop(rid, None)
+            self._forget(rids)
             raise
         try:
-            ws.send(data, _OPCODE_TEXT)
+            ws.send_texts(payloads)
         except Exception as exc:
             # A failed or partial write leaves the stream unusable: drop the connection.
-            self._pending.pop(rid, None)
+            self._forget(rids)
             self._shutdown_socket()
             raise ConnectionClosed(self.close_code or ABNORMAL_CLOSURE, f"send failed: {exc}") from exc
-        return rid
+        return rids
+
+    def _forget(self, rids: Sequence[int]) -> None:
+        for rid in rids:
+            self._pending.pop(rid, None)
 
     def _request(self, what: str, encode: Callable[[int], bytes]) -> Frame:
         waiter = _Waiter()
         rid = self._start_request(encode, waiter)
-        if not waiter.event.wait(self.request_timeout):
+        return self._await_reply(what, rid, waiter, self.request_timeout)
+
+    def _await_reply(self, what: str, rid: int, waiter: _Waiter, timeout: float) -> Frame:
+        if not waiter.event.wait(max(timeout, 0.0)):
             self._pending.pop(rid, None)
             if not waiter.event.is_set():
                 raise RequestTimeout(what, self.request_timeout, rid)
@@ -418,14 +449,15 @@ class ChatClient:
             raise ServerError(str(reply.get("code")), str(reply.get("msg", "")), rid)
         return reply
 
+    @staticmethod
+    def _send_encoder(gid: int, body: str, cts: int | None, to: Sequence[int] | None) -> Callable[[int], bytes]:
+        """``encode(rid)`` for a send request; ``cts`` None = now, taken when the frame is built."""
+        to_list = list(to) if to is not None else None
+        return lambda rid: protocol.encode_send(rid, gid, body, protocol.now_us() if cts is None else cts, to_list)
+
     def send(self, gid: int, body: str, *, to: Sequence[int] | None = None, cts: int | None = None) -> Frame:
         """Send a message; return the ``ack`` frame (gid, seq, sts). ``cts`` defaults to now, in µs."""
-        to_list = list(to) if to is not None else None
-
-        def encode(rid: int) -> bytes:
-            return protocol.encode_send(rid, gid, body, protocol.now_us() if cts is None else cts, to_list)
-
-        return self._request("send", encode)
+        return self._request("send", self._send_encoder(gid, body, cts, to))
 
     def send_nowait(
         self,
@@ -442,12 +474,23 @@ class ChatClient:
         gets ``{"op": "error", "code": CONNECTION_CLOSED, "rid": rid, ...}``. Without ``on_ack`` the reply goes
         to ``on_frame``.
         """
-        to_list = list(to) if to is not None else None
+        return self._start_request(self._send_encoder(gid, body, cts, to), on_ack)
 
-        def encode(rid: int) -> bytes:
-            return protocol.encode_send(rid, gid, body, protocol.now_us() if cts is None else cts, to_list)
+    def send_many(self, gid: int, bodies: Sequence[str]) -> list[Frame]:
+        """Send several messages in one socket write; return their ``ack`` frames, in order.
 
-        return self._start_request(encode, on_ack)
+        A pipelined burst, as a client that batches its writes sends it: the server reads the messages together
+        (one ``send()`` per message may reach it as several reads). ``cts`` is now. Raises as :meth:`send` does;
+        ``request_timeout`` bounds the wait for all the replies.
+        """
+        waiters = [_Waiter() for _ in bodies]
+        rids = self._start_requests([self._send_encoder(gid, body, None, None) for body in bodies], waiters)
+        deadline = time.monotonic() + self.request_timeout
+        try:
+            return [self._await_reply("send", rid, waiter, deadline - time.monotonic())
+                    for rid, waiter in zip(rids, waiters, strict=True)]
+        finally:
+            self._forget(rids)
 
     def sync(self, gid: int, after: int, limit: int = 100) -> Frame:
         """One page of messages with seq > after: ``{gid, msgs, next, more, max}``."""

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     config = cfg.from_args(parser().parse_args(argv))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("picows").setLevel(logging.WARNING)  # it logs every connect and disconnect at INFO
     if config.use_uvloop:
         import uvloop
 

@@ -28,7 +28,7 @@ from drivers.locust_user import (
 )
 
 
-@events.init_command_line_parser.add_listener  # type: ignore[misc]
+@events.init_command_line_parser.add_listener
 def _options(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("smoke scenario")
     g.add_argument("--senders", type=int, default=3, env_var="SMOKE_SENDERS",
@@ -39,7 +39,7 @@ def _options(parser: ArgumentParser) -> None:
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
 
 
-@events.test_start.add_listener  # type: ignore[misc]
+@events.test_start.add_listener
 def _provision(environment: Environment, **_: Any) -> None:
     if not is_coordinator(environment):
         return
@@ -53,7 +53,7 @@ def _provision(environment: Environment, **_: Any) -> None:
     admin.create_groups({opts.chat_group: uids})
 
 
-@events.quitting.add_listener  # type: ignore[misc]
+@events.quitting.add_listener
 def _summary(environment: Environment, **_: Any) -> None:
     if is_coordinator(environment):
         lat = recorder.summary_ms()

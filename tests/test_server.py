@@ -106,6 +106,19 @@ def test_send_ack_push(server: ServerProcess, connect: Connect) -> None:
     assert c.ping()["op"] == "pong"
 
 
+def test_send_many_acks_in_order_and_pushes_all(server: ServerProcess, connect: Connect) -> None:
+    provision(server, 2)
+    inbox = Inbox()
+    a = connect(1)
+    connect(2, on_message=inbox)
+    acks = a.send_many(1, ["one", "two", "three"])
+    assert [ack["op"] for ack in acks] == ["ack"] * 3 and [ack["seq"] for ack in acks] == [1, 2, 3]
+    assert [(m["seq"], m["body"]) for m in inbox.wait(3)] == [(1, "one"), (2, "two"), (3, "three")]
+    assert a.send_many(1, []) == [] and a.send(1, "four")["seq"] == 4 and a.pending == 0
+    assert error_code(lambda: a.send_many(404, ["x", "y"])) == "not_member"
+    assert a.pending == 0  # the second reply's waiter is not left behind
+
+
 def test_sync_pages(server: ServerProcess, connect: Connect) -> None:
     provision(server, 2)
     a = connect(1)
