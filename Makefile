@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types check bench clean
+.PHONY: demo test lint types check bench bench-modes dashboards clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "chatbench needs Python >= 3.11"'
@@ -32,6 +32,14 @@ check: lint types test
 ## bench: deliveries per server-CPU-second, 10,000-member group (see README)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.fanout
+
+## bench-modes: rows written and server CPU per message for each storage/unread/offline mode (docs/modes.md)
+bench-modes: $(STAMP)
+	$(BIN)/python -m benchmarks.modes
+
+## dashboards: regenerate dashboards/json from dashboards/*.py (commit the result)
+dashboards: $(STAMP)
+	$(BIN)/python -m dashboards
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

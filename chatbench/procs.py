@@ -107,7 +107,8 @@ class ServerProcess:
                 m = READY.search(line)
                 if m and not ready.is_set():
                     self.ws_url, self.admin_url = m.group(1), m.group(2)
-                    self.port = int(self.ws_url.rsplit(":", 1)[1])
+                    if self.ws_url != "none":  # a cluster's logic node has no WebSocket port
+                        self.port = int(self.ws_url.rsplit(":", 1)[1])
                     self.admin_port = int(self.admin_url.rsplit(":", 1)[1])
                     self.ready_line = line.strip()
                     ready.set()
@@ -159,3 +160,55 @@ class ServerProcess:
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.cleanup()
+
+
+class RedisProcess:
+    """A throwaway ``redis-server`` (Debian package) on a free loopback port, no persistence."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise ServerStartError("redis-server is not installed (Debian: apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--protected-mode", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ServerStartError(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def __enter__(self) -> RedisProcess:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -50,6 +50,8 @@ _NO_STATUS: Final = 1005
 _OPCODE_CLOSE: Final = websocket.ABNF.OPCODE_CLOSE
 _OPCODE_TEXT: Final = websocket.ABNF.OPCODE_TEXT
 _OPCODE_BINARY: Final = websocket.ABNF.OPCODE_BINARY
+_OPCODE_PING: Final = websocket.ABNF.OPCODE_PING
+_RECV_BYTES: Final = 256 * 1024
 
 
 class ChatClientError(Exception):
@@ -147,6 +149,7 @@ def _discard(_reply: Frame) -> None:
 class ChatClient:
     """One user's connection. Request methods block until their reply; pushes arrive on ``on_message``.
 
+    ``on_hello(frame)`` gets the ``hello`` before any push can arrive (set up per-connection state there).
     ``on_message(frame)`` gets every ``msg`` frame (or ``on_frame`` does, when ``on_message`` is None).
     ``on_frame(frame)`` gets every other frame that is not the reply to a pending request: late replies,
     error frames without ``rid``, unknown ops. Both run on the receive thread and must not block for long.
@@ -161,6 +164,7 @@ class ChatClient:
         *,
         on_message: FrameCallback | None = None,
         on_frame: FrameCallback | None = None,
+        on_hello: FrameCallback | None = None,
         request_timeout: float = 10.0,
         heartbeat_s: float | None = 25.0,
         connect_timeout: float = 10.0,
@@ -172,12 +176,16 @@ class ChatClient:
         self.heartbeat_s = heartbeat_s
         self.connect_timeout = connect_timeout
         self.hello: Frame | None = None
+        #: the ``offline`` frame that follows ``hello`` in the buffering offline modes (see wait_offline)
+        self.offline: Frame | None = None
+        self._offline_event = threading.Event()
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.errors = 0  # exceptions from callbacks or unparsable server frames
         self.last_error: BaseException | None = None
         self._on_message = on_message
         self._on_frame = on_frame
+        self._on_hello = on_hello
         self._ws: _Socket | None = None
         self._pending: dict[int, FrameCallback] = {}
         self._lock = threading.Lock()
@@ -223,6 +231,8 @@ class ChatClient:
             raise
         self._ws = ws
         self.hello = hello
+        if self._on_hello is not None:  # before the receive thread starts: no push can overtake it
+            self._on_hello(hello)
         # Later reads block until data or close; the timeout bounds sends (a stuck peer fails them) and an
         # idle receive just wakes up and loops.
         ws.settimeout(self.request_timeout)
@@ -323,32 +333,87 @@ class ChatClient:
     # Background threads
 
     def _recv_loop(self) -> None:
+        """Read the socket in large chunks and cut every frame out of them here (not in websocket-client).
+
+        Server frames are unmasked and unfragmented (protocol §1), and the server coalesces several frames per
+        write, so one ``recv`` usually yields many frames; parsing them in this loop costs about a fifth of what
+        websocket-client's per-frame ``recv_data`` does (see benchmarks/receive.py). websocket-client reads
+        exactly one frame at a time, so nothing is buffered in it after ``hello``.
+        """
         ws = self._ws
         assert ws is not None
-        recv = ws.recv_data
+        sock = ws.sock
+        assert sock is not None
         loads = orjson.loads
         on_message = self._on_message
-        timeout_exc = websocket.WebSocketTimeoutException
+        dispatch = self._dispatch
+        fragments: list[bytes] = []
+        buf = b""
         try:
             while True:
                 try:
-                    opcode, data = recv()
-                except timeout_exc:
+                    chunk = sock.recv(_RECV_BYTES)
+                except TimeoutError:
                     continue  # idle; the socket timeout only exists to bound sends
                 except Exception as exc:
                     self._set_close(ABNORMAL_CLOSURE, str(exc) or type(exc).__name__)
                     return
-                if opcode == _OPCODE_CLOSE:
-                    self._set_close_frame(data)
+                if not chunk:
+                    self._set_close(ABNORMAL_CLOSURE, "connection ended without a close frame")
                     return
-                try:
-                    frame = loads(data)
-                    if frame.get("op") == "msg" and on_message is not None:
-                        on_message(frame)
+                buf = buf + chunk if buf else chunk
+                n = len(buf)
+                pos = 0
+                while n - pos >= 2:
+                    b0 = buf[pos]
+                    length = buf[pos + 1]
+                    if length & 0x80:
+                        self._set_close(protocol.CloseCode.PROTOCOL_ERROR, "masked frame from the server")
+                        return
+                    if length < 126:
+                        start = pos + 2
+                    elif length == 126:
+                        if n - pos < 4:
+                            break
+                        length = (buf[pos + 2] << 8) | buf[pos + 3]
+                        start = pos + 4
                     else:
-                        self._dispatch(frame)
-                except Exception as exc:
-                    self._callback_error(exc)
+                        if n - pos < 10:
+                            break
+                        length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                        start = pos + 10
+                    end = start + length
+                    if end > n:
+                        break
+                    data = buf[start:end]
+                    pos = end
+                    opcode = b0 & 0x0F
+                    if opcode == _OPCODE_TEXT and b0 & 0x80:
+                        pass
+                    elif opcode == _OPCODE_CLOSE:
+                        self._set_close_frame(data)
+                        with contextlib.suppress(Exception):
+                            ws.send_close()  # echo, as websocket-client does
+                        return
+                    elif opcode >= 0x8:  # ping / pong
+                        if opcode == _OPCODE_PING:
+                            ws.pong(data)
+                        continue
+                    else:  # fragments (never sent by the reference server) and binary frames
+                        fragments.append(data)
+                        if not b0 & 0x80:
+                            continue
+                        data = b"".join(fragments)
+                        fragments.clear()
+                    try:
+                        frame = loads(data)
+                        if on_message is not None and frame.get("op") == "msg":
+                            on_message(frame)
+                        else:
+                            dispatch(frame)
+                    except Exception as exc:
+                        self._callback_error(exc)
+                buf = buf[pos:] if pos < n else b""
         finally:
             self._end()
 
@@ -359,6 +424,9 @@ class ChatClient:
             if callback is not None:
                 callback(frame)
                 return
+        elif frame.get("op") == "offline":
+            self.offline = frame
+            self._offline_event.set()
         if self._on_frame is not None:
             self._on_frame(frame)
 
@@ -521,6 +589,19 @@ class ChatClient:
     def delete(self, gid: int, seq: int) -> Frame:
         """Delete a message for this user only."""
         return self._request("delete", lambda rid: protocol.encode_delete(rid, gid, seq))
+
+    def recall(self, gid: int, seq: int) -> Frame:
+        """Retract this user's own message; return ``{gid, seq: the recall signal's seq, ref: seq, sts}``."""
+        return self._request("recall", lambda rid: protocol.encode_recall(rid, gid, seq))
+
+    def wait_offline(self, timeout: float | None = None) -> Frame:
+        """The ``offline`` frame (buffer contents) the server sends after ``hello`` when ``hello["offline"]`` is
+        a buffering mode; raises RequestTimeout if it does not arrive."""
+        t = self.request_timeout if timeout is None else timeout
+        if not self._offline_event.wait(t):
+            raise RequestTimeout("offline frame", t)
+        assert self.offline is not None
+        return self.offline
 
     def ping(self) -> Frame:
         """Round trip a ``ping``; return the ``pong`` frame (it carries the server's ``sts``)."""

@@ -1,12 +1,18 @@
-"""ChatUser: an abstract Locust user that speaks the chat protocol through :class:`ChatClient`.
+"""ChatUser: an abstract Locust user that speaks the chat protocol through :class:`ChatClient`, with every
+delivery checked by the process's ledger (:mod:`drivers.ledger`) and measured in HDR histograms.
 
-Request events (type ``WS``) are fired for connect, send→ack, sync and read. Deliveries are not Locust
-events: they go to the process's :class:`DeliveryRecorder` (HDR, µs), merged across workers through Locust's
-worker reports and summarised at the end of the run.
+Request events (type ``WS``) are fired for connect, reconnect, catch-up, send→ack, sync and read. Deliveries
+are not Locust events (one event per frame costs about a third of the receive throughput): they go to the
+ledger and appear in Locust's statistics as ``HDR`` summary rows, merged across workers (drivers/swarm.py).
 
 User ids: user k of worker w is ``w * UID_BLOCK + k + 1``; the scenario's provisioning on the master creates
 ``ceil(users / workers)`` ids per worker block (Locust gives each worker the floor or the ceiling of an even
 share), so uids never collide across processes or hosts.
+
+Sending: :meth:`ChatUser.send` is closed-model (blocks for the ack). :meth:`ChatUser.run_schedule` is the open
+model: messages leave at the schedule's intended times whatever the acks do, carry the intended time as
+``cts`` (so delivery and send→ack latency count from it), and slots the generator could not keep are counted in
+``missed_send_slots`` instead of being sent late in a catch-up burst.
 """
 
 from __future__ import annotations
@@ -18,24 +24,28 @@ from locust.runners import MasterRunner, WorkerRunner
 import itertools
 import logging
 import math
+import random
 import time
 from argparse import ArgumentParser
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
-import orjson
+import gevent
 
+from drivers import swarm
 from drivers.admin import AdminClient
-from drivers.client import ChatClient
-from drivers.deliveries import DeliveryRecorder
+from drivers.client import ChatClient, ChatClientError
+from drivers.ledger import Frame, ReceiverLedger, now_us
+from drivers.schedule import Schedule
 from reference_server import protocol
 
 log = logging.getLogger("chatbench.swarm")
 
 REQUEST_TYPE = "WS"
 UID_BLOCK = 1_000_000
-recorder = DeliveryRecorder()
 _local_index = itertools.count()
+is_coordinator = swarm.is_coordinator
 
 
 def _options(parser: ArgumentParser) -> None:
@@ -46,45 +56,38 @@ def _options(parser: ArgumentParser) -> None:
                    help="bearer token of the admin plane")
     g.add_argument("--chat-secret", env_var="CHATBENCH_SECRET", default="chatbench-dev-secret",
                    help="server secret the user tokens are derived from")
+    g.add_argument("--results-dir", env_var="CHATBENCH_RESULTS_DIR", default="results",
+                   help="where the result bundle (JSON, append-only) is written at the end of a run")
     g.add_argument("--chatbench-out", env_var="CHATBENCH_OUT", default="",
-                   help="write the swarm's results (JSON) to this file when Locust quits")
+                   help="also write the bundle to this file (for chatbench run)")
+    g.add_argument("--metrics-port", type=int, env_var="CHATBENCH_METRICS_PORT", default=0,
+                   help="serve the chatbench_ generator metrics for Prometheus on this port (master; 0 = off)")
+    g.add_argument("--quiet-s", type=float, env_var="CHATBENCH_QUIET_S", default=2.0,
+                   help="at the end: seconds between stopping the senders and reconciling the ledgers")
+    g.add_argument("--repair-grace-s", type=float, env_var="CHATBENCH_REPAIR_GRACE_S", default=1.0,
+                   help="a seq hole older than this is repaired with sync (a reordered push fills it sooner)")
+    g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
+                   help="how long the master waits for the workers' final data at the end of a run")
 
 
-def _report(client_id: str, data: dict[str, Any]) -> None:
-    data["chatbench_deliveries"] = recorder.snapshot_and_reset()
+def _start_metrics(environment: Environment, **_: Any) -> None:
+    port = swarm.option(environment, "metrics_port", 0)
+    if port and is_coordinator(environment):
+        from drivers.metrics import start_exporter
+
+        scenario = Path(str(swarm.option(environment, "locustfile", "") or "")).stem
+        start_exporter(port, swarm.totals, lambda: swarm.run.run_id, scenario)
 
 
-def _merge(client_id: str, data: dict[str, Any]) -> None:
-    if "chatbench_deliveries" in data:
-        recorder.merge(data["chatbench_deliveries"])
-
-
-def _write_results(environment: Environment, **_: Any) -> None:
-    opts = environment.parsed_options
-    if not is_coordinator(environment) or opts is None or not opts.chatbench_out:
-        return
-    requests = {}
-    for (name, _method), entry in environment.stats.entries.items():
-        requests[name] = {
-            "count": entry.num_requests, "failures": entry.num_failures,
-            "p50_ms": entry.get_response_time_percentile(0.5), "p99_ms": entry.get_response_time_percentile(0.99),
-            "avg_ms": entry.avg_response_time,
-        }
-    result = {
-        "delivered": recorder.delivered,
-        "latency_clamped": recorder.clamped,
-        "delivery_latency_ms": recorder.summary_ms(),
-        "delivery_latency_hdr": recorder.latency.encode().decode(),
-        "requests": requests,
-    }
-    with open(opts.chatbench_out, "wb") as f:
-        f.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+def _reset_uids(**_: Any) -> None:
+    global _local_index
+    _local_index = itertools.count()  # a new run (web UI) numbers its users from the start again
 
 
 events.init_command_line_parser.add_listener(_options)
-events.quitting.add_listener(_write_results)
-events.report_to_master.add_listener(_report)
-events.worker_report.add_listener(_merge)
+events.test_start.add_listener(_reset_uids)
+events.init.add_listener(_start_metrics)
+swarm.register()
 
 
 def worker_index(env: Environment) -> int:
@@ -93,11 +96,6 @@ def worker_index(env: Environment) -> int:
 
 def worker_count(env: Environment) -> int:
     return int(env.runner.worker_count) if isinstance(env.runner, MasterRunner) else 1
-
-
-def is_coordinator(env: Environment) -> bool:
-    """True on the process that provisions and reports: the master, or the only process."""
-    return not isinstance(env.runner, WorkerRunner)
 
 
 def planned_uids(env: Environment, users: int) -> list[int]:
@@ -121,52 +119,211 @@ def provision_users(admin: AdminClient, uids: list[int]) -> None:
 
 
 class ChatUser(User):
-    """One chat member on one connection. Subclass it; set ``host`` to the server's ws:// URL."""
+    """One chat member on one connection, its deliveries checked by the ledger. Subclass it; ``--host ws://...``."""
 
     abstract = True
     #: seconds between heartbeats (None: none; the server closes connections silent for idle_timeout_s)
     heartbeat_s: ClassVar[float | None] = 25.0
     #: seconds to wait for a reply before a request fails
     request_timeout: ClassVar[float] = 10.0
+    #: seconds to wait for the WebSocket handshake and hello
+    connect_timeout: ClassVar[float] = 15.0
+    #: reconnect with exponential backoff and full jitter: attempt n first waits uniform(0, min(cap, base · 2ⁿ))
+    reconnect_base_s: ClassVar[float] = 0.5
+    reconnect_cap_s: ClassVar[float] = 30.0
+    reconnect_attempts: ClassVar[int] = 8
+    #: reconnect by itself when the connection drops (4001 slow consumer, 1006, ...)
+    auto_reconnect: ClassVar[bool] = True
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         if not self.host or not self.host.startswith(("ws://", "wss://")):
             raise ValueError(f"ChatUser needs --host ws://HOST:PORT (the server's WebSocket URL), got {self.host!r}")
         self.uid = worker_index(environment) * UID_BLOCK + next(_local_index) + 1
-        secret = environment.parsed_options.chat_secret if environment.parsed_options else "chatbench-dev-secret"
-        self.client = ChatClient(
-            self.host, self.uid, protocol.user_token(secret, self.uid), on_message=self.on_push,
-            heartbeat_s=self.heartbeat_s, request_timeout=self.request_timeout,
-        )
-        self.hello: dict[str, Any] = {}
+        secret = swarm.option(environment, "chat_secret", "chatbench-dev-secret")
+        self.token = protocol.user_token(secret, self.uid)
+        self.ledger: ReceiverLedger = swarm.ledger.receiver(self.uid)
+        self.client: ChatClient | None = None
+        self.hello: Frame = {}
+        self.offline = False  # taken offline on purpose (go_offline); no auto-reconnect
 
     # -- lifecycle
     def on_start(self) -> None:
-        self.hello = self._timed("connect", self.client.connect)
+        self.hello = self._timed("connect", self._open)
+        swarm.users[self.uid] = self
 
     def on_stop(self) -> None:
-        self.client.close()
+        swarm.users.pop(self.uid, None)
+        self._close()
 
-    # -- deliveries (receive thread): one clock read, one histogram record
-    def on_push(self, frame: dict[str, Any]) -> None:
-        recorder.record(protocol.now_us() - frame["cts"])
+    def _open(self) -> Frame:
+        assert self.host is not None
+        client = ChatClient(self.host, self.uid, self.token, on_message=self.ledger.on_push,
+                            on_hello=self.ledger.on_connect, heartbeat_s=self.heartbeat_s,
+                            request_timeout=self.request_timeout, connect_timeout=self.connect_timeout)
+        hello = client.connect()
+        self.client = client
+        return hello
 
-    # -- requests, each a Locust request event
-    # each returns the reply, or None when the request failed (the failure is in Locust's statistics)
-    def send(self, gid: int, body: str) -> dict[str, Any] | None:
-        reply: dict[str, Any] | None = self._timed("send", lambda: self.client.send(gid, body))
+    def _close(self) -> None:
+        client = self.client
+        if client is not None:
+            self.ledger.on_disconnect()
+            client.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and not self.client.closed
+
+    def go_offline(self) -> None:
+        """Close the connection on purpose (e.g. a reconnect storm); :meth:`reconnect` brings it back."""
+        self.offline = True
+        self._close()
+
+    def reconnect(self, *, backoff: bool = True) -> bool:
+        """Connect again (after a backoff with full jitter, if ``backoff``), then catch up every group by sync.
+
+        Fires ``reconnect`` (handshake + hello) and ``catchup`` (start of the successful attempt → every group
+        synced up to the reconnect's hello.max) request events; counts ``reconnects``, ``reconnect_failures``
+        and the catch-up figures.
+        """
+        counts = swarm.ledger.counts
+        self._close()
+        started = now_us()
+        for attempt in range(self.reconnect_attempts):
+            if backoff:
+                gevent.sleep(random.uniform(0, min(self.reconnect_cap_s, self.reconnect_base_s * 2**attempt)))
+            started = now_us()  # catch-up time counts from the successful attempt, not from the backoff
+            try:
+                self.hello = self._timed("reconnect", self._open, raise_connect=True)
+                break
+            except Exception:
+                if not backoff:
+                    gevent.sleep(random.uniform(0, self.reconnect_base_s))
+        else:
+            counts["reconnect_failures"] += 1
+            return False
+        counts["reconnects"] += 1
+        self.offline = False
+        t0 = time.perf_counter()
+        ok = self.ledger.catch_up(self.timed_sync, started)
+        self.environment.events.request.fire(
+            request_type=REQUEST_TYPE, name="catchup", response_time=(now_us() - started) / 1000,
+            response_length=0, exception=None if ok else ChatClientError("catch-up incomplete"),
+            context={"uid": self.uid, "sync_s": time.perf_counter() - t0},
+        )
+        return ok
+
+    def ensure_connected(self) -> None:
+        """Reconnect (with catch-up) if the connection dropped by itself and ``auto_reconnect`` is set."""
+        if self.auto_reconnect and not self.offline and self.client is not None and self.client.closed \
+                and not swarm.run.stopping:
+            self.reconnect()
+
+    def reconcile(self, rl: ReceiverLedger, cutoff_us: int) -> None:
+        """End of run (called by the swarm): sync every group's tail and run the unread oracle."""
+        client = self.client
+        if client is None:
+            return
+        rl.reconcile(client.sync, cutoff_us)
+        try:
+            rl.check_unread(client.unread, client.read)
+        except ChatClientError:
+            swarm.ledger.counts["unread_skipped"] += 1
+
+    # -- requests, each a Locust request event; each returns the reply, or None when the request failed
+    def send(self, gid: int, body: str, to: list[int] | None = None) -> Frame | None:
+        """Closed model: send and wait for the ack."""
+        client = self.client
+        if client is None or swarm.run.stopping:
+            return None
+        cts = now_us()
+        reply: Frame | None = self._timed("send", lambda: client.send(gid, body, to=to, cts=cts))
+        if reply is not None:
+            swarm.ledger.on_ack(self.uid, reply, cts, to is not None)
+        else:
+            swarm.ledger.counts["send_failed"] += 1
         return reply
 
-    def sync(self, gid: int, after: int) -> dict[str, Any] | None:
-        reply: dict[str, Any] | None = self._timed("sync", lambda: self.client.sync(gid, after))
+    def send_at(self, gid: int, body: str, cts: int, to: list[int] | None = None) -> None:
+        """Open model: send now without waiting, with ``cts`` = the intended send time; the ack is recorded later."""
+        client = self.client
+        if client is None or client.closed:
+            swarm.ledger.counts["send_failed"] += 1
+            return
+        t0 = time.perf_counter()
+        private = to is not None
+
+        def on_ack(reply: Frame) -> None:
+            exc = None
+            if reply.get("op") == "ack":
+                swarm.ledger.on_ack(self.uid, reply, cts, private)
+            else:
+                swarm.ledger.counts["send_failed"] += 1
+                exc = ChatClientError(f"{reply.get('code')}: {reply.get('msg', '')}")
+            self.environment.events.request.fire(
+                request_type=REQUEST_TYPE, name="send", response_time=(time.perf_counter() - t0) * 1000,
+                response_length=0, exception=exc, context={"uid": self.uid},
+            )
+
+        try:
+            client.send_nowait(gid, body, cts=cts, on_ack=on_ack, to=to)
+        except ChatClientError:
+            swarm.ledger.counts["send_failed"] += 1
+
+    def run_schedule(self, gid: int | Callable[[], int], schedule: Schedule, body: str = "x",
+                     to: Callable[[], list[int] | None] | None = None) -> None:
+        """Send on ``schedule`` until it ends or the run stops (open model; see the module doc).
+
+        ``gid`` may be a callable, called per slot (e.g. a random group of the user's).
+        """
+        counts = swarm.ledger.counts
+        for slot_us, burst in schedule.slots():
+            while True:
+                if swarm.run.stopping:
+                    return
+                wait = slot_us / 1e6 - time.time()
+                if wait <= 0:
+                    break
+                gevent.sleep(min(wait, 0.5))
+            late_s = time.time() - slot_us / 1e6
+            if late_s > schedule.tolerance_s:
+                counts["missed_send_slots"] += burst
+                continue
+            if not self.connected:
+                self.ensure_connected()
+                if not self.connected:
+                    counts["missed_send_slots"] += burst
+                    continue
+            for _ in range(burst):
+                self.send_at(gid() if callable(gid) else gid, body, slot_us, to() if to is not None else None)
+
+    def sync(self, gid: int, after: int, limit: int = 100) -> Frame | None:
+        client = self.client
+        if client is None:
+            return None
+        reply: Frame | None = self._timed("sync", lambda: client.sync(gid, after, limit))
         return reply
 
-    def read(self, gid: int, seq: int) -> dict[str, Any] | None:
-        reply: dict[str, Any] | None = self._timed("read", lambda: self.client.read(gid, seq))
+    def timed_sync(self, gid: int, after: int, limit: int) -> Frame:
+        """sync for the ledger: a Locust request event, and raises on failure (the ledger counts it)."""
+        client = self.client
+        if client is None:
+            raise ChatClientError("not connected")
+        reply: Frame = self._timed("sync", lambda: client.sync(gid, after, limit), raise_any=True)
         return reply
 
-    def _timed(self, name: str, call: Callable[[], Any]) -> Any:
+    def read(self, gid: int, seq: int) -> Frame | None:
+        client = self.client
+        if client is None:
+            return None
+        reply: Frame | None = self._timed("read", lambda: client.read(gid, seq))
+        if reply is not None:
+            self.ledger.note_read(reply)
+        return reply
+
+    def _timed(self, name: str, call: Callable[[], Any], *, raise_connect: bool = False,
+               raise_any: bool = False) -> Any:
         t0 = time.perf_counter()
         result: Any = None
         exc: BaseException | None = None
@@ -178,6 +335,24 @@ class ChatUser(User):
             request_type=REQUEST_TYPE, name=name, response_time=(time.perf_counter() - t0) * 1000,
             response_length=0, exception=exc, context={"uid": self.uid},
         )
-        if exc is not None and name == "connect":
+        if exc is not None and (raise_any or raise_connect or name == "connect"):
             raise exc
         return result
+
+
+def stopping() -> bool:
+    """True once the run is ending: senders stop (the ledgers are being reconciled)."""
+    return swarm.run.stopping
+
+
+def on_worker(env: Environment) -> bool:
+    return isinstance(env.runner, WorkerRunner)
+
+
+def sender_uids(env: Environment, users: int, senders: int) -> list[int]:
+    """``senders`` uids spread evenly over the worker blocks (each worker's first users), for the options."""
+    workers = worker_count(env)
+    per_worker = math.ceil(users / workers)
+    out = [w * UID_BLOCK + k + 1 for k in range(per_worker) for w in range(workers)
+           if k * workers + w < users]
+    return out[:senders]

@@ -7,11 +7,12 @@ and durable before the response. A request that fails validation writes nothing.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from reference_server import protocol
 from reference_server.store import AdminError, AdminJob, ChangeMembers, CreateGroups, CreateUsers
@@ -100,7 +101,7 @@ def build_app(server: ChatServer) -> web.Application:
         data = await body(request)
         add = _ids(data.get("add", []), "add")
         remove = _ids(data.get("remove", []), "remove")
-        return _json(await run(ChangeMembers(server.loop, gid, add, remove)))
+        return _json(await run(ChangeMembers(server.loop, gid, add, remove, server.logic.publish)))
 
     async def get_group(request: web.Request) -> web.Response:
         gid = _path_id(request, "gid")
@@ -115,23 +116,38 @@ def build_app(server: ChatServer) -> web.Application:
             raise AdminError(404, f"no user {uid}")
         return _json({"uid": uid, "token": protocol.user_token(config.secret, uid)})
 
-    async def metrics(request: web.Request) -> web.Response:
-        resp = web.Response(body=generate_latest(server.metrics.registry))
-        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return resp
+    async def gateway(request: web.Request) -> web.Response:
+        if server.front is None:
+            raise AdminError(404, "no front: this server is not a cluster's logic node")
+        picked = await server.front.pick()
+        if picked is None:
+            raise AdminError(503, "no live gateway")
+        return _json(picked)
 
-    async def healthz(request: web.Request) -> web.Response:
-        ok = server.logic.accepting and server.store.failed is None
-        return _json({"status": "ok" if ok else "stopping", "modes": config.modes(),
-                      "connections": len(server.gateway.online), "ws_port": server.gateway.port},
-                     200 if ok else 503)
-
-    app = web.Application(middlewares=[errors], client_max_size=256 * 1024 * 1024)
+    app = observability_app(server.metrics.registry, server.health, middlewares=[errors])
     app.router.add_post("/admin/users", create_users)
     app.router.add_get("/admin/users/{uid}/token", user_token)
     app.router.add_post("/admin/groups", create_groups)
     app.router.add_get("/admin/groups/{gid}", get_group)
     app.router.add_post("/admin/groups/{gid}/members", change_members)
+    app.router.add_get("/gateway", gateway)
+    return app
+
+
+def observability_app(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, object]]],
+                      middlewares: list[Any] | None = None) -> web.Application:
+    """/metrics (Prometheus text) and /healthz (JSON; 503 unless healthy): every node serves these."""
+
+    async def metrics(request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def healthz(request: web.Request) -> web.Response:
+        ok, info = health()
+        return _json(info, 200 if ok else 503)
+
+    app = web.Application(middlewares=middlewares or [], client_max_size=256 * 1024 * 1024)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     return app

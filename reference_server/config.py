@@ -28,6 +28,19 @@ class ServerConfig:
     unread: str = "seq"
     offline: str = "pull"
     fanout: str = "local"
+    # Mode parameters
+    hybrid_threshold: int = 1000  # storage hybrid: write diffusion for groups with fewer members, read above
+    unread_flush_ms: float = 1000.0  # unread merged: the timer that writes the merged changes
+    unread_flush_size: int = 100_000  # unread merged: write as soon as this many changes are queued
+    unread_repair: bool = False  # rebuild the unread counters from seqs at start (repairs a crash's loss)
+    offline_cap: int = 1000  # offline buffer / rate-limited: entries kept per user; the oldest is dropped
+    offline_rate: float = 10_000.0  # offline rate-limited: buffer writes per second (the bucket holds 1 s)
+    recall_window_s: float = 120.0  # a sender may recall its message this long after the server accepted it
+    # Cluster (docs/cluster.md): embedded = one process; logic + gateways over Redis
+    role: str = "embedded"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    gateway_id: int = 1
+    public_url: str = ""  # the ws:// URL clients use for this gateway (default: its listening address)
     # Storage
     db_path: Path = Path("var/chat.db")
     sqlite_synchronous: str = "full"  # full: durable across power loss; normal: across process crash only
@@ -59,6 +72,17 @@ _HELP: dict[str, str] = {
     "unread": "unread-count mode",
     "offline": "offline-delivery mode",
     "fanout": "online-push mode",
+    "hybrid_threshold": "storage hybrid: groups with fewer members use write diffusion, others read diffusion",
+    "unread_flush_ms": "unread merged: flush the merged counter changes every this many ms",
+    "unread_flush_size": "unread merged: flush as soon as this many counter changes are queued",
+    "unread_repair": "rebuild unread counters from seqs at start (repairs merged changes lost in a crash)",
+    "offline_cap": "offline buffer: entries kept per user (the oldest non-signal entry is dropped past it)",
+    "offline_rate": "offline rate-limited: offline-buffer writes per second (bucket of one second)",
+    "recall_window_s": "seconds after acceptance during which a sender may recall its message",
+    "role": "embedded (one process), logic (cluster logic node) or gateway (cluster gateway node)",
+    "redis_url": "Redis of the cluster (bus, registries, seq allocator)",
+    "gateway_id": "this gateway's number in the cluster (1..K)",
+    "public_url": "ws:// URL clients reach this gateway at (default: its listening address)",
     "db_path": "SQLite database file",
     "sqlite_synchronous": "SQLite synchronous setting: full or normal",
     "max_batch": "max messages per group-commit transaction",
@@ -73,7 +97,7 @@ _HELP: dict[str, str] = {
     "log_level": "logging level",
 }
 
-_CHOICES: dict[str, list[str]] = {"sqlite_synchronous": ["full", "normal"]}
+_CHOICES: dict[str, list[str]] = {"sqlite_synchronous": ["full", "normal"], "role": ["embedded", "logic", "gateway"]}
 
 
 def env_name(field: str) -> str:

@@ -7,6 +7,7 @@ a user's group set are replaced whole (copy-on-write); single-key updates are at
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,8 @@ class Directory:
     users: set[int] = field(default_factory=set)
     groups: dict[int, Group] = field(default_factory=dict)
     user_groups: dict[int, frozenset[int]] = field(default_factory=dict)
+    #: called (writer thread) with a gid after its member map changed; cluster mode mirrors it to Redis
+    on_members_changed: Callable[[int], None] | None = None
 
     def groups_of(self, uid: int) -> frozenset[int]:
         return self.user_groups.get(uid, frozenset())
@@ -41,3 +44,5 @@ class Directory:
             self.user_groups[uid] = self.groups_of(uid) | {group.gid}
             group.read[uid] = members[uid]
         group.members = members
+        if self.on_members_changed is not None:
+            self.on_members_changed(group.gid)

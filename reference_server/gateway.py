@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -83,7 +84,7 @@ class Conn(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.raw = transport.underlying_transport
-        self.bucket_at = self.gw.loop.time()
+        self.bucket_at = time.monotonic()
         self.gw.attach(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -212,7 +213,7 @@ class Gateway:
         uid = int(uid_s)
         if uid > protocol.MAX_ID or not protocol.verify_token(self.config.secret, uid, token):
             return refuse(401, "invalid token")
-        if uid not in self.logic.directory.users:
+        if not self.logic.user_exists(uid):
             return refuse(403, f"user {uid} does not exist")
         return Conn(self, uid)
 
@@ -226,6 +227,7 @@ class Gateway:
     def detach(self, conn: Conn) -> None:
         if self.online.get(conn.uid) is conn:
             del self.online[conn.uid]
+            self.logic.on_disconnect(conn)
 
     # -- writing
     def kick(self) -> None:

@@ -8,6 +8,8 @@ never affects the connection or anyone else.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from reference_server import protocol
@@ -23,11 +25,12 @@ from reference_server.protocol import (
     Ping,
     ProtocolError,
     Read,
+    Recall,
     Send,
     Sync,
     Unread,
 )
-from reference_server.store import DeleteJob, ReadJob, SendJob, Store
+from reference_server.store import DeleteJob, OfflineDrainJob, ReadJob, RecallJob, SendJob, Store
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
@@ -44,9 +47,16 @@ class ChatLogic:
         self.fanout: Fanout | None = None  # set once the gateway exists
         self.accepting = True
         self._flushed_sts: list[int] = []  # accept times of messages fanned out since the last flush
-        self._req = {op: metrics.requests.labels(op) for op in ("send", "sync", "read", "unread", "delete", "ping")}
+        self._req = {op: metrics.requests.labels(op) for op in ("send", "sync", "read", "unread", "delete", "recall",
+                                                           "ping")}
 
     # -- connection events
+    def user_exists(self, uid: int) -> bool:
+        return uid in self.directory.users
+
+    def on_disconnect(self, conn: Conn) -> None:
+        pass
+
     def on_connect(self, conn: Conn) -> None:
         c = self.config
         gids = sorted(self.directory.groups_of(conn.uid))
@@ -54,8 +64,18 @@ class ChatLogic:
         conn.send(protocol.encode_hello(
             conn.uid, groups, max_body_chars=c.max_body_chars, max_frame_bytes=c.max_frame_bytes,
             idle_timeout_s=c.idle_timeout_s, send_rate=c.send_rate or 0.0,
-            send_burst=c.send_burst,
+            send_burst=c.send_burst, offline=self.store.offline.name,
         ))
+        if self.store.offline.buffers:
+            self.store.submit(OfflineDrainJob(conn.uid, lambda job: self._drained(conn, job)))
+
+    def _drained(self, conn: Conn, job: OfflineDrainJob) -> None:
+        """Event loop: send the user's drained offline buffer as it sees each entry now."""
+        if job.error is not None:
+            return  # the buffer is intact (rolled back); the next connect sends it
+        lookup, db, uid = self.store.storage.lookup, self.store.reader, conn.uid
+        msgs = [m for gid, seq in job.entries if (m := lookup(db, uid, gid, seq)) is not None]
+        conn.send(protocol.encode_offline(msgs, job.dropped))
 
     def reject_frame(self, conn: Conn, why: str) -> None:
         self._error(conn, ProtocolError(ErrorCode.BAD_FRAME, why))
@@ -79,6 +99,9 @@ class ChatLogic:
             elif t is Delete:
                 self._req["delete"].inc()
                 self._delete(conn, req)  # type: ignore[arg-type]
+            elif t is Recall:
+                self._req["recall"].inc()
+                self._recall(conn, req)  # type: ignore[arg-type]
             elif t is Ping:
                 self._req["ping"].inc()
                 conn.send(protocol.encode_pong(req.rid))
@@ -102,7 +125,7 @@ class ChatLogic:
         self._group(conn.uid, req.gid, req.rid)
         rate = self.config.send_rate
         if rate is not None:
-            now = conn.gw.loop.time()
+            now = time.monotonic()
             conn.bucket = min(float(self.config.send_burst), conn.bucket + (now - conn.bucket_at) * rate)
             conn.bucket_at = now
             if conn.bucket < 1.0:
@@ -125,6 +148,17 @@ class ChatLogic:
         n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), self.directory.groups[msg.gid])
         self.metrics.deliveries.inc(n)
         self._flushed_sts.append(msg.sts)
+
+    def publish(self, msg: Message, also: Sequence[int] = ()) -> None:
+        """Event loop, after the commit: push a signal to the group's online members (and to ``also``, users
+        no longer in the group who must hear it: the removed members of a leave signal)."""
+        assert self.fanout is not None
+        group = self.directory.groups[msg.gid]
+        if also:  # a view of the group that still holds them (joined before the signal), for this push only
+            view = Group(group.gid, {**group.members, **dict.fromkeys(also, msg.seq - 1)}, group.read, group.max_seq)
+            group = view
+        n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), group)
+        self.metrics.deliveries.inc(n)
 
     def after_flush(self) -> None:
         """The gateway wrote every queued frame: observe accept → write for the messages in it."""
@@ -182,3 +216,19 @@ class ChatLogic:
                 conn.send(protocol.encode_delete_reply(job.rid, job.gid, job.seq))
 
         self.store.submit(DeleteJob(conn.uid, req.gid, req.seq, req.rid, done))
+
+    def _recall(self, conn: Conn, req: Recall) -> None:
+        self._group(conn.uid, req.gid, req.rid)
+        self._writable(req.rid)
+
+        def done(job: RecallJob) -> None:
+            if job.error is not None:
+                assert isinstance(job.error, ProtocolError)
+                self._error(conn, job.error)
+                return
+            msg = job.msg
+            assert msg is not None
+            conn.send(protocol.encode_recall_reply(job.rid, msg.gid, msg.seq, msg.ref, msg.sts))
+            self.publish(msg)
+
+        self.store.submit(RecallJob(conn.uid, req.gid, req.seq, req.rid, self.config.recall_window_s, done))

@@ -40,12 +40,35 @@ class ServerMetrics:
             "chat_storage_writes", "Storage rows written, by kind", ["kind"], registry=registry
         )
         self.unread_writes = Counter("chat_unread_writes", "Unread-counter rows written", registry=registry)
+        # chat_unread_pending: a scrape-time gauge, see track_unread_pending
         self.offline_writes = Counter("chat_offline_writes", "Offline-buffer entries written", registry=registry)
         self.offline_dropped = Counter(
             "chat_offline_dropped", "Offline-buffer entries dropped (cap or rate limit)", registry=registry
         )
         self.bus_messages = Counter(
-            "chat_bus_messages", "Messages published on the bus between logic and gateways", registry=registry
+            "chat_bus_messages", "Messages published on the cluster bus, by kind (push, group, reply, request, "
+            "control)", ["kind"], registry=registry,
+        )
+        self.bus_received = Counter(
+            "chat_bus_received", "Bus messages a node received, by kind", ["kind"], registry=registry
+        )
+        self.gateway_filtered = Counter(
+            "chat_gateway_filtered", "Members a gateway checked for a group message but does not hold (wasted work)",
+            registry=registry,
+        )
+        self.registry_updates = Counter(
+            "chat_registry_updates", "Online-registry changes (user → gateway, group → gateways) on login/logout",
+            registry=registry,
+        )
+        self.registry_reads = Counter(
+            "chat_registry_reads", "Receivers looked up in the central online registry (per-user fan-out)",
+            registry=registry,
+        )
+        self.member_batches = Counter(
+            "chat_gateway_member_batches", "Member-list batches a gateway fetched for its filter", registry=registry
+        )
+        self.redis_reconnects = Counter(
+            "chat_redis_reconnects", "Times this node lost Redis and reconnected", registry=registry
         )
         self.slow_consumer_disconnects = Counter(
             "chat_slow_consumer_disconnects", "Connections closed because their send queue passed its bound",
@@ -67,6 +90,11 @@ class ServerMetrics:
         self.commit_batch = Histogram(
             "chat_commit_batch_size", "Jobs per group-commit transaction", buckets=BATCH_BUCKETS, registry=registry
         )
+
+    def track_unread_pending(self, read: Callable[[], float]) -> None:
+        """``chat_unread_pending``: unread-counter changes accepted but not yet written (merged mode's buffer,
+        Σ|merged change|; what a crash now would lose). 0 in the other modes."""
+        self.add_gauges("chat_unread_pending", "Unread-counter changes accepted but not yet written", read)
 
     def add_gauges(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Register a gauge whose value is read at scrape time (derived state off the hot path)."""

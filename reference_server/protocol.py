@@ -48,9 +48,11 @@ class Op(StrEnum):
     READ = "read"
     UNREAD = "unread"
     DELETE = "delete"
+    RECALL = "recall"
     PING = "ping"
     # server → client
     HELLO = "hello"
+    OFFLINE = "offline"  # right after hello in the buffering offline modes: the user's offline buffer
     ACK = "ack"
     MSG = "msg"
     PONG = "pong"
@@ -68,6 +70,7 @@ class ErrorCode(StrEnum):
     NOT_MEMBER = "not_member"  # the user is not a member of the group (or the group does not exist)
     NO_SUCH_MESSAGE = "no_such_message"  # delete of a seq the group does not have
     RATE_LIMITED = "rate_limited"  # over the per-connection send rate; the message was not accepted
+    RECALL_REFUSED = "recall_refused"  # not the sender's own ordinary message, or past the recall window
     UNAVAILABLE = "unavailable"  # the server is shutting down or its storage failed; retry elsewhere
 
 
@@ -77,6 +80,7 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutdown
     PROTOCOL_ERROR = 1002  # WebSocket-level violation
+    POLICY_VIOLATION = 1008  # cluster gateways: the user does not exist (refused after the upgrade)
     MESSAGE_TOO_BIG = 1009  # frame over max_frame_bytes
     INTERNAL_ERROR = 1011
     IDLE_TIMEOUT = 4000  # nothing received for idle_timeout seconds
@@ -160,11 +164,18 @@ class Delete:
 
 
 @dataclass(frozen=True, slots=True)
+class Recall:
+    rid: int | None
+    gid: int
+    seq: int  # the sender's own message to retract
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     rid: int | None
 
 
-Request = Send | Sync | Read | Unread | Delete | Ping
+Request = Send | Sync | Read | Unread | Delete | Recall | Ping
 
 
 def _int(obj: dict[str, Any], key: str, rid: int | None, *, default: int | None = None) -> int:
@@ -225,6 +236,8 @@ def decode_request(data: bytes | str, *, max_body_chars: int = DEFAULT_MAX_BODY_
         return Unread(rid, _id_list(obj, "gids", rid))
     if op == "delete":
         return Delete(rid, _int(obj, "gid", rid), _int(obj, "seq", rid))
+    if op == "recall":
+        return Recall(rid, _int(obj, "gid", rid), _int(obj, "seq", rid))
     if op == "ping":
         return Ping(rid)
     raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {op!r}", rid)
@@ -269,6 +282,10 @@ def encode_delete(rid: int | None, gid: int, seq: int) -> bytes:
     return _dumps(_with_rid({"op": "delete", "gid": gid, "seq": seq}, rid))
 
 
+def encode_recall(rid: int | None, gid: int, seq: int) -> bytes:
+    return _dumps(_with_rid({"op": "recall", "gid": gid, "seq": seq}, rid))
+
+
 def encode_ping(rid: int | None) -> bytes:
     return _dumps(_with_rid({"op": "ping"}, rid))
 
@@ -277,9 +294,24 @@ def encode_ping(rid: int | None) -> bytes:
 # Server → client frames
 
 
+class Kind(StrEnum):
+    """What a stored group entry is. Everything but MSG is signalling: it takes a seq, is pushed, synced and
+    buffered offline like a message, is never dropped by any offline mode, and never counts as unread."""
+
+    MSG = "msg"  # an ordinary message (``kind`` is omitted on the wire)
+    RECALL = "recall"  # the sender retracted its message ``ref``; ``to`` copies the recalled message's
+    JOIN = "join"  # members ``uids`` were added (``from`` is 0: the admin plane)
+    LEAVE = "leave"  # members ``uids`` were removed (``from`` is 0)
+    RECALLED = "recalled"  # storage only: a message whose recall is stored; never on the wire
+
+
+#: ``from`` of membership signals: they come from the admin plane, not from a user
+ADMIN_SENDER: Final = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One stored group message, as pushed and as returned by sync."""
+    """One stored group entry (a message or a signal), as pushed and as returned by sync."""
 
     gid: int
     seq: int
@@ -288,6 +320,9 @@ class Message:
     sts: int  # server accept timestamp, µs
     body: str
     to: tuple[int, ...] | None = None  # private: visible only to these members and the sender
+    kind: str = Kind.MSG
+    ref: int = 0  # RECALL: the recalled seq
+    uids: tuple[int, ...] | None = None  # JOIN/LEAVE: the members added/removed
 
     def wire(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -300,10 +335,25 @@ class Message:
         }
         if self.to is not None:
             obj["to"] = list(self.to)
+        if self.kind != Kind.MSG:
+            obj["kind"] = str(self.kind)
+            if self.kind == Kind.RECALL:
+                obj["ref"] = self.ref
+            elif self.uids is not None:
+                obj["uids"] = list(self.uids)
         return obj
 
     def visible_to(self, uid: int) -> bool:
         return self.to is None or uid == self.sender or uid in self.to
+
+    @property
+    def signal(self) -> bool:
+        return self.kind != Kind.MSG and self.kind != Kind.RECALLED
+
+    def counts_for(self, uid: int) -> bool:
+        """Whether this entry adds to uid's unread count while above its read mark: an ordinary message that
+        uid can see and did not send. (Deletes and recalls remove it again.)"""
+        return self.kind == Kind.MSG and uid != self.sender and (self.to is None or uid in self.to)
 
 
 def encode_push(msg: Message) -> bytes:
@@ -323,7 +373,7 @@ class GroupState:
 
 def encode_hello(
     uid: int, groups: list[GroupState], *, max_body_chars: int, max_frame_bytes: int, idle_timeout_s: float,
-    send_rate: float, send_burst: int,
+    send_rate: float, send_burst: int, offline: str = "pull",
 ) -> bytes:
     return _dumps(
         {
@@ -331,6 +381,7 @@ def encode_hello(
             "v": PROTOCOL_VERSION,
             "uid": uid,
             "sts": now_us(),
+            "offline": offline,
             "limits": {
                 "max_body_chars": max_body_chars,
                 "max_frame_bytes": max_frame_bytes,
@@ -377,6 +428,16 @@ def encode_delete_reply(rid: int | None, gid: int, seq: int) -> bytes:
     return _dumps(_with_rid({"op": "delete", "gid": gid, "seq": seq}, rid))
 
 
+def encode_recall_reply(rid: int | None, gid: int, seq: int, ref: int, sts: int) -> bytes:
+    """The recall's own ack: ``seq`` is the recall signal's seq, ``ref`` the recalled message's."""
+    return _dumps(_with_rid({"op": "recall", "gid": gid, "seq": seq, "ref": ref, "sts": sts}, rid))
+
+
+def encode_offline(msgs: list[Message], dropped: int) -> bytes:
+    """The user's offline buffer, oldest first, sent once right after ``hello`` (buffering offline modes)."""
+    return _dumps({"op": "offline", "msgs": [m.wire() for m in msgs], "dropped": dropped})
+
+
 def encode_pong(rid: int | None) -> bytes:
     return _dumps(_with_rid({"op": "pong", "sts": now_us()}, rid))
 
@@ -400,9 +461,11 @@ def message_from_wire(obj: dict[str, Any]) -> Message:
     """A :class:`Message` from a ``msg`` frame or a sync page entry."""
     try:
         to = obj.get("to")
+        uids = obj.get("uids")
         return Message(
             gid=obj["gid"], seq=obj["seq"], sender=obj["from"], cts=obj["cts"], sts=obj["sts"], body=obj["body"],
-            to=tuple(to) if to is not None else None,
+            to=tuple(to) if to is not None else None, kind=obj.get("kind", Kind.MSG), ref=obj.get("ref", 0),
+            uids=tuple(uids) if uids is not None else None,
         )
     except (KeyError, TypeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"not a message: missing or bad {exc}") from None

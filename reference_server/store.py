@@ -15,13 +15,14 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from reference_server.cluster.seqs import RedisSeqs
 from reference_server.directory import Directory, Group
 from reference_server.metrics import ServerMetrics
 from reference_server.offline import OfflineDelivery
-from reference_server.protocol import ErrorCode, Message, ProtocolError
+from reference_server.protocol import ADMIN_SENDER, ErrorCode, Kind, Message, ProtocolError, now_us
 from reference_server.storage import Storage
 from reference_server.tally import Tally
 from reference_server.unread import UnreadCounter
@@ -78,18 +79,50 @@ class Writer:
         self.tally = Tally()
         # next seq per group = last assigned + 1; includes seqs assigned in the open transaction
         self.last_seq: dict[int, int] = {gid: g.max_seq for gid, g in directory.groups.items()}
+        self.seqs: RedisSeqs | None = None  # cluster: Redis allocates, this record re-seeds it after an outage
         self.online: Callable[[int], bool] = lambda uid: False
+        # changes of the open transaction that the directory gets only after the commit, seen by later jobs of
+        # the same batch: member maps (uid -> join seq) and read marks
+        self.members_now: dict[int, dict[int, int]] = {}
+        self.read_now: dict[tuple[int, int], int] = {}
 
     def next_seq(self, gid: int) -> int:
-        seq = self.last_seq.get(gid, 0) + 1
+        seq = self.last_seq.get(gid, 0) + 1 if self.seqs is None else self.seqs.next(gid, self.last_seq)
         self.last_seq[gid] = seq
         return seq
 
+    def members(self, group: Group) -> Mapping[int, int]:
+        return self.members_now.get(group.gid, group.members)
+
+    def read_mark(self, group: Group, uid: int) -> int:
+        mark = self.read_now.get((group.gid, uid))
+        return mark if mark is not None else group.read.get(uid, 0)
+
     def group(self, gid: int, uid: int, rid: int | None) -> Group:
         group = self.directory.groups.get(gid)
-        if group is None or uid not in group.members:
+        if group is None or uid not in self.members(group):
             raise ProtocolError(ErrorCode.NOT_MEMBER, f"user {uid} is not a member of group {gid}", rid)
         return group
+
+    def stage(self, msg: Message, members: Mapping[int, int], also: Iterable[int] = ()) -> None:
+        """The pipeline after the seq, for a message or a signal: storage → unread → offline. ``also``: users
+        beyond ``members`` who get the entry pushed or buffered (the removed members of a leave signal)."""
+        self.storage.append(self.db, self.tally, msg, members)
+        seq, sender = msg.seq, msg.sender
+        if self.unread.needs_receivers and msg.kind == Kind.MSG:
+            if msg.to is None:
+                receivers = [u for u, join in members.items() if join < seq and u != sender]
+            else:
+                receivers = [u for u in msg.to if members.get(u, seq) < seq]
+            self.unread.on_message(self.db, self.tally, msg, receivers)
+        if self.offline.needs_offline_members:
+            online = self.online
+            if msg.to is None:
+                offline = [u for u, join in members.items() if join < seq and u != sender and not online(u)]
+            else:
+                offline = [u for u in msg.to if members.get(u, seq) < seq and not online(u)]
+            offline.extend(u for u in also if not online(u))
+            self.offline.on_message(self.db, self.tally, msg, offline)
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -103,7 +136,7 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 class Store:
     def __init__(self, path: Path, *, synchronous: str, max_batch: int, storage: Storage, unread: UnreadCounter,
-                 offline: OfflineDelivery, metrics: ServerMetrics) -> None:
+                 offline: OfflineDelivery, metrics: ServerMetrics, unread_repair: bool = False) -> None:
         self.path = path
         self.max_batch = max_batch
         self.storage = storage
@@ -115,11 +148,24 @@ class Store:
         for stmt in BASE_SCHEMA + storage.schema() + unread.schema() + offline.schema():
             self.reader.execute(stmt)
         self.directory = load_directory(self.reader)
+        offline.load(self.reader)
+        if unread_repair:
+            t0 = time.perf_counter()
+            rows, error = unread.repair(self.reader, self.directory)
+            metrics.unread_writes.inc(rows)
+            log.warning("unread repair: %d counters rebuilt from seqs (total error %d) in %.2f s", rows, error,
+                        time.perf_counter() - t0)
+        metrics.track_unread_pending(lambda: float(unread.pending()))
+        unread.request_flush = lambda: self.submit(UnreadFlushJob())
+        self._flush_timer: asyncio.TimerHandle | None = None
+        #: the loop side of a change that pushes signals (membership): set by the server to logic.publish
+        self.publish: Callable[[Message, Sequence[int]], None] = lambda msg, also: None
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failed: BaseException | None = None  # the last commit's error; None once a commit succeeds
         self.writer: Writer | None = None
+        self.seqs: RedisSeqs | None = None  # cluster mode: the seq allocator
         #: whether a user is connected now (the offline stage asks, from the writer thread)
         self.online: Callable[[int], bool] = lambda uid: False
 
@@ -127,13 +173,27 @@ class Store:
         self._loop = loop
         self._thread = threading.Thread(target=self._run, name="chat-writer", daemon=True)
         self._thread.start()
+        if self.unread.flush_interval_s is not None:
+            self._flush_timer = loop.call_later(self.unread.flush_interval_s, self._flush_tick)
+
+    def _flush_tick(self) -> None:
+        """The merged unread mode's timer: a flush job whenever changes are pending."""
+        assert self._loop is not None and self.unread.flush_interval_s is not None
+        if self.unread.has_pending():
+            self.submit(UnreadFlushJob())
+        self._flush_timer = self._loop.call_later(self.unread.flush_interval_s, self._flush_tick)
 
     def submit(self, job: Job) -> None:
         self._queue.put(job)
 
     def stop(self) -> None:
-        """Finish every queued job, then stop the writer (blocking)."""
+        """Finish every queued job (and write pending unread changes), then stop the writer (blocking)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         if self._thread is not None:
+            if self.unread.flush_interval_s is not None:
+                self._queue.put(UnreadFlushJob())
             self._queue.put(None)
             self._thread.join()
             self._thread = None
@@ -145,6 +205,7 @@ class Store:
     def _run(self) -> None:
         db = connect(self.path, self._synchronous)
         w = self.writer = Writer(db, self.directory, self.storage, self.unread, self.offline)
+        w.seqs = self.seqs
         w.online = self.online
         assert self._loop is not None
         stopping = False
@@ -182,7 +243,13 @@ class Store:
             log.exception("group commit of %d jobs failed; batch rolled back", len(batch))
             if w.db.in_transaction:
                 w.db.execute("ROLLBACK")
+            if w.seqs is not None:
+                w.seqs.rollback(seqs_before, w.last_seq)
             w.last_seq = seqs_before
+            w.members_now.clear()
+            w.read_now.clear()
+            self.unread.rolled_back()
+            self.offline.load(w.db)
             for job in batch:
                 job.error = ProtocolError(ErrorCode.UNAVAILABLE, f"storage failure: {exc}", job.rid)
             self.failed = exc
@@ -191,6 +258,9 @@ class Store:
         for job in batch:
             if job.error is None:
                 job.after_commit(w)
+        w.members_now.clear()
+        w.read_now.clear()
+        self.unread.committed()
         m, t = self.metrics, w.tally
         for kind, n in t.storage.items():
             m.storage_writes.labels(kind).inc(n)
@@ -243,17 +313,12 @@ class SendJob(Job):
     def apply(self, w: Writer) -> None:
         r = self.req
         group = w.group(r.gid, r.sender, None)
+        members = w.members(group)
         to = r.to
         if to is not None:
-            to = tuple(sorted({u for u in to if u in group.members and u != r.sender}))
+            to = tuple(sorted({u for u in to if u in members and u != r.sender}))
         msg = Message(r.gid, w.next_seq(r.gid), r.sender, r.cts, r.sts, r.body, to)
-        w.storage.append(w.db, w.tally, msg, group.members)
-        w.unread.on_message(w.db, w.tally, msg, group.members)
-        if w.offline.needs_offline_members:
-            online = w.online
-            w.offline.on_message(w.db, w.tally, msg, [u for u in group.members if not online(u)])
-        else:
-            w.offline.on_message(w.db, w.tally, msg, ())
+        w.stage(msg, members)
         self.msg = msg
 
     def after_commit(self, w: Writer) -> None:
@@ -272,12 +337,13 @@ class ReadJob(Job):
 
     def apply(self, w: Writer) -> None:
         group = w.group(self.gid, self.uid, self.rid)
-        old = group.read.get(self.uid, 0)
+        old = w.read_mark(group, self.uid)
         new = min(max(old, self.seq), w.last_seq.get(self.gid, 0))
         if new > old:
             w.db.execute("UPDATE members SET read_seq = ? WHERE gid = ? AND uid = ?", (new, self.gid, self.uid))
             w.tally.storage["read_mark"] += 1
             w.unread.on_read(w.db, w.tally, self.uid, self.gid, old, new)
+            w.read_now[(self.gid, self.uid)] = new
         self.seq = new
 
     def after_commit(self, w: Writer) -> None:
@@ -296,10 +362,14 @@ class DeleteJob(Job):
         self.uid, self.gid, self.seq, self.rid, self.on_done = uid, gid, seq, rid, on_done
 
     def apply(self, w: Writer) -> None:
-        w.group(self.gid, self.uid, self.rid)
+        group = w.group(self.gid, self.uid, self.rid)
         if not 1 <= self.seq <= w.last_seq.get(self.gid, 0):
             raise ProtocolError(ErrorCode.NO_SUCH_MESSAGE, f"group {self.gid} has no seq {self.seq}", self.rid)
-        w.storage.delete(w.db, w.tally, self.uid, self.gid, self.seq)
+        hid = w.storage.delete(w.db, w.tally, self.uid, self.gid, self.seq)
+        if hid and w.unread.needs_receivers and self.seq > w.read_mark(group, self.uid):
+            msg = w.storage.get(w.db, self.gid, self.seq)
+            if msg is not None and msg.counts_for(self.uid) and w.members(group)[self.uid] < self.seq:
+                w.unread.on_change(w.db, w.tally, self.gid, (self.uid,), -1)
 
     def done(self) -> None:
         self.on_done(self)
@@ -365,10 +435,18 @@ class CreateGroups(AdminJob):
 
 
 class ChangeMembers(AdminJob):
-    def __init__(self, loop: asyncio.AbstractEventLoop, gid: int, add: list[int], remove: list[int]) -> None:
+    """Add and remove members; each non-empty side is announced by a signal that takes a seq in the group
+    (``join`` first, then ``leave``): stored, pushed, synced and buffered offline like a message. Added members
+    join at the seq before their ``join`` signal (so they see it); removed members get the ``leave`` signal
+    pushed or buffered, but not in their history (they can no longer sync the group)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, gid: int, add: list[int], remove: list[int],
+                 publish: Callable[[Message, Sequence[int]], None] | None = None) -> None:
         super().__init__(loop)
         self.gid, self.add, self.remove = gid, add, remove
         self.members: dict[int, int] = {}
+        self.publish = publish
+        self.signals: list[tuple[Message, list[int]]] = []
 
     def apply(self, w: Writer) -> None:
         group = w.directory.groups.get(self.gid)
@@ -377,18 +455,127 @@ class ChangeMembers(AdminJob):
         unknown = sorted({u for u in self.add if u not in w.directory.users})
         if unknown:
             raise AdminError(400, f"{len(unknown)} users do not exist, e.g. {unknown[:10]}")
-        join = w.last_seq.get(self.gid, 0)
-        members = dict(group.members)
+        members = dict(w.members(group))
         added = [u for u in dict.fromkeys(self.add) if u not in members]
         removed = [u for u in dict.fromkeys(self.remove) if u in members and u not in added]
-        w.db.executemany("INSERT INTO members VALUES (?, ?, ?, ?)", ((self.gid, u, join, join) for u in added))
-        w.db.executemany("DELETE FROM members WHERE gid = ? AND uid = ?", ((self.gid, u) for u in removed))
-        for u in added:
-            members[u] = join
-        for u in removed:
-            del members[u]
+        sts = now_us()
+        self.signals = []
+        if added:
+            join = w.last_seq.get(self.gid, 0)
+            w.db.executemany("INSERT INTO members VALUES (?, ?, ?, ?)", ((self.gid, u, join, join) for u in added))
+            for u in added:
+                members[u] = join
+            msg = Message(self.gid, w.next_seq(self.gid), ADMIN_SENDER, 0, sts, "", None, Kind.JOIN,
+                          uids=tuple(added))
+            w.stage(msg, members)
+            self.signals.append((msg, []))
+        if removed:
+            w.db.executemany("DELETE FROM members WHERE gid = ? AND uid = ?", ((self.gid, u) for u in removed))
+            for u in removed:
+                del members[u]
+                w.unread.on_leave(w.db, w.tally, u, self.gid)
+            msg = Message(self.gid, w.next_seq(self.gid), ADMIN_SENDER, 0, sts, "", None, Kind.LEAVE,
+                          uids=tuple(removed))
+            w.stage(msg, members, also=removed)
+            self.signals.append((msg, removed))
+        w.members_now[self.gid] = members
         self.members = members
         self.result = {"added": len(added), "removed": len(removed), "members": len(members)}
 
     def after_commit(self, w: Writer) -> None:
-        w.directory.set_members(w.directory.groups[self.gid], self.members)
+        group = w.directory.groups[self.gid]
+        w.directory.set_members(group, self.members)
+        if self.signals:
+            group.max_seq = self.signals[-1][0].seq
+
+    def done(self) -> None:
+        if self.error is None and self.publish is not None:
+            for msg, also in self.signals:
+                self.publish(msg, also)
+        super().done()
+
+
+class RecallJob(Job):
+    """The sender retracts its own ordinary message within the recall window. In the transaction: the message
+    leaves the unread counts of everyone who still had it unread, its body is erased (it leaves every history),
+    and a ``recall`` signal (``ref`` = its seq, ``to`` = its recipients) takes the next seq and goes through
+    storage and offline like a message. Then it is acked (``recall`` reply) and pushed."""
+
+    __slots__ = ("gid", "msg", "on_done", "rid", "seq", "sts", "uid", "window_us")
+
+    def __init__(self, uid: int, gid: int, seq: int, rid: int | None, window_s: float,
+                 on_done: Callable[[RecallJob], None]) -> None:
+        self.uid, self.gid, self.seq, self.rid, self.on_done = uid, gid, seq, rid, on_done
+        self.window_us = int(window_s * 1e6)
+        self.sts = now_us()
+        self.msg: Message | None = None
+
+    def apply(self, w: Writer) -> None:
+        group = w.group(self.gid, self.uid, self.rid)
+        seq = self.seq
+        original = w.storage.get(w.db, self.gid, seq) if 1 <= seq <= w.last_seq.get(self.gid, 0) else None
+        if original is None:
+            raise ProtocolError(ErrorCode.NO_SUCH_MESSAGE, f"group {self.gid} has no seq {seq}", self.rid)
+        if original.sender != self.uid or original.kind != Kind.MSG:
+            raise ProtocolError(ErrorCode.RECALL_REFUSED,
+                                f"seq {seq} is not a message of user {self.uid} that can be recalled", self.rid)
+        if self.sts - original.sts > self.window_us:
+            raise ProtocolError(ErrorCode.RECALL_REFUSED,
+                                f"seq {seq} is older than the recall window of {self.window_us / 1e6:g} s", self.rid)
+        members = w.members(group)
+        if w.unread.needs_receivers:
+            had = [u for u in (members if original.to is None else original.to)
+                   if original.counts_for(u) and members.get(u, seq) < seq and w.read_mark(group, u) < seq]
+            gone = w.storage.deleted_among(w.db, self.gid, seq, had)
+            w.unread.on_change(w.db, w.tally, self.gid, [u for u in had if u not in gone], -1)
+        w.storage.recall(w.db, w.tally, self.gid, seq)
+        msg = Message(self.gid, w.next_seq(self.gid), self.uid, 0, self.sts, "", original.to, Kind.RECALL, ref=seq)
+        w.stage(msg, members)
+        self.msg = msg
+
+    def after_commit(self, w: Writer) -> None:
+        assert self.msg is not None
+        w.directory.groups[self.gid].max_seq = self.msg.seq
+
+    def done(self) -> None:
+        self.on_done(self)
+
+
+class OfflineDrainJob(Job):
+    """On connect (buffering offline modes): empty the user's offline buffer; the loop sends it as the
+    ``offline`` frame. Anything stored after this job finds the user online and is pushed instead."""
+
+    __slots__ = ("dropped", "entries", "on_done", "uid")
+
+    def __init__(self, uid: int, on_done: Callable[[OfflineDrainJob], None]) -> None:
+        self.uid, self.on_done = uid, on_done
+        self.entries: list[tuple[int, int]] = []
+        self.dropped = 0
+
+    def apply(self, w: Writer) -> None:
+        self.entries, self.dropped = w.offline.drain(w.db, w.tally, self.uid)
+
+    def done(self) -> None:
+        self.on_done(self)
+
+
+class UnreadFlushJob(Job):
+    """The merged unread mode's flush: each pending (user, group) change written once."""
+
+    rows = 0
+
+    def apply(self, w: Writer) -> None:
+        self.rows = w.unread.flush(w.db, w.tally)
+
+
+class Barrier(Job):
+    """Does nothing; ``done`` runs on the loop after every job submitted before it (tests and benchmarks)."""
+
+    def __init__(self, on_done: Callable[[], None]) -> None:
+        self.on_done = on_done
+
+    def apply(self, w: Writer) -> None:
+        pass
+
+    def done(self) -> None:
+        self.on_done()

@@ -28,7 +28,7 @@ from reference_server.protocol import (
     decode_request,
 )
 
-CLIENT_OPS = {Op.SEND, Op.SYNC, Op.READ, Op.UNREAD, Op.DELETE, Op.PING}
+CLIENT_OPS = {Op.SEND, Op.SYNC, Op.READ, Op.UNREAD, Op.DELETE, Op.RECALL, Op.PING}
 SERVER_OPS = set(Op) - CLIENT_OPS
 
 
@@ -58,6 +58,7 @@ ROUND_TRIPS: list[tuple[bytes, protocol.Request]] = [
     (protocol.encode_unread(6, [1, 2, 3]), Unread(6, (1, 2, 3))),
     (protocol.encode_unread(6, []), Unread(6, ())),
     (protocol.encode_delete(7, 9, 41), Delete(7, 9, 41)),
+    (protocol.encode_recall(8, 9, 40), protocol.Recall(8, 9, 40)),
     (protocol.encode_ping(9), Ping(9)),
     (protocol.encode_ping(None), Ping(None)),
     (protocol.encode_read(MAX_ID, MAX_ID, MAX_ID), Read(MAX_ID, MAX_ID, MAX_ID)),

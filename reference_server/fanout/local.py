@@ -4,14 +4,21 @@ frame bytes to each online one. No bus message."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from reference_server.directory import Group
 from reference_server.fanout import Fanout
 from reference_server.protocol import Message
 
+if TYPE_CHECKING:
+    from reference_server.gateway import Gateway
+
 
 class LocalFanout(Fanout):
     name = "local"
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
 
     def push(self, msg: Message, frame: bytes, group: Group) -> int:
         online = self.gateway.online

@@ -4,7 +4,7 @@ what it missed from the group timeline with ``sync``. 0 writes per message."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 from reference_server.offline import OfflineDelivery
 from reference_server.protocol import Message
@@ -14,5 +14,5 @@ from reference_server.tally import Tally
 class PullOffline(OfflineDelivery):
     name = "pull"
 
-    def on_message(self, db: sqlite3.Connection, tally: Tally, msg: Message, offline: Iterable[int]) -> None:
+    def on_message(self, db: sqlite3.Connection, tally: Tally, msg: Message, offline: Sequence[int]) -> None:
         pass

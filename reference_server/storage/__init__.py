@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import sqlite3
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from reference_server.protocol import Message
+from reference_server.protocol import Kind, Message
 from reference_server.tally import Tally
+
+if TYPE_CHECKING:
+    from reference_server.config import ServerConfig
 
 
 class Storage(ABC):
-    """Where group messages live. Write methods run inside the writer's transaction; reads on the loop."""
+    """Where group entries (messages and signals) live. Write methods run inside the writer's transaction
+    (and count every row they write in the tally); reads run on the loop's reader connection.
+
+    Every mode gives the same user-visible answers: ``history`` omits what a user deleted for itself,
+    private messages to others and recalled messages; ``countable`` counts exactly what unread counts.
+    """
 
     name: str
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config
 
     @abstractmethod
     def schema(self) -> list[str]:
@@ -21,31 +33,57 @@ class Storage(ABC):
 
     @abstractmethod
     def append(self, db: sqlite3.Connection, tally: Tally, msg: Message, members: Mapping[int, int]) -> None:
-        """Store one accepted message for a group whose members map uid -> join seq."""
+        """Store one accepted entry for a group whose members map uid -> join seq."""
 
     @abstractmethod
     def history(self, db: sqlite3.Connection, uid: int, gid: int, after: int, limit: int) -> tuple[list[Message], int]:
-        """Messages visible to uid with seq > after, oldest first, scanning at most ``limit`` seqs.
+        """Entries visible to uid with seq > after, oldest first, scanning at most ``limit`` seqs.
 
-        Returns the visible messages and the last seq scanned (``after`` if none), so a caller pages on
+        Returns the visible entries and the last seq scanned (``after`` if none), so a caller pages on
         with ``after = last`` even when deletes or private messages hid every row of a page.
         """
 
     @abstractmethod
-    def delete(self, db: sqlite3.Connection, tally: Tally, uid: int, gid: int, seq: int) -> None:
-        """Hide one message from one user (delete-for-me)."""
+    def get(self, db: sqlite3.Connection, gid: int, seq: int) -> Message | None:
+        """The stored entry at seq as stored (kind RECALLED once recalled), whoever may see it."""
 
     @abstractmethod
-    def hidden_after(self, db: sqlite3.Connection, uid: int, gid: int, after: int) -> int:
-        """How many seqs > after are not visible to uid (deleted by them, or private to others)."""
+    def delete(self, db: sqlite3.Connection, tally: Tally, uid: int, gid: int, seq: int) -> bool:
+        """Hide one message from one user (delete-for-me); whether this newly hid something."""
+
+    @abstractmethod
+    def recall(self, db: sqlite3.Connection, tally: Tally, gid: int, seq: int) -> None:
+        """Retract a message for everyone: its body is erased and it leaves every history."""
+
+    @abstractmethod
+    def deleted_among(self, db: sqlite3.Connection, gid: int, seq: int, uids: Sequence[int]) -> set[int]:
+        """Those of uids that deleted seq for themselves."""
+
+    @abstractmethod
+    def countable(self, db: sqlite3.Connection, uid: int, gid: int, after: int, upto: int) -> int:
+        """How many seqs in (after, upto] count as unread for uid: ordinary messages it can see, did not send,
+        did not delete, and that were not recalled. The one definition every unread mode agrees with."""
+
+    def lookup(self, db: sqlite3.Connection, uid: int, gid: int, seq: int) -> Message | None:
+        """The entry at seq as uid sees it now, or None (deleted, recalled, not for uid)."""
+        msg = self.get(db, gid, seq)
+        if msg is None or msg.kind == Kind.RECALLED or not msg.visible_to(uid):
+            return None
+        if msg.signal:  # no per-user state hides a signal; a removed member still gets its leave signal
+            return msg
+        msgs, _ = self.history(db, uid, gid, seq - 1, 1)
+        return msgs[0] if msgs and msgs[0].seq == seq else None
 
 
-def create(name: str) -> Storage:
+def create(name: str, config: ServerConfig | None = None) -> Storage:
     if name not in MODES:
         raise ValueError(f"unknown storage mode {name!r}; choose from {sorted(MODES)}")
-    return MODES[name]()
+    return MODES[name](config)
 
 
-from reference_server.storage.read import ReadStorage  # noqa: E402  (modes subclass Storage above)
+# modes subclass Storage above
+from reference_server.storage.hybrid import HybridStorage  # noqa: E402
+from reference_server.storage.read import ReadStorage  # noqa: E402
+from reference_server.storage.write import WriteStorage  # noqa: E402
 
-MODES: dict[str, type[Storage]] = {"read": ReadStorage}
+MODES: dict[str, type[Storage]] = {"read": ReadStorage, "write": WriteStorage, "hybrid": HybridStorage}

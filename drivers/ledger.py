@@ -1,0 +1,337 @@
+"""The delivery ledger: every push checked, every gap explained, every latency recorded.
+
+Per (receiver, group) a :class:`GroupLedger` holds the highest seq pushed (``last``) and the holes below it.
+Pushes on one connection arrive in strictly increasing seq order (protocol §11), so for a push of ``seq``:
+
+* ``seq == last + 1``: in order.
+* ``seq > last + 1``: the seqs between are *holes*. A hole is not yet a loss: it is either a private message for
+  someone else or one deleted for me (legitimate), or a push the receiver should have had. After ``grace``
+  seconds the hole is *repaired* with ``sync`` over it: visible messages from others count as ``lost`` (and
+  ``repaired``), invisible seqs as ``private_holes``, my own messages as ``own`` (a sender gets an ack, no push).
+* ``seq`` fills a hole: ``reordered`` (arrived after a later seq).
+* otherwise (``seq`` already seen): ``duplicated``.
+
+Seqs at or below the ``hello.max`` of a (re)connect belong to *catch-up*, not to the push stream: after a
+reconnect the receiver pages ``sync`` from its last seq to that max (completeness and time are recorded); a push
+of such a seq is an ``overlap`` (allowed by protocol §10), never a duplicate. A member sees only seqs after its
+join: ``sync`` applies the join clamp, so holes before it come back invisible.
+
+At the end of a run :meth:`ReceiverLedger.reconcile` syncs every group from ``last`` to the server's max: visible
+messages from others accepted before ``cutoff`` count as ``lost`` (the tail nobody noticed), later ones as
+``in_flight_at_stop``; then the *unread oracle* compares the client's own count — (max − read mark) minus the
+seqs it knows it cannot see — with the server's ``unread`` answer and counts ``unread_mismatches``.
+
+Latency is receive time − ``cts`` (the sender's *intended* send time under an open-model schedule), in µs, into
+an HDR histogram; for fan-out completion every push's latency is also appended to a per-message list, which
+:meth:`Ledger.take` ships (bucketed) to the coordinator with the send log and the receivers' presence changes,
+where :class:`drivers.totals.Totals` completes each message across workers.
+
+Threads: the hot path takes no lock (a lock would cost about a tenth of the per-frame budget). Under Locust
+(gevent) nothing switches greenlets inside it. With real threads (:class:`ChatClient` without gevent) counts are
+exact once receiving is quiet; a :meth:`Ledger.take` racing a receive thread may misplace that frame's count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from drivers.deliveries import LogBuckets, Recorder
+
+Frame = dict[str, Any]
+SyncFn = Callable[[int, int, int], Frame]  # (gid, after, limit) -> sync reply
+
+#: counters shipped from workers and summed on the coordinator
+COUNTERS: Final = (
+    "sent", "send_failed", "delivered", "duplicated", "reordered", "lost", "repaired", "private_holes", "own_holes",
+    "overlap", "in_flight_at_stop", "unverified_holes", "repair_failed", "unexpected_group", "catchups",
+    "catchup_msgs", "catchup_incomplete", "reconnects", "reconnect_failures", "unread_checks", "unread_mismatches",
+    "unread_skipped", "missed_send_slots", "late_after_repair",
+)
+_SYNC_LIMIT: Final = 1000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class GroupLedger:
+    __slots__ = ("base", "gid", "holes", "invisible", "last", "live_from", "read", "repaired")
+
+    def __init__(self, gid: int, max_seq: int, read: int) -> None:
+        self.gid = gid
+        self.last = max_seq  # highest seq accounted for in the push stream
+        self.live_from = max_seq  # seqs ≤ this belong to history / catch-up
+        self.base = max_seq  # live_from at the first connect: below it visibility is unknown
+        self.read = read  # the read mark as the client knows it
+        self.holes: dict[int, int] = {}  # seq -> µs when the hole was seen
+        self.invisible: set[int] = set()  # seqs > base this receiver cannot see (private to others, deleted)
+        self.repaired: set[int] = set()  # seqs counted lost and fetched by sync (a late push is not a duplicate)
+
+
+class ReceiverLedger:
+    """One receiver's ledger: a :class:`GroupLedger` per group of its ``hello``. Feed it pushes with :meth:`on_push`."""
+
+    __slots__ = ("groups", "ledger", "online", "own", "pending_catchup", "uid")
+
+    def __init__(self, ledger: Ledger, uid: int) -> None:
+        self.ledger = ledger
+        self.uid = uid
+        self.groups: dict[int, GroupLedger] = {}
+        self.own: set[tuple[int, int]] = set()  # (gid, seq) this receiver sent
+        self.pending_catchup: dict[int, tuple[int, int]] = {}  # gid -> (after, up to) still to sync
+        self.online = False
+
+    # -- connection lifecycle
+    def on_connect(self, hello: Frame, t_us: int | None = None) -> None:
+        """A (re)connect's ``hello``: first time, start at each group's max; again, plan the catch-up."""
+        # the server's clock when it built the hello: it registered the connection for pushes just before
+        t = t_us if t_us is not None else int(hello.get("sts") or now_us())
+        ledger = self.ledger
+        for g in hello.get("groups", ()):
+            gid, mx = g["gid"], g["max"]
+            gl = self.groups.get(gid)
+            if gl is None:
+                self.groups[gid] = GroupLedger(gid, mx, g["read"])
+            else:
+                if mx > gl.last:
+                    self.pending_catchup[gid] = (gl.last, mx)
+                    gl.last = mx
+                gl.live_from = max(gl.live_from, mx)
+                gl.read = g["read"]
+            ledger.presence.append((gid, t, 1))
+        self.online = True
+        ledger.receivers[self.uid] = self
+
+    def on_disconnect(self, t_us: int | None = None) -> None:
+        if not self.online:
+            return
+        self.online = False
+        t = now_us() if t_us is None else t_us
+        for gid in self.groups:
+            self.ledger.presence.append((gid, t, -1))
+
+    def note_own(self, gid: int, seq: int) -> None:
+        """This receiver sent (gid, seq): it gets an ack, never a push; the seq is not a hole."""
+        self.own.add((gid, seq))
+
+    def note_read(self, reply: Frame) -> None:
+        gl = self.groups.get(reply["gid"])
+        if gl is not None:
+            gl.read = reply["read"]
+
+    # -- the hot path (receive thread / greenlet)
+    def on_push(self, frame: Frame) -> None:
+        ledger = self.ledger
+        if ledger.frozen:
+            return
+        t = time.time_ns() // 1000
+        gid = frame["gid"]
+        seq = frame["seq"]
+        gl = self.groups.get(gid)
+        if gl is None:  # added to a group after hello: start its ledger here
+            ledger.counts["unexpected_group"] += 1
+            gl = self.groups[gid] = GroupLedger(gid, seq - 1, seq - 1)
+        last = gl.last
+        if seq == last + 1:
+            gl.last = seq
+        elif seq > last:
+            holes = gl.holes
+            for s in range(last + 1, seq):
+                holes[s] = t
+            gl.last = seq
+        elif seq in gl.holes:
+            del gl.holes[seq]
+            ledger.counts["reordered"] += 1
+        elif seq <= gl.live_from:
+            ledger.counts["overlap"] += 1
+            return
+        elif seq in gl.repaired:
+            gl.repaired.discard(seq)
+            ledger.counts["late_after_repair"] += 1
+            return
+        else:
+            ledger.counts["duplicated"] += 1
+            return
+        ledger.delivered += 1
+        lat = t - frame["cts"]
+        ledger.latency.record(lat)
+        key = (gid, seq)
+        fan = ledger.fan.get(key)
+        if fan is None:
+            ledger.fan[key] = [lat]
+        else:
+            fan.append(lat)
+
+    # -- repairs (a request per group: call from the user's greenlet or a repair loop, never from on_push)
+    def holes_due(self, before_us: int) -> bool:
+        return any(t <= before_us for gl in self.groups.values() for t in gl.holes.values())
+
+    def repair(self, sync: SyncFn, before_us: int | None = None) -> None:
+        """Sync over every hole seen before ``before_us`` (all holes if None) and classify each seq."""
+        for gl in list(self.groups.values()):
+            due = sorted(s for s, t in gl.holes.items() if before_us is None or t <= before_us)
+            own = [s for s in due if (gl.gid, s) in self.own]
+            for s in own:  # my own messages: acked to me, never pushed
+                del gl.holes[s]
+                self.ledger.counts["own_holes"] += 1
+            if own:
+                due = [s for s in due if s in gl.holes]
+            if not due:
+                continue
+            try:
+                self._sync_range(gl, sync, due[0] - 1, due[-1], set(due), tail_cutoff=None)
+            except Exception:
+                self.ledger.counts["repair_failed"] += 1
+
+    def catch_up(self, sync: SyncFn, started_us: int) -> bool:
+        """After a reconnect: sync each group from the last seq held to the reconnect's ``hello.max``."""
+        counts = self.ledger.counts
+        complete = True
+        for gid, (after, upto) in list(self.pending_catchup.items()):
+            gl = self.groups[gid]
+            try:
+                self._sync_range(gl, sync, after, upto, None, tail_cutoff=None, catchup=True)
+                del self.pending_catchup[gid]
+            except Exception:
+                complete = False
+        counts["catchups"] += 1
+        if complete:
+            self.ledger.catchup.record(now_us() - started_us)
+        else:
+            counts["catchup_incomplete"] += 1
+        return complete
+
+    def reconcile(self, sync: SyncFn, cutoff_us: int) -> None:
+        """End of run: resolve every hole, then sync each group's tail after ``last`` (see the module doc)."""
+        self.repair(sync)
+        for gl in list(self.groups.values()):
+            try:
+                self._sync_range(gl, sync, gl.last, None, None, tail_cutoff=cutoff_us)
+            except Exception:
+                self.ledger.counts["repair_failed"] += 1
+
+    def _sync_range(self, gl: GroupLedger, sync: SyncFn, after: int, upto: int | None, only: set[int] | None,
+                    tail_cutoff: int | None, catchup: bool = False) -> None:
+        counts = self.ledger.counts
+        uid = self.uid
+        gid = gl.gid
+        while upto is None or after < upto:
+            limit = _SYNC_LIMIT if upto is None else min(_SYNC_LIMIT, upto - after)
+            page = sync(gid, after, limit)
+            nxt = page["next"]
+            visible = {m["seq"]: m for m in page["msgs"]}
+            for s in range(after + 1, nxt + 1):
+                if only is not None and s not in only:
+                    continue
+                gl.holes.pop(s, None)
+                m = visible.get(s)
+                if (gid, s) in self.own or (m is not None and m["from"] == uid):
+                    self.own.add((gid, s))
+                    if not catchup:
+                        counts["own_holes"] += 1
+                elif m is None:
+                    if s > gl.base:
+                        gl.invisible.add(s)
+                    if not catchup and s > gl.live_from:
+                        counts["private_holes"] += 1
+                elif catchup:
+                    counts["catchup_msgs"] += 1
+                elif tail_cutoff is not None and m["sts"] > tail_cutoff:
+                    counts["in_flight_at_stop"] += 1
+                else:
+                    counts["lost"] += 1
+                    counts["repaired"] += 1
+                    gl.repaired.add(s)
+            if nxt > gl.last:
+                gl.last = nxt
+            if not page["more"] or nxt <= after:
+                return
+            after = nxt
+
+    def check_unread(self, unread: Callable[[list[int]], Frame], read: Callable[[int, int], Frame]) -> None:
+        """The unread oracle, for groups with no open holes: the client's truth against the server's answer."""
+        counts = self.ledger.counts
+        gids = [gid for gid, gl in self.groups.items() if not gl.holes and gid not in self.pending_catchup]
+        if not gids:
+            return
+        for gid in gids:
+            gl = self.groups[gid]
+            if gl.read < gl.base:  # visibility below base is unknown to this client: move the mark up to it
+                self.note_read(read(gid, gl.base))
+        reply = unread(gids)
+        for g in reply["groups"]:
+            gl = self.groups[g["gid"]]
+            if g["max"] != gl.last:
+                counts["unread_skipped"] += 1  # traffic still in flight: no truth to compare with
+                continue
+            hidden = sum(1 for s in gl.invisible if gl.read < s <= gl.last)
+            if not self.ledger.own_messages_unread:
+                hidden += sum(1 for g_, s in self.own if g_ == gl.gid and gl.read < s <= gl.last)
+            truth = gl.last - gl.read - hidden
+            counts["unread_checks"] += 1
+            if g["unread"] != truth or g["read"] != gl.read:
+                counts["unread_mismatches"] += 1
+                if self.ledger.mismatch_log is not None and len(self.ledger.mismatch_log) < 100:
+                    self.ledger.mismatch_log.append({"uid": self.uid, "server": g, "client_read": gl.read,
+                                                     "client_max": gl.last, "client_unread": truth})
+
+
+class Ledger:
+    """Everything one generator process records; :meth:`take` ships it (and resets) for the coordinator."""
+
+    def __init__(self) -> None:
+        #: whether a user's own messages count in its unread count. docs/protocol.md §4.4 says they do; the
+        #: reference server (storage/read.py) hides them. The oracle follows the server; set True for the doc.
+        self.own_messages_unread = False
+        self.mismatch_log: list[dict[str, Any]] | None = []  # the first unread mismatches, for diagnosis
+        self.frozen = False  # set at the end of a run: pushes after the final reconciliation are not counted
+        self.receivers: dict[int, ReceiverLedger] = {}
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.delivered = 0
+        self.latency = Recorder()
+        self.send_ack = Recorder()
+        self.catchup = Recorder()
+        self.fan: dict[tuple[int, int], list[int]] = {}
+        self.sends: list[tuple[int, int, int, int, int, bool]] = []
+        self.presence: list[tuple[int, int, int]] = []
+
+    def receiver(self, uid: int) -> ReceiverLedger:
+        r = self.receivers.get(uid)
+        if r is None:
+            r = ReceiverLedger(self, uid)
+        return r
+
+    def on_ack(self, uid: int, ack: Frame, cts: int, private: bool, t_us: int | None = None) -> None:
+        """A send was acked: send→ack latency from the intended send time; the send log entry for fan-out."""
+        t = now_us() if t_us is None else t_us
+        self.counts["sent"] += 1
+        self.send_ack.record(t - cts)
+        self.sends.append((ack["gid"], ack["seq"], ack["sts"], cts, uid, private))
+        r = self.receivers.get(uid)
+        if r is not None:
+            r.note_own(ack["gid"], ack["seq"])
+
+    def take(self) -> dict[str, Any]:
+        """Everything since the previous take, in a form Locust's worker reports carry (msgpack-able)."""
+        with self._lock:
+            counts, delivered = self.counts, self.delivered
+            latency, send_ack, catchup = self.latency, self.send_ack, self.catchup
+            fan, sends, presence = self.fan, self.sends, self.presence
+            self._reset()
+        counts["delivered"] += delivered
+        fan_wire = []
+        for (gid, seq), lats in fan.items():
+            b = LogBuckets()
+            b.add_many([v if v > 0 else 1 for v in lats])
+            fan_wire.append([gid, seq, b.to_wire()])
+        return {
+            "counts": counts, "latency": latency.take(), "send_ack": send_ack.take(), "catchup": catchup.take(),
+            "fan": fan_wire, "sends": [list(s) for s in sends], "presence": [list(p) for p in presence],
+        }

@@ -1,0 +1,91 @@
+"""Every ``chatbench_`` generator metric, defined once, for Prometheus (names: DESIGN.md, metric catalog).
+
+The Locust master (or the only process) serves them from ``--metrics-port``. They are read from the
+coordinator's :class:`drivers.totals.Totals` at scrape time by a custom collector — the hot path never touches
+Prometheus — against an injected registry (tests build their own). Labels: ``run_id`` and ``scenario`` on every
+series (low cardinality: one run at a time), ``worker`` on the CPU ratio. Latency histograms come from the HDR
+histograms with the explicit buckets :data:`drivers.deliveries.PROMETHEUS_BUCKETS_S`.
+
+Fan-out completion counts messages settled so far (a message settles ``SETTLE_S`` after its send).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from hdrh.histogram import HdrHistogram
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from drivers.deliveries import PROMETHEUS_BUCKETS_S, cumulative_counts
+from drivers.totals import Totals
+
+SETTLE_S: Final = 5.0
+
+#: counter name (without ``chatbench_`` and ``_total``) -> ledger count
+COUNTERS: Final = {
+    "messages_sent": ("sent", "Messages acked by the server"),
+    "messages_delivered": ("delivered", "Pushes received in order or filling a hole"),
+    "messages_lost": ("lost", "Visible messages never pushed to an online receiver (repaired by sync)"),
+    "messages_duplicated": ("duplicated", "Pushes of a seq the receiver already had"),
+    "messages_reordered": ("reordered", "Pushes that arrived after a later seq of the same group"),
+    "missed_send_slots": ("missed_send_slots", "Open-model send slots the generator could not keep"),
+    "reconnects": ("reconnects", "Successful reconnects"),
+    "unread_mismatches": ("unread_mismatches", "Unread counts where the server disagreed with the client's truth"),
+}
+HISTOGRAMS: Final = {
+    "delivery_latency_seconds": ("latency", "Push receive time minus the sender's intended send time"),
+    "fanout_completion_seconds": ("fan_last", "Send to the last online recipient of a complete message"),
+    "send_ack_seconds": ("send_ack", "Intended send time to ack"),
+    "catchup_seconds": ("catchup", "Reconnect start to every group synced up to the reconnect's hello"),
+}
+METRIC_NAMES: Final = (
+    *(f"chatbench_{n}_total" for n in COUNTERS), *(f"chatbench_{n}" for n in HISTOGRAMS),
+    "chatbench_generator_cpu_ratio",
+)
+
+
+class GeneratorCollector(Collector):
+    def __init__(self, totals: Totals, run_id: Callable[[], str], scenario: str) -> None:
+        self.totals = totals
+        self.run_id = run_id
+        self.scenario = scenario
+
+    def collect(self) -> Iterator[Metric]:
+        t = self.totals
+        t.settle(SETTLE_S)
+        labels = ["run_id", "scenario"]
+        values = [self.run_id(), self.scenario]
+        for name, (key, doc) in COUNTERS.items():
+            c = CounterMetricFamily(f"chatbench_{name}", doc, labels=labels)
+            c.add_metric(values, float(t.counts.get(key, 0)))
+            yield c
+        for name, (attr, doc) in HISTOGRAMS.items():
+            h: HdrHistogram = getattr(t, attr).h
+            cum = cumulative_counts(h, PROMETHEUS_BUCKETS_S)
+            total = h.get_total_count()
+            buckets = [(repr(b), float(c)) for b, c in zip(PROMETHEUS_BUCKETS_S, cum, strict=True)]
+            buckets.append(("+Inf", float(total)))
+            m = HistogramMetricFamily(f"chatbench_{name}", doc, labels=labels)
+            m.add_metric(values, buckets, sum_value=h.get_mean_value() * total / 1e6 if total else 0.0)
+            yield m
+        g = GaugeMetricFamily("chatbench_generator_cpu_ratio", "CPU time / wall time of each generator process, last "
+                              "sample", labels=[*labels, "worker"])
+        for worker, health in sorted(t.health.items()):
+            g.add_metric([*values, worker], health["cpu_last"])
+        yield g
+
+
+def build_registry(totals: Totals, run_id: Callable[[], str], scenario: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(GeneratorCollector(totals, run_id, scenario))
+    return registry
+
+
+def start_exporter(port: int, totals: Totals, run_id: Callable[[], str], scenario: str) -> CollectorRegistry:
+    """Serve the generator metrics on 127.0.0.1:port (a daemon thread; a greenlet under Locust)."""
+    registry = build_registry(totals, run_id, scenario)
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+    return registry

@@ -1,0 +1,328 @@
+"""The swarm's process-level machinery under Locust: one ledger per process, totals on the coordinator, the
+end-of-run flush, generator self-health, the repair loop, Locust summary rows, the result bundle.
+
+Data flow. Every generator process records into its :data:`ledger`. Workers ship ``ledger.take()`` with each
+Locust worker report (every 3 s) and the master merges it into :data:`totals`; a LocalRunner merges its own.
+
+End of run. The master's ``test_stop`` fires before the workers' last reports arrive (and on ``quit`` Locust
+gives them 0.5 s). So on ``test_stopping`` — which fires on the master before it tells workers to stop, in
+headless runs, shape ends and web-UI stops alike — the coordinator sends each worker a ``chatbench_flush``
+message and waits (bounded) for a ``chatbench_final`` answer from every worker. A worker answering it stops its
+senders, waits ``--quiet-s`` for the last deliveries, reconciles every receiver's ledger with the server (tail
+losses, unread oracle), freezes the ledger and ships everything it has. Only then does ``test_stop`` settle
+fan-out and write the result bundle: it holds every worker's final data, and ``finals_missing`` in the bundle
+names any worker that did not answer in time (the run is then marked invalid).
+"""
+
+from __future__ import annotations
+
+from locust import events
+from locust.env import Environment
+from locust.runners import LocalRunner, MasterRunner, WorkerRunner
+from locust.stats import bucket_response_time
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from gevent.pool import Pool
+
+from drivers.deliveries import decode_into, new_histogram
+from drivers.ledger import Ledger, now_us
+from drivers.totals import Totals
+
+if TYPE_CHECKING:
+    from drivers.locust_user import ChatUser
+
+log = logging.getLogger("chatbench.swarm")
+
+ledger = Ledger()
+totals = Totals()
+#: connected ChatUsers of this process by uid (for repairs and the final reconciliation)
+users: dict[int, ChatUser] = {}
+
+
+class RunState:
+    def __init__(self) -> None:
+        self.run_id = ""
+        self.started_us = 0
+        self.stopping = False  # senders stop at once when set
+        self.sending_stopped_us = 0
+        self.flushed = False
+        self.finals_missing: list[str] = []
+        self.workers = 1  # generator processes at the end of the run
+        self.server_before: dict[str, float] = {}
+        self.server_after: dict[str, float] = {}
+        self.health: Health = Health()
+        self.bundle_path = ""
+        self.scenario_results: dict[str, Any] = {}  # a scenario's own figures, copied into the bundle
+
+
+class Health:
+    """Generator self-health of this process: CPU ratio (process CPU time / wall time) and event-loop lag."""
+
+    INTERVAL_S = 2.0
+    TICK_S = 0.05
+
+    def __init__(self) -> None:
+        self.cpu: list[tuple[float, float]] = []  # (epoch s, ratio)
+        self.lag_ms: list[tuple[float, float]] = []  # (epoch s, worst lateness in the interval)
+        self._greenlets: list[gevent.Greenlet] = []
+
+    def start(self) -> None:
+        self.stop()
+        self._greenlets = [gevent.spawn(self._cpu_loop), gevent.spawn(self._lag_loop)]
+
+    def stop(self) -> None:
+        for g in self._greenlets:
+            g.kill(block=False)
+        self._greenlets = []
+
+    def _cpu_loop(self) -> None:
+        wall0, cpu0 = time.monotonic(), time.process_time()
+        while True:
+            gevent.sleep(self.INTERVAL_S)
+            wall1, cpu1 = time.monotonic(), time.process_time()
+            self.cpu.append((time.time(), (cpu1 - cpu0) / max(wall1 - wall0, 1e-9)))
+            wall0, cpu0 = wall1, cpu1
+
+    def _lag_loop(self) -> None:
+        worst = 0.0
+        last_ship = time.monotonic()
+        while True:
+            t0 = time.monotonic()
+            gevent.sleep(self.TICK_S)
+            late = (time.monotonic() - t0 - self.TICK_S) * 1000
+            worst = max(worst, late)
+            if time.monotonic() - last_ship >= self.INTERVAL_S:
+                self.lag_ms.append((time.time(), worst))
+                worst = 0.0
+                last_ship = time.monotonic()
+
+    def take(self) -> dict[str, list[tuple[float, float]]]:
+        data = {"cpu": self.cpu, "lag_ms": self.lag_ms}
+        self.cpu, self.lag_ms = [], []
+        return data
+
+
+run = RunState()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+def is_coordinator(env: Environment) -> bool:
+    """True on the process that provisions and reports: the master, or the only process."""
+    return not isinstance(env.runner, WorkerRunner)
+
+
+def option(env: Environment, name: str, default: Any = None) -> Any:
+    return getattr(env.parsed_options, name, default) if env.parsed_options is not None else default
+
+
+def ship(env: Environment) -> dict[str, Any]:
+    data = ledger.take()
+    data["health"] = run.health.take()
+    return data
+
+
+def merge(env: Environment, data: dict[str, Any], worker: str) -> None:
+    totals.merge(data, worker)
+    add_summary_rows(env, data)
+
+
+def add_summary_rows(env: Environment, data: dict[str, Any]) -> None:
+    """Deliveries and send→ack from HDR into Locust's statistics as rows (type ``HDR``): the UI and CSV show them."""
+    for name, key in (("delivery", "latency"), ("send→ack (from schedule)", "send_ack")):
+        text = data[key]["hdr"]
+        h = new_histogram()
+        decode_into(h, text)
+        total = h.get_total_count()
+        if not total:
+            continue
+        entry = env.stats.get(name, "HDR")
+        now = time.time()
+        for item in h.get_recorded_iterator():
+            count = item.count_at_value_iterated_to
+            ms = h.get_highest_equivalent_value(item.value_iterated_to) / 1000
+            entry.total_response_time += ms * count
+            entry.response_times[bucket_response_time(round(ms))] += count
+            entry.min_response_time = ms if entry.min_response_time is None else min(entry.min_response_time, ms)
+            entry.max_response_time = max(entry.max_response_time, ms)
+        entry.num_requests += total
+        entry.num_reqs_per_sec[int(now)] += total
+        entry.last_request_timestamp = now
+
+
+# --------------------------------------------------------------------------------------------------------------
+# background loops of every generator process
+
+def _repair_loop(env: Environment) -> None:
+    """Sync over holes older than ``--repair-grace-s``, a bounded number of users at a time."""
+    pool = Pool(50)
+    grace = float(option(env, "repair_grace_s", 1.0))
+    while not run.stopping:
+        gevent.sleep(0.5)
+        due = now_us() - int(grace * 1e6)
+        for uid, rl in list(ledger.receivers.items()):
+            user = users.get(uid)
+            if user is None or user.client is None or user.client.closed or not rl.holes_due(due):
+                continue
+            pool.spawn(rl.repair, user.timed_sync, due)
+
+
+def _local_merge_loop(env: Environment) -> None:
+    while True:
+        gevent.sleep(3.0)
+        if not run.flushed:
+            merge(env, ship(env), "local")
+
+
+def finalize_local(env: Environment, quiet_s: float) -> None:
+    """Stop sending, let deliveries land, reconcile every connected receiver with the server, freeze the ledger."""
+    if run.flushed:
+        return
+    run.stopping = True
+    run.sending_stopped_us = now_us()
+    gevent.sleep(quiet_s)
+    pool = Pool(100)
+    cutoff = run.sending_stopped_us
+    for uid, user in list(users.items()):
+        rl = ledger.receivers.get(uid)
+        if rl is None or user.client is None or user.client.closed:
+            continue
+        pool.spawn(user.reconcile, rl, cutoff)
+    pool.join(timeout=120)
+    pool.kill()
+    ledger.frozen = True
+    run.flushed = True
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Locust event listeners
+
+_background: list[gevent.Greenlet] = []
+
+
+def _on_init(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.register_message("chatbench_flush", _on_flush, concurrent=True)
+    elif isinstance(runner, MasterRunner):
+        runner.register_message("chatbench_final", _on_final)
+
+
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    for g in _background:
+        g.kill(block=False)
+    _background.clear()
+    run.stopping = run.flushed = False
+    run.finals_missing = []
+    run.workers = 1
+    ledger.frozen = False
+    ledger.take()  # a new run starts from zero (users of an earlier run in the web UI are gone)
+    if is_coordinator(environment):
+        run.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        run.started_us = now_us()
+        run.server_after = {}
+        run.scenario_results = {}
+        run.bundle_path = ""
+        if environment.parsed_options is not None:  # phase clock of the scenario; travels to the workers
+            environment.parsed_options.chatbench_t0 = time.time()
+        totals.__init__()  # type: ignore[misc]
+        from drivers import bundle
+
+        run.server_before = bundle.server_counters(environment)
+    if not isinstance(environment.runner, MasterRunner):
+        run.health.start()
+        _background.append(gevent.spawn(_repair_loop, environment))
+        if isinstance(environment.runner, LocalRunner):
+            _background.append(gevent.spawn(_local_merge_loop, environment))
+
+
+def _on_report(client_id: str, data: dict[str, Any]) -> None:
+    if not run.stopping:  # from the stop on, everything goes with the final data
+        data["chatbench"] = ship(_env())
+
+
+def _on_worker_report(client_id: str, data: dict[str, Any]) -> None:
+    if "chatbench" in data:
+        merge(_env(), data["chatbench"], client_id)
+
+
+def _on_flush(environment: Environment, msg: Any, **_: Any) -> None:
+    finalize_local(environment, float(msg.data.get("quiet_s", 2.0)))
+    data = ship(environment)
+    data["final"] = True
+    run.health.stop()
+    assert environment.runner is not None
+    environment.runner.send_message("chatbench_final", data)
+
+
+def _on_final(environment: Environment, msg: Any, **_: Any) -> None:
+    merge(environment, msg.data, msg.node_id)
+    totals.finals.add(msg.node_id)
+
+
+def _on_test_stopping(environment: Environment, **_: Any) -> None:
+    if not is_coordinator(environment) or run.flushed:
+        return
+    quiet = float(option(environment, "quiet_s", 2.0))
+    from drivers import bundle
+
+    run.server_after = bundle.server_counters(environment)  # before the reconciliation's own requests
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        workers = {c.id for c in runner.clients.all}
+        run.workers = len(workers)
+        totals.finals.clear()
+        runner.send_message("chatbench_flush", {"quiet_s": quiet})
+        deadline = time.monotonic() + quiet + float(option(environment, "flush_timeout_s", 90.0))
+        while not workers <= totals.finals and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        run.finals_missing = sorted(workers - totals.finals)
+        run.flushed = True
+        if run.finals_missing:
+            log.error("no final data from workers %s: the bundle misses their last reports", run.finals_missing)
+    else:
+        finalize_local(environment, quiet)
+        merge(environment, ship(environment), "local")
+    run.health.stop()
+
+
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    if not is_coordinator(environment) or not run.run_id or run.bundle_path:
+        return
+    from drivers import bundle
+
+    totals.settle()
+    result = bundle.build(environment, totals, run)
+    run.bundle_path = str(bundle.write(environment, result))
+    bundle.print_summary(result, run.bundle_path)
+
+
+_environment: list[Environment] = []
+
+
+def _remember_env(environment: Environment, **_: Any) -> None:
+    _environment[:] = [environment]
+
+
+def _env() -> Environment:
+    return _environment[0]
+
+
+def register() -> None:
+    """Add the listeners once per process (scenarios import this module through drivers.locust_user)."""
+    if getattr(register, "done", False):
+        return
+    register.done = True  # type: ignore[attr-defined]
+    events.init.add_listener(_remember_env)
+    events.init.add_listener(_on_init)
+    events.test_start.add_listener(_on_test_start)
+    events.report_to_master.add_listener(_on_report)
+    events.worker_report.add_listener(_on_worker_report)
+    events.test_stopping.add_listener(_on_test_stopping)
+    events.test_stop.add_listener(_on_test_stop)

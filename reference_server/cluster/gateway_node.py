@@ -1,0 +1,216 @@
+"""A gateway node of a cluster: client sockets and a local online index, no storage.
+
+Client frames go to the logic node over the bus; replies and pushes come back on the gateway's own
+channel (and, in broadcast mode, on the channel every gateway hears). For group messages (broadcast and
+routed modes) the gateway walks the group's member list, which it fetches from Redis in batches of
+``MEMBER_BATCH`` the first time it needs it, and queues the frame to the members it holds; every member it
+checks but does not hold is counted in ``chat_gateway_filtered_total``.
+
+The gateway keeps its entries in the central online registry (uid → gateway), a liveness key with a
+short TTL, and its connection count (the front hands new connections to the least-loaded gateway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+from reference_server import protocol
+from reference_server.cluster import wire
+from reference_server.cluster.bus import REDIS_ERRORS, RedisBus
+from reference_server.cluster.logic_node import ALIVE_KEY, MEMBERS_KEY, ONLINE_KEY
+from reference_server.gateway import Conn, Gateway
+from reference_server.protocol import CloseCode, ErrorCode
+
+if TYPE_CHECKING:
+    from reference_server.config import ServerConfig
+    from reference_server.metrics import ServerMetrics
+
+log = logging.getLogger("chat.cluster.gateway")
+
+MEMBER_BATCH = 100  # the lesson: member lists reach gateways about 100 at a time
+LOAD_KEY = "chat:load"  # hash gateway id -> connections
+URL_KEY = "chat:gateways"  # hash gateway id -> public ws:// URL
+ALIVE_TTL_S = 2  # refreshed every HEARTBEAT_S: a dead gateway is forgotten within 2 s
+HEARTBEAT_S = 0.5
+# delete uid's registry entry only if it still names this gateway (the user may have moved on)
+_DEL_IF_MINE = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end"
+
+
+class RemoteLogic:
+    """What the gateway edge calls 'logic' in a cluster: everything goes over the bus."""
+
+    def __init__(self, node: GatewayNode) -> None:
+        self.node = node
+
+    def user_exists(self, uid: int) -> bool:
+        return True  # the logic node refuses unknown users (close 1008) right after the upgrade
+
+    def handle(self, conn: Conn, payload: bytes) -> None:
+        self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.REQ, self.node.gw, conn.uid, payload))
+
+    def reject_frame(self, conn: Conn, why: str) -> None:
+        conn.send(protocol.encode_error(ErrorCode.BAD_FRAME, why))
+
+    def on_connect(self, conn: Conn) -> None:
+        self.node.registry[conn.uid] = True
+        self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.CONNECT, self.node.gw, conn.uid))
+
+    def on_disconnect(self, conn: Conn) -> None:
+        self.node.registry[conn.uid] = False
+        self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.DISCONNECT, self.node.gw, conn.uid))
+
+    def after_flush(self) -> None:
+        pass
+
+
+class GatewayNode:
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics, loop: asyncio.AbstractEventLoop,
+                 bus: RedisBus) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.gw = config.gateway_id
+        self.bus = bus
+        self.gateway = Gateway(config, metrics, RemoteLogic(self), loop)  # type: ignore[arg-type]
+        self.members: dict[int, dict[int, int]] = {}  # gid -> uid -> join seq, fetched on first use
+        self._waiting: dict[int, list[wire.Decoded]] = {}  # group messages held while their members load
+        self.registry: dict[int, bool] = {}  # uid -> online here (True) / gone (False), not yet in redis
+        self._tasks: list[asyncio.Task[None]] = []
+        self.public_url = config.public_url
+
+    async def start(self) -> None:
+        handlers = {wire.gateway_channel(self.gw): self._on_message, wire.CONTROL_CHANNEL: self._on_control}
+        if self.config.fanout == "broadcast":
+            handlers[wire.BROADCAST_CHANNEL] = self._on_message
+        self.bus.on_reconnect.append(self._reregister)
+        await self.bus.start(handlers)
+        await self.gateway.start()
+        if not self.public_url:
+            self.public_url = f"ws://{self.config.host}:{self.gateway.port}"
+        await self._heartbeat_once()
+        self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._flush_registry())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        try:
+            await self.bus.redis.delete(ALIVE_KEY.format(self.gw))
+            await self.bus.redis.hdel(LOAD_KEY, str(self.gw))
+        except REDIS_ERRORS:
+            pass
+        await self.bus.stop()
+
+    # -- from the bus
+    def _on_message(self, data: bytes) -> None:
+        m = wire.decode(data)
+        online = self.gateway.online
+        if m.kind == wire.GROUP:
+            members = self.members.get(m.uid)
+            if members is None:
+                self._hold(m)
+            else:
+                self._deliver(m, members)
+        elif m.kind in (wire.TO_USER, wire.PUSH):
+            conn = online.get(m.uid)
+            if conn is not None and not conn.closing:
+                conn.queue(m.payload)
+                self.gateway.kick()
+                if m.kind == wire.PUSH:
+                    self.metrics.deliveries.inc()
+            elif m.kind == wire.PUSH:
+                self.metrics.gateway_filtered.inc()  # the registry pointed here, the user is not (any more)
+        elif m.kind == wire.CLOSE_USER:
+            conn = online.get(m.uid)
+            if conn is not None:
+                conn.close(CloseCode(m.code), m.payload.decode())
+
+    def _on_control(self, data: bytes) -> None:
+        m = wire.decode(data)
+        if m.kind == wire.MEMBERS:
+            self.members.pop(m.uid, None)
+
+    def _deliver(self, m: wire.Decoded, members: dict[int, int]) -> None:
+        online, seq, sender, frame = self.gateway.online, m.seq, m.sender, m.payload
+        pairs = members.items() if m.to is None else [(u, members.get(u, seq)) for u in m.to]
+        delivered = checked = 0
+        for uid, join in pairs:
+            checked += 1
+            conn = online.get(uid)
+            if conn is not None and join < seq and uid != sender and not conn.closing:
+                conn.queue(frame)
+                delivered += 1
+        self.gateway.kick()
+        self.metrics.deliveries.inc(delivered)
+        self.metrics.gateway_filtered.inc(checked - delivered)
+
+    def _hold(self, m: wire.Decoded) -> None:
+        held = self._waiting.get(m.uid)
+        if held is None:
+            self._waiting[m.uid] = [m]
+            asyncio.get_running_loop().create_task(self._load_members(m.uid))
+        else:
+            held.append(m)  # kept in arrival order: delivered in seq order once the members are here
+
+    async def _load_members(self, gid: int) -> None:
+        members: dict[int, int] = {}
+        cursor = 0
+        try:
+            while True:
+                batch: dict[Any, Any]
+                cursor, batch = await self.bus.redis.hscan(  # type: ignore[assignment]
+                    MEMBERS_KEY.format(gid), cursor, count=MEMBER_BATCH)
+                self.metrics.member_batches.inc()
+                members.update((int(k), int(v)) for k, v in batch.items())
+                if cursor == 0:
+                    break
+        except REDIS_ERRORS as exc:
+            log.warning("loading members of group %d failed (%s); its held messages are dropped", gid, exc)
+            self._waiting.pop(gid, None)
+            return
+        self.members[gid] = members
+        for m in self._waiting.pop(gid, []):
+            self._deliver(m, members)
+
+    # -- registry, liveness, load
+    async def _flush_registry(self) -> None:
+        script = self.bus.redis.register_script(_DEL_IF_MINE)
+        while True:
+            await asyncio.sleep(0.05)
+            if not self.registry:
+                continue
+            changes, self.registry = self.registry, {}
+            try:
+                async with self.bus.redis.pipeline(transaction=False) as pipe:
+                    up: dict[Any, Any] = {str(uid): self.gw for uid, on in changes.items() if on}
+                    if up:
+                        pipe.hset(ONLINE_KEY, mapping=up)
+                    for uid, on in changes.items():
+                        if not on:
+                            await script(keys=[ONLINE_KEY], args=[uid, self.gw], client=pipe)
+                    await pipe.execute()
+                self.metrics.registry_updates.inc(len(changes))
+            except REDIS_ERRORS:
+                for uid, on in changes.items():  # keep what did not reach redis; newer changes win
+                    self.registry.setdefault(uid, on)
+
+    async def _heartbeat_once(self) -> None:
+        async with self.bus.redis.pipeline(transaction=False) as pipe:
+            pipe.set(ALIVE_KEY.format(self.gw), 1, ex=ALIVE_TTL_S)
+            pipe.hset(LOAD_KEY, str(self.gw), len(self.gateway.online))
+            pipe.hset(URL_KEY, str(self.gw), self.public_url)
+            await pipe.execute()
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            with contextlib.suppress(*REDIS_ERRORS):  # the bus logs the outage and reconnects
+                await self._heartbeat_once()
+
+    async def _reregister(self) -> None:
+        """After a Redis restart: put this gateway's users, liveness and load back."""
+        for uid in self.gateway.online:
+            self.registry[uid] = True
+        self.members.clear()
+        await self._heartbeat_once()

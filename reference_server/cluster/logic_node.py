@@ -1,0 +1,180 @@
+"""The logic node of a cluster: storage, seq, unread, offline and the fan-out decision, no client sockets.
+
+Gateways forward each client frame over the bus (``REQ``); the logic node answers through a
+:class:`RemoteConn`, which publishes the reply, already WebSocket-framed, to the user's gateway. The
+request handling is the embedded server's ``ChatLogic`` unchanged: a remote connection looks like a local
+one to it. One logic node owns every group, so per-group order and gap-free seqs hold as in the embedded
+server; gateways scale the sockets.
+
+It also keeps, from CONNECT/DISCONNECT, which gateway holds which user (for replies) and the routed
+registry (group → gateways with online members), and mirrors group membership into Redis, where the
+gateways fetch it in batches. Gateways that stop refreshing their liveness key are purged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from reference_server.cluster import wire
+from reference_server.cluster.bus import REDIS_ERRORS, RedisBus
+from reference_server.gateway import ws_frame
+from reference_server.protocol import CloseCode
+
+if TYPE_CHECKING:
+    from reference_server.logic import ChatLogic
+    from reference_server.metrics import ServerMetrics
+
+log = logging.getLogger("chat.cluster.logic")
+
+ALIVE_KEY = "chat:alive:{}"  # set by each gateway with a short TTL
+MEMBERS_KEY = "chat:members:{}"  # hash uid -> join seq, mirrored by the logic node
+ONLINE_KEY = "chat:online"  # hash uid -> gateway id, the central online registry, written by gateways
+MIRROR_CHUNK = 5000
+
+
+class RemoteConn:
+    """A user connected at some gateway, as ChatLogic sees it."""
+
+    __slots__ = ("bucket", "bucket_at", "bus", "channel", "closing", "gw", "uid")
+
+    def __init__(self, bus: RedisBus, gw: int, uid: int, burst: float) -> None:
+        self.bus = bus
+        self.gw = gw
+        self.uid = uid
+        self.channel = wire.gateway_channel(gw)
+        self.closing = False
+        self.bucket = burst
+        self.bucket_at = 0.0
+
+    def send(self, payload: bytes) -> None:
+        if not self.closing:
+            self.bus.publish(self.channel, wire.to_user(self.uid, ws_frame(payload)))
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        if not self.closing:
+            self.closing = True
+            self.bus.publish(self.channel, wire.close_user(self.uid, code, reason))
+
+
+class LogicNode:
+    def __init__(self, logic: ChatLogic, bus: RedisBus, metrics: ServerMetrics) -> None:
+        self.logic = logic
+        self.bus = bus
+        self.metrics = metrics
+        self.conns: dict[int, RemoteConn] = {}
+        #: routed registry: gid -> {gateway id: online members there}, kept on login/logout
+        self.group_gateways: dict[int, dict[int, int]] = {}
+        self.gateways: set[int] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._mirror_pending: set[int] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.bus.on_reconnect.append(self._mirror_all)
+        await self.bus.start({wire.LOGIC_CHANNEL: self._on_bus})
+        await self._mirror_all()
+        self._tasks.append(asyncio.create_task(self._purge_dead_gateways()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.bus.stop()
+
+    # -- requests from gateways
+    def _on_bus(self, data: bytes) -> None:
+        m = wire.decode(data)
+        if m.kind == wire.REQ:
+            conn = self.conns.get(m.uid)
+            if conn is not None and conn.gw == m.gw:
+                self.logic.handle(conn, m.payload)  # type: ignore[arg-type]
+        elif m.kind == wire.CONNECT:
+            self._connect(m.gw, m.uid)
+        elif m.kind == wire.DISCONNECT:
+            conn = self.conns.get(m.uid)
+            if conn is not None and conn.gw == m.gw:
+                del self.conns[m.uid]
+                self._route(m.uid, m.gw, -1)
+
+    def _connect(self, gw: int, uid: int) -> None:
+        self.gateways.add(gw)
+        if not self.logic.user_exists(uid):
+            RemoteConn(self.bus, gw, uid, 0).close(CloseCode.POLICY_VIOLATION, f"user {uid} does not exist")
+            return
+        old = self.conns.get(uid)
+        if old is not None:
+            if old.gw != gw:
+                old.close(CloseCode.REPLACED, "connected again elsewhere")
+            self._route(uid, old.gw, -1)
+        conn = RemoteConn(self.bus, gw, uid, float(self.logic.config.send_burst))
+        self.conns[uid] = conn
+        self._route(uid, gw, +1)
+        self.logic.on_connect(conn)  # type: ignore[arg-type]
+
+    def _route(self, uid: int, gw: int, delta: int) -> None:
+        """Keep the routed registry: the user's groups gain or lose one online member at gateway gw."""
+        gids = self.logic.directory.groups_of(uid)
+        for gid in gids:
+            gws = self.group_gateways.setdefault(gid, {})
+            n = gws.get(gw, 0) + delta
+            if n > 0:
+                gws[gw] = n
+            else:
+                gws.pop(gw, None)
+        self.metrics.registry_updates.inc(len(gids))
+
+    # -- membership mirror for the gateways' filters
+    def members_changed(self, gid: int) -> None:
+        """Directory hook (any thread): re-mirror one group and tell the gateways to drop their copy."""
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self._schedule_mirror, gid)
+
+    def _schedule_mirror(self, gid: int) -> None:
+        if gid not in self._mirror_pending:
+            self._mirror_pending.add(gid)
+            asyncio.get_running_loop().create_task(self._mirror_one(gid))
+
+    async def _mirror_one(self, gid: int) -> None:
+        self._mirror_pending.discard(gid)
+        try:
+            await self._mirror(gid)
+        except REDIS_ERRORS as exc:
+            log.warning("mirroring group %d failed (%s); the reconnect hook mirrors again", gid, exc)
+        self.bus.publish(wire.CONTROL_CHANNEL, wire.members_changed(gid))
+
+    async def _mirror(self, gid: int) -> None:
+        group = self.logic.directory.groups.get(gid)
+        key = MEMBERS_KEY.format(gid)
+        items = list(group.members.items()) if group is not None else []
+        async with self.bus.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            for i in range(0, len(items), MIRROR_CHUNK):
+                pipe.hset(key, mapping=dict(items[i:i + MIRROR_CHUNK]))
+            await pipe.execute()
+
+    async def _mirror_all(self) -> None:
+        for gid in list(self.logic.directory.groups):
+            await self._mirror(gid)
+        log.info("mirrored %d groups' members into redis", len(self.logic.directory.groups))
+
+    # -- liveness: forget gateways whose key expired (killed, partitioned)
+    async def _purge_dead_gateways(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            for gw in list(self.gateways):
+                try:
+                    alive = await self.bus.redis.exists(ALIVE_KEY.format(gw))
+                except REDIS_ERRORS:
+                    break
+                if not alive:
+                    self._purge(gw)
+
+    def _purge(self, gw: int) -> None:
+        gone = [uid for uid, conn in self.conns.items() if conn.gw == gw]
+        for uid in gone:
+            del self.conns[uid]
+            self._route(uid, gw, -1)
+        self.gateways.discard(gw)
+        log.warning("gateway %d is gone (liveness key expired): forgot its %d users", gw, len(gone))

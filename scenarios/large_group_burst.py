@@ -1,0 +1,96 @@
+"""Large group burst: one group of ``--members`` (default 10,000) members, all online; ``--senders`` of them send
+bursts totalling ``--rate`` messages per second for ``--burst-s`` seconds (open model), then the room goes quiet.
+
+Phases: ``connect`` (members join at ``--connect-rate``), ``settle``, ``burst``, ``tail``; then the run stops by
+itself and the result bundle is written. Look at: fan-out completion (send → last of the ~10k recipients),
+delivery latency p99/p99.9 under the burst, ``lost``/``duplicated``/``reordered`` (must be 0 on a sound server),
+missed send slots and the generator health line (an invalid run measured the generator, not the server).
+
+    locust -f scenarios/large_group_burst.py --headless --processes 2 --host ws://127.0.0.1:8765 \\
+        --members 10000 --senders 10 --rate 20 --burst-s 10
+
+Every flag has an environment variable (``LGB_MEMBERS``, ``LGB_RATE``, ...).
+"""
+
+from __future__ import annotations
+
+from locust import constant, events, task
+from locust.env import Environment
+
+import math
+import random
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from drivers.locust_user import ChatUser, admin_client, is_coordinator, planned_uids, provision_users, sender_uids
+from drivers.schedule import Schedule, per_sender
+from drivers.shapes import Phase, PhasedShape, window
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("large_group_burst")
+    g.add_argument("--members", type=int, default=10_000, env_var="LGB_MEMBERS", help="members (= Locust users)")
+    g.add_argument("--connect-rate", type=float, default=1000, env_var="LGB_CONNECT_RATE",
+                   help="members connecting per second (over all processes)")
+    g.add_argument("--senders", type=int, default=10, env_var="LGB_SENDERS", help="members that send")
+    g.add_argument("--rate", type=float, default=20, env_var="LGB_RATE", help="messages per second, all senders")
+    g.add_argument("--burst-size", type=int, default=1, env_var="LGB_BURST_SIZE",
+                   help="messages a sender sends together in one slot")
+    g.add_argument("--burst-s", type=float, default=10, env_var="LGB_BURST_S", help="seconds of sending")
+    g.add_argument("--settle-s", type=float, default=3, env_var="LGB_SETTLE_S", help="quiet seconds after connecting")
+    g.add_argument("--tail-s", type=float, default=3, env_var="LGB_TAIL_S", help="quiet seconds after the burst")
+    g.add_argument("--chat-group", type=int, default=0, env_var="LGB_GROUP",
+                   help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
+
+
+def phases(opts: Namespace) -> list[Phase]:
+    return [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s),
+            Phase("burst", opts.burst_s), Phase("tail", opts.tail_s)]
+
+
+class Shape(PhasedShape):
+    def phases(self, opts: Namespace) -> list[Phase]:
+        return phases(opts)
+
+    def users(self, opts: Namespace) -> int:
+        return int(opts.members)
+
+    def spawn_rate(self, opts: Namespace) -> float:
+        return float(opts.connect_rate)
+
+
+@events.test_start.add_listener
+def _provision(environment: Environment, **_: Any) -> None:
+    if not is_coordinator(environment):
+        return
+    opts = environment.parsed_options
+    assert opts is not None
+    uids = planned_uids(environment, opts.members)
+    admin = admin_client(environment)
+    provision_users(admin, uids)
+    if not opts.chat_group:
+        opts.chat_group = random.randrange(1, 2**62)
+    admin.create_groups({opts.chat_group: uids})
+    opts.sender_uids = sender_uids(environment, opts.members, opts.senders)
+
+
+class Member(ChatUser):
+    wait_time = constant(1)
+
+    def on_start(self) -> None:
+        super().on_start()
+        opts = self.environment.parsed_options
+        self.gid = opts.chat_group
+        self.sending = self.uid in set(opts.sender_uids)
+
+    @task
+    def talk(self) -> None:
+        self.ensure_connected()
+        if not self.sending:
+            return
+        self.sending = False
+        opts = self.environment.parsed_options
+        start, end = window(phases(opts), opts, "burst")
+        rate = per_sender(opts.rate, opts.senders) / opts.burst_size
+        self.run_schedule(self.gid, Schedule(rate=rate, start=start, duration=end - start, burst=opts.burst_size))

@@ -1,0 +1,98 @@
+"""Many groups: thousands of small and medium groups at once, every member in several of them, messages arriving
+at an aggregate rate (open model, Poisson) into random groups — "a million groups at once", scaled to one
+machine. Group membership is drawn at random (seeded) when the run starts; a member finds its groups in ``hello``.
+
+Phases: ``connect``, ``settle``, ``send`` (``--send-s``), ``tail``; then the run stops and writes its bundle.
+Look at: delivery latency and fan-out completion with many concurrent small fan-outs (per-message overheads
+dominate, not per-delivery ones), ``lost`` must stay 0, send→ack under the aggregate rate, missed send slots.
+
+    locust -f scenarios/many_groups.py --headless --processes 2 --host ws://127.0.0.1:8765 \\
+        --members 2000 --small-groups 2000 --medium-groups 100 --rate 200
+
+Every flag has an environment variable (``MG_MEMBERS``, ``MG_RATE``, ...).
+"""
+
+from __future__ import annotations
+
+from locust import constant, events, task
+from locust.env import Environment
+
+import math
+import random
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from drivers.locust_user import ChatUser, admin_client, is_coordinator, planned_uids, provision_users
+from drivers.schedule import Schedule, per_sender
+from drivers.shapes import Phase, PhasedShape, window
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: ArgumentParser) -> None:
+    g = parser.add_argument_group("many_groups")
+    g.add_argument("--members", type=int, default=2000, env_var="MG_MEMBERS", help="members (= Locust users)")
+    g.add_argument("--connect-rate", type=float, default=500, env_var="MG_CONNECT_RATE")
+    g.add_argument("--small-groups", type=int, default=2000, env_var="MG_SMALL_GROUPS")
+    g.add_argument("--small-size", type=int, default=8, env_var="MG_SMALL_SIZE")
+    g.add_argument("--medium-groups", type=int, default=100, env_var="MG_MEDIUM_GROUPS")
+    g.add_argument("--medium-size", type=int, default=200, env_var="MG_MEDIUM_SIZE")
+    g.add_argument("--rate", type=float, default=200, env_var="MG_RATE", help="messages per second, all groups")
+    g.add_argument("--send-s", type=float, default=10, env_var="MG_SEND_S")
+    g.add_argument("--settle-s", type=float, default=3, env_var="MG_SETTLE_S")
+    g.add_argument("--tail-s", type=float, default=3, env_var="MG_TAIL_S")
+    g.add_argument("--seed", type=int, default=1, env_var="MG_SEED", help="membership draw")
+
+
+def phases(opts: Namespace) -> list[Phase]:
+    return [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s),
+            Phase("send", opts.send_s), Phase("tail", opts.tail_s)]
+
+
+class Shape(PhasedShape):
+    def phases(self, opts: Namespace) -> list[Phase]:
+        return phases(opts)
+
+    def users(self, opts: Namespace) -> int:
+        return int(opts.members)
+
+    def spawn_rate(self, opts: Namespace) -> float:
+        return float(opts.connect_rate)
+
+
+@events.test_start.add_listener
+def _provision(environment: Environment, **_: Any) -> None:
+    if not is_coordinator(environment):
+        return
+    opts = environment.parsed_options
+    assert opts is not None
+    uids = planned_uids(environment, opts.members)
+    admin = admin_client(environment)
+    provision_users(admin, uids)
+    rng = random.Random(opts.seed)
+    base = random.randrange(1, 2**60)
+    sizes = [opts.small_size] * opts.small_groups + [opts.medium_size] * opts.medium_groups
+    groups = {base + i: rng.sample(uids, min(size, len(uids))) for i, size in enumerate(sizes)}
+    items = list(groups.items())
+    for i in range(0, len(items), 500):
+        admin.create_groups(dict(items[i:i + 500]))
+
+
+class Member(ChatUser):
+    wait_time = constant(1)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.gids = [g["gid"] for g in self.hello.get("groups", [])]
+        self.sent = False
+
+    @task
+    def talk(self) -> None:
+        self.ensure_connected()
+        if self.sent or not self.gids:
+            return
+        self.sent = True
+        opts = self.environment.parsed_options
+        start, end = window(phases(opts), opts, "send")
+        self.run_schedule(lambda: random.choice(self.gids),
+                          Schedule(rate=per_sender(opts.rate, opts.members), start=start, duration=end - start,
+                                   poisson=True))

@@ -1,0 +1,258 @@
+"""Unit tests (no sockets): the delivery ledger, fan-out completion across workers, histograms, schedules,
+the generator metrics and the append-only bundle writer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.deliveries import PROMETHEUS_BUCKETS_S, LogBuckets, Recorder, cumulative_counts
+from drivers.ledger import Ledger
+from drivers.metrics import METRIC_NAMES, build_registry
+from drivers.schedule import Schedule
+from drivers.totals import Totals
+
+GID = 7
+T0 = 1_000_000_000_000
+
+
+def push(seq: int, sender: int = 99, cts: int = T0, to: list[int] | None = None) -> dict[str, Any]:
+    f: dict[str, Any] = {"op": "msg", "gid": GID, "seq": seq, "from": sender, "cts": cts, "sts": cts + 10, "body": "b"}
+    if to is not None:
+        f["to"] = to
+    return f
+
+
+def hello(max_seq: int, read: int = 0, sts: int = T0 - 1) -> dict[str, Any]:
+    return {"op": "hello", "sts": sts, "groups": [{"gid": GID, "max": max_seq, "read": read, "unread": max_seq - read}]}
+
+
+class FakeServer:
+    """Answers sync/unread/read like the reference server for one group's history, as seen by ``uid``."""
+
+    def __init__(self, uid: int, history: dict[int, dict[str, Any]], max_seq: int) -> None:
+        self.uid = uid
+        self.history = history  # seq -> message (absent: invisible to uid)
+        self.max = max_seq
+        self.read_mark = 0
+        self.syncs = 0
+
+    def sync(self, gid: int, after: int, limit: int) -> dict[str, Any]:
+        self.syncs += 1
+        upto = min(after + limit, self.max)
+        msgs = [self.history[s] for s in range(after + 1, upto + 1) if s in self.history]
+        nxt = max(upto, after)
+        return {"gid": gid, "msgs": msgs, "next": nxt, "more": nxt < self.max, "max": self.max}
+
+    def unread(self, gids: list[int]) -> dict[str, Any]:
+        hidden = sum(1 for s in range(self.read_mark + 1, self.max + 1)
+                     if s not in self.history or self.history[s]["from"] == self.uid)
+        return {"groups": [{"gid": g, "max": self.max, "read": self.read_mark,
+                            "unread": self.max - self.read_mark - hidden} for g in gids]}
+
+    def read(self, gid: int, seq: int) -> dict[str, Any]:
+        self.read_mark = min(max(self.read_mark, seq), self.max)
+        return {"gid": gid, "max": self.max, "read": self.read_mark, "unread": 0}
+
+
+def make(uid: int = 1, start_max: int = 0) -> tuple[Ledger, Any]:
+    ledger = Ledger()
+    rl = ledger.receiver(uid)
+    rl.on_connect(hello(start_max))
+    return ledger, rl
+
+
+def test_in_order_pushes_are_delivered_with_latency() -> None:
+    ledger, rl = make()
+    for s in range(1, 6):
+        rl.on_push(push(s, cts=T0))
+    assert ledger.delivered == 5
+    data = ledger.take()
+    assert data["counts"]["delivered"] == 5 and data["counts"]["lost"] == 0
+    assert [f[:2] for f in data["fan"]] == [[GID, s] for s in range(1, 6)]
+
+
+def test_duplicates_reorders_and_holes() -> None:
+    ledger, rl = make()
+    for s in (1, 2, 2, 4, 3, 6):  # 2 duplicated; 3 after 4: reordered; 5 a hole
+        rl.on_push(push(s))
+    c = ledger.counts
+    assert (c["duplicated"], c["reordered"], ledger.delivered) == (1, 1, 5)
+    assert list(rl.groups[GID].holes) == [5]
+
+
+def test_repair_tells_lost_from_private_and_own() -> None:
+    uid = 1
+    history = {s: push(s) for s in range(1, 11)}
+    del history[4]  # private to someone else: invisible to uid
+    history[6] = push(6, sender=uid)  # uid's own message: acked, never pushed
+    server = FakeServer(uid, history, 10)
+    ledger, rl = make(uid)
+    for s in (1, 2, 3, 5, 7, 9, 10):  # 8 was lost on the way
+        rl.on_push(push(s))
+    rl.repair(server.sync)
+    c = ledger.counts
+    assert (c["lost"], c["repaired"], c["private_holes"], c["own_holes"]) == (1, 1, 1, 1)
+    assert not rl.groups[GID].holes
+    rl.on_push(push(8))  # the lost push arriving after its repair is neither a delivery nor a duplicate
+    assert c["late_after_repair"] == 1 and c["duplicated"] == 0
+
+
+def test_acked_own_seq_is_not_synced() -> None:
+    ledger, rl = make(uid=1)
+    ledger.on_ack(1, {"gid": GID, "seq": 2, "sts": T0}, cts=T0 - 5, private=False)
+    rl.on_push(push(1))
+    rl.on_push(push(3))
+    server = FakeServer(1, {}, 3)
+    rl.repair(server.sync)
+    assert server.syncs == 0 and ledger.counts["own_holes"] == 1
+
+
+def test_reconnect_catch_up_and_overlap() -> None:
+    history = {s: push(s) for s in range(1, 21)}
+    server = FakeServer(1, history, 20)
+    ledger, rl = make()
+    for s in range(1, 6):
+        rl.on_push(push(s))
+    rl.on_disconnect()
+    rl.on_connect(hello(12, sts=T0 + 5))  # 6..12 were committed while offline
+    rl.on_push(push(12))  # a push at or below hello.max: overlap, not a duplicate
+    rl.on_push(push(13))
+    assert rl.catch_up(server.sync, started_us=T0)
+    c = ledger.counts
+    assert (c["catchup_msgs"], c["overlap"], c["duplicated"], c["lost"]) == (7, 1, 0, 0)
+    assert ledger.delivered == 6
+    assert [p[2] for p in ledger.presence] == [1, -1, 1]
+
+
+def test_reconcile_counts_the_tail_and_in_flight() -> None:
+    history = {s: push(s) for s in range(1, 8)}
+    history[7] = push(7, cts=T0 + 1_000_000)  # accepted after the cutoff: in flight when the run stopped
+    server = FakeServer(1, history, 7)
+    ledger, rl = make()
+    for s in range(1, 5):
+        rl.on_push(push(s))
+    rl.reconcile(server.sync, cutoff_us=T0 + 500)
+    c = ledger.counts
+    assert (c["lost"], c["in_flight_at_stop"]) == (2, 1)  # 5 and 6 never came
+
+
+def test_unread_oracle_agrees_and_detects_a_wrong_answer() -> None:
+    history = {s: push(s) for s in range(1, 11)}
+    del history[3]  # private to another member
+    server = FakeServer(1, history, 10)
+    ledger, rl = make()
+    for s in (1, 2, 4, 5, 6, 7, 8, 9, 10):
+        rl.on_push(push(s))
+    rl.repair(server.sync)
+    rl.check_unread(server.unread, server.read)
+    assert ledger.counts["unread_checks"] == 1 and ledger.counts["unread_mismatches"] == 0
+
+    def wrong(gids: list[int]) -> dict[str, Any]:
+        reply = server.unread(gids)
+        reply["groups"][0]["unread"] += 1
+        return reply
+
+    rl.check_unread(wrong, server.read)
+    assert ledger.counts["unread_mismatches"] == 1
+
+
+def test_frozen_ledger_ignores_pushes() -> None:
+    ledger, rl = make()
+    ledger.frozen = True
+    rl.on_push(push(1))
+    assert ledger.delivered == 0
+
+
+def _worker(uids: list[int], drop: set[tuple[int, int]], seqs: int) -> dict[str, Any]:
+    ledger = Ledger()
+    for uid in uids:
+        rl = ledger.receiver(uid)
+        rl.on_connect(hello(0, sts=T0 - 1000))
+        for s in range(1, seqs + 1):
+            if (uid, s) not in drop:
+                rl.on_push(push(s, cts=T0 + s))
+    return ledger.take()
+
+
+def test_fan_out_completes_across_workers() -> None:
+    sender = Ledger()
+    sender.receiver(100).on_connect(hello(0, sts=T0 - 1000))
+    for s in range(1, 4):
+        sender.on_ack(100, {"gid": GID, "seq": s, "sts": T0 + s}, cts=T0 + s, private=False)
+    totals = Totals()
+    totals.merge(_worker([1, 2, 3], set(), 3), "w0")
+    totals.merge(_worker([4, 5], {(5, 2)}, 3), "w1")  # seq 2 never reached uid 5
+    totals.merge(sender.take(), "w2")
+    assert totals.settle() == 3
+    fc = totals.fan_counts
+    assert (fc["messages"], fc["expected"], fc["received"], fc["complete"], fc["incomplete"]) == (3, 15, 14, 2, 1)
+    assert totals.fan_last.h.get_total_count() == 2
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=10_000_000), min_size=1, max_size=300),
+       st.integers(min_value=1, max_value=4))
+def test_log_buckets_merge_and_percentiles(values: list[int], parts: int) -> None:
+    merged = LogBuckets()
+    for i in range(parts):
+        b = LogBuckets()
+        b.add_many(values[i::parts])
+        merged.merge_wire(b.to_wire())
+    ordered = sorted(values)
+    assert (merged.count, merged.min, merged.max) == (len(values), ordered[0], ordered[-1])
+    for p in (50, 99):
+        exact = ordered[max(0, -(-len(values) * p // 100) - 1)]
+        assert merged.percentile(p) == pytest.approx(exact, rel=0.011)
+
+
+def test_cumulative_counts_match_the_histogram() -> None:
+    r = Recorder()
+    values = [random.randint(50, 2_000_000) for _ in range(2000)]
+    for v in values:
+        r.record(v)
+    cum = cumulative_counts(r.h, PROMETHEUS_BUCKETS_S)
+    for bound, count in zip(PROMETHEUS_BUCKETS_S, cum, strict=True):
+        exact = sum(1 for v in values if v <= bound * 1e6)
+        assert abs(count - exact) <= max(2, exact * 0.002)
+    assert cum[-1] == len(values)
+
+
+def test_schedule_rate_burst_and_poisson() -> None:
+    s = Schedule(rate=10, start=100.0, duration=5, burst=3, rng=random.Random(1))
+    slots = list(s.slots())
+    assert len(slots) == 50 and all(b == 3 for _, b in slots)
+    assert all(100e6 <= t < 105e6 for t, _ in slots)
+    p = Schedule(rate=50, start=0.0, duration=200, poisson=True, rng=random.Random(2))
+    assert 9_500 < len(list(p.slots())) < 10_500
+
+
+def test_generator_metrics_names_and_values() -> None:
+    totals = Totals()
+    totals.merge(_worker([1, 2], set(), 5), "w0")
+    totals.merge_health("w0", {"cpu": [(1.0, 0.5)], "lag_ms": [(1.0, 3.0)]})
+    registry = build_registry(totals, lambda: "run1", "unit")
+    labels = {"run_id": "run1", "scenario": "unit"}
+    assert registry.get_sample_value("chatbench_messages_delivered_total", labels) == 10
+    assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", labels) == 10
+    assert registry.get_sample_value("chatbench_generator_cpu_ratio", {**labels, "worker": "w0"}) == 0.5
+    exposed = {m.name for m in registry.collect()}
+    for name in METRIC_NAMES:
+        assert name.removesuffix("_total") in exposed
+
+
+def test_bundle_files_are_never_overwritten(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from drivers import bundle
+
+    env: Any = SimpleNamespace(parsed_options=SimpleNamespace(results_dir=str(tmp_path), chatbench_out=""))
+    result = {"scenario": "s", "run_id": "r", "metrics": {}}
+    first = bundle.write(env, result)
+    second = bundle.write(env, result)
+    assert first != second and first.exists() and second.exists()
