@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types check bench bench-modes dashboards clean
+.PHONY: demo test lint types check bench bench-modes bench-check baseline dashboards clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "chatbench needs Python >= 3.11"'
@@ -13,9 +13,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
-## demo: start the embedded server, run the smoke scenario for 30 s, print the summary
+## demo: large_group_burst (500 members) on the embedded server across storage x unread modes (9 runs, ~2 min):
+## the comparison table, one result bundle per run under results/, and report.html
+DEMO_SCENARIO := large_group_burst --members 500 --senders 10 --rate 10 --burst-s 3 --settle-s 1 --tail-s 1 \
+	--connect-rate 1000
 demo: $(STAMP)
-	$(BIN)/chatbench run smoke --users 300 --duration 30s
+	$(BIN)/chatbench matrix $(DEMO_SCENARIO) --storage write,hybrid,read --unread per-message,merged,seq \
+		--report report.html
+
+## bench-check: CI regression gate — a short matrix compared with benchmarks/baseline on deterministic cost counters
+BENCH_CI := large_group_burst --members 100 --senders 4 --rate 10 --burst-s 2 --settle-s 1 --tail-s 1 \
+	--connect-rate 500 --storage write,read --unread per-message,seq
+BENCH_CHECKS := --check storage_writes_per_message:0,unread_writes_per_message:0,bus_messages_per_message:0 \
+	--check lost:0,duplicated:0,reordered:0,unread_mismatches:0
+bench-check: $(STAMP)
+	rm -rf var/bench-check
+	$(BIN)/chatbench matrix $(BENCH_CI) --results-dir var/bench-check
+	$(BIN)/chatbench compare --baseline benchmarks/baseline var/bench-check $(BENCH_CHECKS)
+
+## baseline: re-measure benchmarks/baseline (review the diff and commit it when a cost change is intended)
+baseline: $(STAMP)
+	rm -rf var/baseline
+	$(BIN)/chatbench matrix $(BENCH_CI) --results-dir var/baseline
+	rm -f benchmarks/baseline/*.json && mkdir -p benchmarks/baseline && cp var/baseline/*.json benchmarks/baseline/
 
 ## test: unit and integration tests (real server processes, real clients)
 test: $(STAMP)

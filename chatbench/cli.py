@@ -1,8 +1,12 @@
 """The ``chatbench`` command.
 
     chatbench serve [server flags]      run the reference server (same flags as python -m reference_server)
-    chatbench run SCENARIO [options]    start a server, run a scenario headless against it, print a summary
+    chatbench run SCENARIO [options]    start a server (or --cluster K), run a scenario headless against it,
+                                        write one result bundle under results/, print a summary
                                         (--prometheus: and a Prometheus scraping both, its data kept)
+    chatbench matrix SCENARIO --storage a,b --unread a,b --repeat R    every combination, a summary table
+    chatbench compare A.json B.json | --baseline DIR RESULTS --check p99:10%    deltas; regression gate
+    chatbench report RESULTS... -o report.html    one self-contained HTML page with plots
     chatbench dashboards push --url U   upload the generated Grafana dashboards (create/overwrite, one folder)
 
 ``run`` orchestrates processes and reads what they publish (the server's /metrics, the swarm's result file);
@@ -14,54 +18,110 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import os
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from chatbench import bundles
 from chatbench.cluster import Cluster
-from chatbench.machine import process_cpu_seconds
-from chatbench.procs import ADMIN_TOKEN, SECRET, ServerProcess, free_port
+from chatbench.procs import free_port
 from chatbench.prom import SERVER_JOB, SWARM_JOB, PrometheusProcess
+from chatbench.runner import RunConfig, RunOutcome, bundle_stem, delta, execute, scenario_path, started
+from chatbench.runner import counters as server_counters
 
+__all__ = ["delta", "main", "scenario_path", "server_counters"]  # benchmarks and tests import these from here
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "scenarios"
-console = Console()
+# logs and pipes get wide tables too (rich assumes 80 columns when stdout is not a terminal)
+console = Console(width=int(os.environ.get("COLUMNS", "0") or 0) or (None if sys.stdout.isatty() else 160))
 
 
-def scenario_path(name: str) -> Path:
-    path = Path(name)
-    if path.suffix == ".py" and path.exists():
-        return path
-    path = SCENARIOS / f"{name}.py"
-    if not path.exists():
-        known = sorted(p.stem for p in SCENARIOS.glob("*.py") if not p.stem.startswith("_"))
-        raise SystemExit(f"no scenario {name!r}; known: {', '.join(known)}")
-    return path
+def run_options(r: argparse.ArgumentParser) -> None:
+    """What run and matrix share: the scenario, the generator, the process layout, where bundles go."""
+    r.add_argument("scenario", help="scenario name (scenarios/NAME.py) or a locustfile path; flags chatbench does "
+                   "not know go to the scenario (e.g. --members 500)")
+    r.add_argument("--users", "-u", type=int, default=300)
+    r.add_argument("--spawn-rate", "-r", type=float, default=200)
+    r.add_argument("--duration", "-t", default="30s")
+    r.add_argument("--processes", type=int, default=1, help="Locust processes generating load")
+    r.add_argument("--cluster", type=int, default=0, metavar="K",
+                   help="run a cluster: Redis + a logic node + K gateways (default 0: the embedded server)")
+    r.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
+    r.add_argument("--locust-arg", action="append", default=[], help="extra locust flag (repeatable)")
+    r.add_argument("--results-dir", default=str(ROOT / "results"), help="where result bundles go (append-only)")
 
 
-def server_counters(text: str) -> dict[str, float]:
-    """Flatten the server's /metrics into name{labels} -> value for the counters a summary needs."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from chatbench.matrix import run_matrix, summary_table
+
+    axes = {a: [v for v in getattr(args, a).split(",") if v] for a in ("fanout", "storage", "unread", "offline")}
+    t0 = time.monotonic()
+    paths = run_matrix(run_config(args), axes, args.repeat, console)
+    if not paths:
+        console.print("[red]no run of the matrix produced a result bundle[/]")
+        return 2
+    loaded = bundles.load_all(paths)
+    console.print(summary_table(loaded, f"chatbench matrix: {args.scenario}, {len(paths)} runs in "
+                                        f"{time.monotonic() - t0:.0f} s"))
+    if args.report:
+        from chatbench import report
+
+        report.write(paths, Path(args.report), f"chatbench matrix: {args.scenario}")
+        console.print(f"report: {args.report}")
+    combos = args.repeat * len(list(itertools.product(*axes.values())))
+    return 0 if len(paths) == combos else 1
 
 
-def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> float:
-    return sum(v - before.get(k, 0.0) for k, v in after.items() if k == prefix or k.startswith(prefix + "{"))
+def cmd_compare(args: argparse.Namespace) -> int:
+    from chatbench.compare import Check, compare, print_outcome
+
+    if args.baseline is not None:
+        base_paths, cand_paths = [args.baseline], list(args.results)
+    elif len(args.results) == 2:
+        base_paths, cand_paths = [args.results[0]], [args.results[1]]
+    else:
+        console.print("[red]compare BASE CANDIDATE, or compare --baseline DIR RESULTS...[/]")
+        return 2
+    try:
+        checks = [Check.parse(c) for text in args.check for c in text.split(",") if c.strip()]
+        base, cand = bundles.load_all(base_paths), bundles.load_all(cand_paths)
+    except (ValueError, OSError) as e:
+        console.print(f"[red]{e}[/]")
+        return 2
+    if not base or not cand:
+        console.print(f"[red]no result bundles in {'the baseline' if not base else 'the candidates'}[/]")
+        return 2
+    outcome = compare(bundles.groups(base), bundles.groups(cand), checks, alpha=args.alpha)
+    print_outcome(outcome, console)
+    for line in outcome.warnings:
+        console.print(f"[yellow]{line}[/]", highlight=False)
+    for line in outcome.failures:
+        console.print(f"[bold red]{line}[/]", highlight=False)
+    if checks and outcome.compared == 0:
+        console.print("[red]nothing comparable to check: every pairing is incomparable or has no baseline[/]")
+        return 3
+    if outcome.failures:
+        console.print(f"[bold red]{len(outcome.failures)} check(s) failed[/]")
+        return 1
+    if checks:
+        console.print(f"[green]{len(checks)} check(s) passed over {outcome.compared} configuration(s)[/]")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from chatbench import report
+
+    n = report.write(args.results, args.output, args.title)
+    console.print(f"report of {n} runs: {args.output}")
+    return 0
 
 
 def cmd_serve(argv: list[str]) -> int:
@@ -95,21 +155,27 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
+def run_config(args: argparse.Namespace, **modes: str) -> RunConfig:
+    return RunConfig(scenario=args.scenario, fanout=modes.get("fanout", args.fanout),
+                     storage=modes.get("storage", args.storage), unread=modes.get("unread", args.unread),
+                     offline=modes.get("offline", args.offline), cluster=args.cluster, users=args.users,
+                     spawn_rate=args.spawn_rate, duration=args.duration, processes=args.processes,
+                     server_args=tuple(args.server_arg), locust_args=tuple(args.locust_arg + args.passthrough),
+                     results_dir=Path(args.results_dir))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    locustfile = scenario_path(args.scenario)
-    server_args = ["--storage", args.storage, "--unread", args.unread, "--offline", args.offline,
-                   "--fanout", args.fanout, *args.server_arg]
+    cfg = run_config(args)
+    locustfile = scenario_path(cfg.scenario)
     run_id = f"{locustfile.stem}-{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}"
     prom: PrometheusProcess | None = None
-    with tempfile.TemporaryDirectory(prefix="chatbench-run-") as tmp, ServerProcess(
-        *server_args, db_path=Path(tmp) / "chat.db"
-    ) as srv, contextlib.ExitStack() as stack:
-        assert srv.admin is not None
-        console.print(f"[bold]server[/] pid {srv.pid} {srv.ws_url} modes {srv.admin.health()['modes']}")
-        out = Path(tmp) / "swarm.json"
-        swarm_metrics = []
+    with started(cfg) as (servers, tmp), contextlib.ExitStack() as stack:
+        for role, srv in servers.processes():
+            console.print(f"[bold]{role}[/] pid {srv.pid} {srv.ws_url} admin {srv.admin_url}")
+        console.print(f"[bold]modes[/] {servers.admin.health()['modes']}")
+        swarm_metrics: list[str] = []
         if args.prometheus:
-            targets = {SERVER_JOB: [f"127.0.0.1:{srv.admin_port}"]}
+            targets = {SERVER_JOB: [f"127.0.0.1:{srv.admin_port}" for _, srv in servers.processes()]}
             if swarm_exports_metrics():
                 port = free_port()
                 swarm_metrics = ["--metrics-port", str(port)]
@@ -117,37 +183,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             prom = stack.enter_context(PrometheusProcess(targets, data_dir=prometheus_dir(args, run_id),
                                                          labels={"run_id": run_id}))
             console.print(f"[bold]prometheus[/] pid {prom.pid} {prom.url} run_id={run_id} data {prom.data_dir}")
-        cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--only-summary",
-               "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.duration, "--host", srv.ws_url,
-               "--admin-url", srv.admin_url, "--admin-token", ADMIN_TOKEN, "--chat-secret", SECRET,
-               "--chatbench-out", str(out), "--stop-timeout", "5", *swarm_metrics, *args.locust_arg]
-        if args.processes > 1:
-            cmd += ["--processes", str(args.processes)]
-        before = server_counters(srv.admin.metrics_text())
-        cpu0 = process_cpu_seconds(srv.pid)
-        t0 = time.monotonic()
-        console.print(f"[bold]swarm[/] {locustfile.name}: {args.users} users for {args.duration}"
-                      f"{f' over {args.processes} processes' if args.processes > 1 else ''}")
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        elapsed = time.monotonic() - t0
-        after = server_counters(srv.admin.metrics_text())
-        after["server_cpu_s"] = process_cpu_seconds(srv.pid) - cpu0
-        if not out.exists():
-            console.print(proc.stdout[-4000:])
-            console.print(f"[red]the swarm wrote no results (locust exit {proc.returncode})[/]")
-            return 2
-        swarm = orjson.loads(out.read_bytes())
-        if prom is not None:
+        console.print(f"[bold]swarm[/] {locustfile.name}: {cfg.users} users for {cfg.duration}"
+                      f"{f' over {cfg.processes} processes' if cfg.processes > 1 else ''}")
+        outcome = execute(cfg, servers, tmp, swarm_metrics)
+        if outcome.bundle is not None and prom is not None:
             time.sleep(1.5)  # one more scrape, so the TSDB holds the final counters
-    result = summary(args, swarm, before, after, elapsed, proc.returncode)
+    if outcome.bundle is None:
+        console.print(outcome.locust_output[-4000:])
+        console.print(f"[red]the swarm wrote no results (locust exit {outcome.locust_rc})[/]")
+        return 2
+    outcome.path = bundles.write(cfg.results_dir, outcome.bundle, bundle_stem(outcome.bundle))
+    result = summary(args, outcome)
     if prom is not None:
         result["run_id"] = run_id
         result["prometheus"] = {"data_dir": str(prom.data_dir), "run_id": run_id}
         console.print(f"Prometheus data kept in {prom.data_dir} (series labelled run_id={run_id}); "
                       f"look again: chatbench prometheus {prom.data_dir}")
+    console.print(f"result bundle: {outcome.path}")
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    return 0 if proc.returncode == 0 else 1
+    return 0 if outcome.locust_rc == 0 else 1
 
 
 def swarm_exports_metrics() -> bool:
@@ -189,11 +244,13 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(args: argparse.Namespace, swarm: dict[str, Any], before: dict[str, float], after: dict[str, float],
-            elapsed: float, locust_rc: int) -> dict[str, Any]:
+def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
+    """Print the run's table; return the summary ``--json`` writes (the bundle is the full record)."""
+    assert outcome.bundle is not None
+    before, after, m = outcome.before, outcome.after, outcome.bundle["metrics"]
     messages = delta(after, before, "chat_messages_accepted_total")
     deliveries = delta(after, before, "chat_deliveries_total")
-    cpu = after["server_cpu_s"]  # schedstat, ns resolution (the /metrics process collector counts 10 ms ticks)
+    cpu = m["server_cpu_s"]  # schedstat, ns resolution, every server process
     writes = {kind: delta(after, before, f"chat_storage_writes_total{{kind={kind}}}")
               for kind in ("body", "index", "delete", "read_mark")}
     t = Table(title=f"chatbench run: {args.scenario}", show_header=True, header_style="bold")
@@ -201,25 +258,33 @@ def summary(args: argparse.Namespace, swarm: dict[str, Any], before: dict[str, f
     t.add_column("value", justify="right")
     t.add_row("messages accepted (server)", f"{messages:,.0f}")
     t.add_row("deliveries pushed (server)", f"{deliveries:,.0f}")
-    t.add_row("deliveries received (swarm)", f"{swarm['delivered']:,}")
-    for k, v in swarm["delivery_latency_ms"].items():
-        t.add_row(f"delivery latency {k}", f"{v:.3f} ms")
-    for name, r in swarm["requests"].items():
+    t.add_row("deliveries received (swarm)", f"{m['delivered']:,}")
+    for k, v in m["delivery_latency_ms"].items():
+        t.add_row(f"delivery latency {k}", f"{v:,.0f}" if k == "count" else f"{v:.3f} ms")
+    for k, v in m["fanout_completion_ms"].items():
+        if k != "count":
+            t.add_row(f"fan-out completion {k}", f"{v:.3f} ms")
+    for name, r in outcome.bundle["requests"].items():
         t.add_row(f"{name}: requests / failures", f"{r['count']:,} / {r['failures']:,}")
         if name == "send":
             t.add_row("send→ack p50 / p99", f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms")
-    t.add_row("server CPU", f"{cpu:.3f} s over {elapsed:.0f} s")
+    t.add_row("lost / duplicated / reordered", f"{m['lost']} / {m['duplicated']} / {m['reordered']}")
+    t.add_row("server CPU (schedstat, all processes)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
     if cpu > 0 and deliveries:
         t.add_row("deliveries per server CPU-second", f"{deliveries / cpu:,.0f}")
     for kind, n in writes.items():
         if n:
             t.add_row(f"storage writes: {kind}", f"{n:,.0f}" + (f" ({n / messages:.2f}/msg)" if messages else ""))
-    t.add_row("locust exit code", str(locust_rc))
+    for key in ("storage_writes_per_message", "unread_writes_per_message", "bus_messages_per_message"):
+        if m.get(key) is not None:
+            t.add_row(key.replace("_", " "), f"{m[key]:.2f}")
+    t.add_row("run valid", "yes" if m.get("valid") else "NO: " + "; ".join(m.get("invalid_reasons", [])))
+    t.add_row("locust exit code", str(outcome.locust_rc))
     console.print(t)
     return {"scenario": args.scenario, "messages": messages, "deliveries_pushed": deliveries,
-            "delivered": swarm["delivered"], "delivery_latency_ms": swarm["delivery_latency_ms"],
-            "requests": swarm["requests"], "server_cpu_s": cpu, "storage_writes": writes, "elapsed_s": elapsed,
-            "locust_exit_code": locust_rc}
+            "delivered": m["delivered"], "delivery_latency_ms": m["delivery_latency_ms"],
+            "requests": outcome.bundle["requests"], "server_cpu_s": cpu, "storage_writes": writes,
+            "elapsed_s": outcome.elapsed_s, "locust_exit_code": outcome.locust_rc, "bundle_path": str(outcome.path)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,23 +294,34 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="chatbench", description="benchmark large-group chat designs")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the reference server (flags: python -m reference_server --help)")
-    r = sub.add_parser("run", help="start a server, run a scenario against it, print a summary")
-    r.add_argument("scenario", help="scenario name (scenarios/NAME.py) or a locustfile path")
-    r.add_argument("--users", "-u", type=int, default=300)
-    r.add_argument("--spawn-rate", "-r", type=float, default=200)
-    r.add_argument("--duration", "-t", default="30s")
-    r.add_argument("--processes", type=int, default=1, help="Locust processes generating load")
+    r = sub.add_parser("run", help="start a server, run a scenario against it, write one result bundle, summarize")
+    run_options(r)
     r.add_argument("--storage", default="read")
     r.add_argument("--unread", default="seq")
     r.add_argument("--offline", default="pull")
-    r.add_argument("--fanout", default="local")
-    r.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
-    r.add_argument("--locust-arg", action="append", default=[], help="extra locust flag (repeatable)")
+    r.add_argument("--fanout", default="local", help="local (embedded); per-user, broadcast or routed (--cluster)")
     r.add_argument("--json", default="", help="also write the summary as JSON to this file")
     r.add_argument("--prometheus", action="store_true",
                    help="also run a Prometheus (the `prometheus` binary) scraping the server (and the swarm) every "
                         "second; its TSDB is kept next to the results (FILE.prometheus/ beside --json FILE, else "
                         "results/RUN_ID.prometheus/)")
+    mx = sub.add_parser("matrix", help="run every combination of modes, repeated; a summary table at the end")
+    run_options(mx)
+    for axis, default in (("fanout", "local"), ("storage", "read"), ("unread", "seq"), ("offline", "pull")):
+        mx.add_argument(f"--{axis}", default=default, help=f"comma-separated {axis} modes (default {default})")
+    mx.add_argument("--repeat", type=int, default=1, help="repetitions of every combination (interleaved)")
+    mx.add_argument("--report", default="", help="also write the HTML report of this matrix to this file")
+    cp = sub.add_parser("compare", help="deltas between result bundles; regression checks (non-zero exit)")
+    cp.add_argument("results", nargs="*", type=Path,
+                    help="BASE CANDIDATE (files or directories); with --baseline: the candidates only")
+    cp.add_argument("--baseline", type=Path, default=None, help="baseline bundles (a directory or a file)")
+    cp.add_argument("--check", action="append", default=[], metavar="MEASURE:LIMIT",
+                    help="e.g. p99:10%% or storage_writes_per_message:0 (repeatable; comma-separated allowed)")
+    cp.add_argument("--alpha", type=float, default=0.05, help="significance level for times (Mann-Whitney U)")
+    rp = sub.add_parser("report", help="one self-contained HTML page with plots comparing the configurations")
+    rp.add_argument("results", nargs="+", type=Path, help="result bundles or directories of them")
+    rp.add_argument("-o", "--output", type=Path, default=Path("report.html"))
+    rp.add_argument("--title", default="chatbench report")
     pr = sub.add_parser("prometheus", help="serve the Prometheus data a `run --prometheus` kept, to query it again")
     pr.add_argument("data_dir", help="the run's .prometheus directory")
     pr.add_argument("--port", type=int, default=None, help="listen port on 127.0.0.1 (default: a free one)")
@@ -256,14 +332,21 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN", ""),
                       help="service-account token (default: $GRAFANA_TOKEN)")
     push.add_argument("--folder", default="chatbench", help="folder title (uid 'chatbench'); created if missing")
-    args = p.parse_args(argv)
+    args, unknown = p.parse_known_args(argv)
+    if unknown and args.command not in ("run", "matrix"):
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.passthrough = unknown  # run/matrix: unknown flags go to the scenario (e.g. --members 500)
+    if args.command == "compare":
+        return cmd_compare(args)
+    if args.command == "report":
+        return cmd_report(args)
     if args.command == "dashboards":
         return cmd_dashboards_push(args)
     if args.command == "prometheus":
         return cmd_prometheus(args)
-    if args.command == "run":
+    if args.command in ("run", "matrix"):
         try:
-            return cmd_run(args)
+            return cmd_run(args) if args.command == "run" else cmd_matrix(args)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: everything started was stopped[/]")
             return 130

@@ -238,3 +238,17 @@ def test_redis_restart_recovers_without_manual_steps(cluster_factory: Any) -> No
             c.stop()
     finally:
         redis.stop()
+
+
+def test_front_assigns_by_load_not_round_robin(cluster_factory: Any) -> None:
+    c: Cluster = cluster_factory(2, "routed")
+    c.admin.create_users(1, 30)
+    c.admin.create_groups({1: list(range(1, 31))})
+    crowd = [Member(uid, c.gateways[0].ws_url) for uid in range(1, 11)]  # gateway 1 already holds 10
+    time.sleep(1.5)  # the gateways report their load every 0.5 s; the front reads it every second
+    picks = [pick(c.front_url)["gateway"] for _ in range(14)]
+    # the emptier gateway gets every new connection until it catches up, then they alternate
+    assert picks[:10] == [2] * 10
+    assert sorted(picks[10:]) == [1, 1, 2, 2]
+    for m in crowd:
+        m.client.close()

@@ -1,0 +1,223 @@
+"""Result bundles as the CLI reads them: load, write (append-only), group by configuration, tell comparable apart.
+
+A bundle is one JSON file per run (fields: DESIGN.md "Result bundle"). ``chatbench run`` writes the swarm's
+bundle plus what only the orchestrator knows: ``config`` (the server modes and the process layout),
+``server`` (schedstat CPU of every server process, counters summed over them) and ``timeseries``.
+
+Two bundles are *comparable* when they ran the same scenario with the same parameters under the same
+``api_version``; their ``config`` (modes, cluster size) is what a comparison is about, so it is not part of that.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import orjson
+
+from drivers.deliveries import decode_into, new_histogram
+
+#: scenario options that differ between otherwise identical runs (addresses, files, per-run ids, clocks)
+VOLATILE_PARAMETERS: Final = frozenset({
+    "admin_url", "chat_group", "chatbench_out", "chatbench_t0", "results_dir", "metrics_port", "flush_timeout_s",
+    "sender_uids",
+})
+#: the configuration axes, in the order labels show them
+AXES: Final = ("fanout", "storage", "unread", "offline", "cluster")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One figure of a bundle's ``metrics``. ``kind``: ``count`` is deterministic (compared exactly, no
+    statistics); ``time`` is noisy (compared only across repetitions, with a significance test)."""
+
+    name: str
+    path: tuple[str, ...]
+    unit: str
+    kind: Literal["time", "count"]
+    higher_is_better: bool = False
+
+    def get(self, bundle: dict[str, Any]) -> float | None:
+        value: Any = bundle.get("metrics", {})
+        for key in self.path:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+MEASURES: Final = (
+    Measure("p50", ("delivery_latency_ms", "p50"), "ms", "time"),
+    Measure("p90", ("delivery_latency_ms", "p90"), "ms", "time"),
+    Measure("p99", ("delivery_latency_ms", "p99"), "ms", "time"),
+    Measure("p999", ("delivery_latency_ms", "p999"), "ms", "time"),
+    Measure("fanout_p50", ("fanout_completion_ms", "p50"), "ms", "time"),
+    Measure("fanout_p99", ("fanout_completion_ms", "p99"), "ms", "time"),
+    Measure("send_ack_p99", ("send_ack_ms", "p99"), "ms", "time"),
+    Measure("server_cpu_us_per_message", ("server_cpu_us_per_message",), "µs", "time"),
+    Measure("deliveries_per_server_cpu_s", ("deliveries_per_server_cpu_s",), "/s", "time", higher_is_better=True),
+    Measure("storage_writes_per_message", ("storage_writes_per_message",), "", "count"),
+    Measure("unread_writes_per_message", ("unread_writes_per_message",), "", "count"),
+    Measure("bus_messages_per_message", ("bus_messages_per_message",), "", "count"),
+    Measure("offline_dropped", ("offline_dropped",), "", "count"),
+    Measure("lost", ("lost",), "", "count"),
+    Measure("duplicated", ("duplicated",), "", "count"),
+    Measure("reordered", ("reordered",), "", "count"),
+    Measure("unread_mismatches", ("unread_mismatches",), "", "count"),
+)
+BY_NAME: Final = {m.name: m for m in MEASURES}
+
+
+def measure(name: str) -> Measure:
+    """A known measure, or any numeric ``metrics`` key (dotted for nested ones) taken as a deterministic count."""
+    if name in BY_NAME:
+        return BY_NAME[name]
+    if not name or any(not part.isidentifier() for part in name.split(".")):
+        raise ValueError(f"not a measure name: {name!r}")
+    return Measure(name, tuple(name.split(".")), "", "count")
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = orjson.loads(path.read_bytes())
+    if not isinstance(data, dict) or "metrics" not in data or "api_version" not in data:
+        raise ValueError(f"{path}: not a chatbench result bundle (no api_version/metrics)")
+    data.setdefault("_path", str(path))
+    return data
+
+
+def load_all(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Bundles from files and directories (every ``*.json`` in a directory that is a bundle; others skipped)."""
+    out = []
+    for path in paths:
+        if path.is_dir():
+            for f in sorted(path.glob("*.json")):
+                try:
+                    out.append(load(f))
+                except ValueError:
+                    continue
+        else:
+            out.append(load(path))
+    return out
+
+
+def write(directory: Path, bundle: dict[str, Any], stem: str) -> Path:
+    """Write under ``directory`` with a name that does not exist yet (O_EXCL): results are never overwritten."""
+    directory.mkdir(parents=True, exist_ok=True)
+    data = orjson.dumps({k: v for k, v in bundle.items() if not k.startswith("_")},
+                        option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    for i in range(1000):
+        path = directory / (f"{stem}.json" if i == 0 else f"{stem}-{i}.json")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return path
+    raise FileExistsError(f"{directory}/{stem}*.json: too many files of that name")
+
+
+def config(bundle: dict[str, Any]) -> dict[str, str]:
+    """The configuration a bundle measured: server modes and the cluster size ("" = embedded)."""
+    cfg = bundle.get("config") or {}
+    modes = {**bundle.get("server_modes", {}), **{k: v for k, v in cfg.items() if k in AXES[:4]}}
+    out = {axis: str(modes.get(axis, "")) for axis in AXES[:4]}
+    gateways = int(cfg.get("cluster_gateways") or 0)
+    out["cluster"] = f"{gateways} gateways" if gateways else "embedded"
+    return out
+
+
+def config_key(bundle: dict[str, Any]) -> tuple[str, ...]:
+    c = config(bundle)
+    return tuple(c[a] for a in AXES)
+
+
+def label(key: tuple[str, ...], varying: Iterable[str] | None = None) -> str:
+    """``storage=write unread=seq`` — only the axes in ``varying`` (default: all)."""
+    axes = set(AXES if varying is None else varying)
+    parts = [f"{a}={v}" for a, v in zip(AXES, key, strict=True) if a in axes]
+    return " ".join(parts) or "default"
+
+
+def varying_axes(keys: Iterable[tuple[str, ...]]) -> list[str]:
+    """The axes on which these configurations differ (all axes when there is only one)."""
+    keys = list(keys)
+    axes = [a for i, a in enumerate(AXES) if len({k[i] for k in keys}) > 1]
+    return axes or ([a for a in AXES if a != "cluster"] if keys else [])
+
+
+def comparability(bundle: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for two runs to be compared: api version, scenario, its parameters (volatile ones out)."""
+    params = {k: v for k, v in (bundle.get("parameters") or {}).items() if k not in VOLATILE_PARAMETERS}
+    out = {"api_version": bundle.get("api_version"), "scenario": bundle.get("scenario"), "parameters": params}
+    if "scenario_version" in bundle:
+        out["scenario_version"] = bundle["scenario_version"]
+    return out
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two comparability records (``parameters.members: 500 ≠ 1000``)."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k, "(unset)"), b.get(k, "(unset)")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va} ≠ {vb}")
+    return out
+
+
+@dataclass
+class Group:
+    """The repetitions of one configuration."""
+
+    key: tuple[str, ...]
+    bundles: list[dict[str, Any]]
+
+    def values(self, m: Measure) -> list[float]:
+        return [v for b in self.bundles if (v := m.get(b)) is not None]
+
+    def median(self, m: Measure) -> float | None:
+        vals = self.values(m)
+        return statistics.median(vals) if vals else None
+
+    def comparability(self) -> dict[str, Any] | None:
+        """The group's comparability record, or None if its own runs disagree."""
+        records = [comparability(b) for b in self.bundles]
+        return records[0] if all(r == records[0] for r in records) else None
+
+    @property
+    def invalid(self) -> int:
+        return sum(1 for b in self.bundles if not b.get("metrics", {}).get("valid", True))
+
+    def histogram(self, name: str) -> Any:
+        """The HDR histogram ``name`` (e.g. ``delivery_latency_us``) merged over the repetitions."""
+        h = new_histogram()
+        for b in self.bundles:
+            decode_into(h, (b.get("histograms") or {}).get(name, ""))
+        return h
+
+
+def groups(bundles: Iterable[dict[str, Any]]) -> list[Group]:
+    by: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for b in bundles:
+        by.setdefault(config_key(b), []).append(b)
+    return [Group(k, v) for k, v in by.items()]
+
+
+def cdf_points(h: Any, quantiles: Iterator[float] | None = None) -> list[tuple[float, float]]:
+    """(latency ms, fraction ≤ it) at quantiles from 0.1 % to 99.99 % (log-spaced in the tail)."""
+    if h.get_total_count() == 0:
+        return []
+    qs = list(quantiles) if quantiles is not None else _quantiles()
+    return [(h.get_value_at_percentile(q * 100) / 1000, q) for q in qs]
+
+
+def _quantiles() -> list[float]:
+    body = [i / 100 for i in range(1, 90)]
+    tail = [1 - 10 ** (-1 - i / 20) for i in range(0, 61)]  # 0.9 .. 0.9999
+    return [0.001, *body, *tail, 1.0]

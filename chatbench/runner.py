@@ -1,0 +1,379 @@
+"""One benchmark run: start the server (embedded, or a cluster over Redis), wait until it is healthy, run the
+scenario under Locust headless, sample the server while it runs, write one result bundle, stop everything.
+
+What the orchestrator adds to the swarm's bundle (it alone sees every server process):
+
+* ``metrics.server_cpu_s`` — on-CPU seconds of **every** server process (logic node and gateways in a
+  cluster) from schedstat (ns), over the swarm's whole lifetime (connect, traffic, end-of-run reconciliation);
+  the swarm's own figure (the admin node's 10 ms ticks, traffic window only) is kept as ``server_cpu_s_ticks``.
+* ``metrics.server_cpu_us_per_message``, ``deliveries_per_server_cpu_s`` from that CPU.
+* in a cluster, deliveries and bus messages summed over all processes (the swarm reads only the logic node).
+* ``server``: per process role, pid and CPU; Redis CPU apart; counter deltas summed over the processes.
+* ``timeseries``: every second, messages accepted/s, deliveries/s and server CPU ratio (all processes).
+
+Only processes started here are signalled, by PID; everything is stopped also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from chatbench import bundles
+from chatbench.cluster import Cluster
+from chatbench.machine import process_cpu_seconds
+from chatbench.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess
+from drivers.admin import AdminClient
+
+SCENARIOS = REPO / "scenarios"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    scenario: str
+    fanout: str = "local"
+    storage: str = "read"
+    unread: str = "seq"
+    offline: str = "pull"
+    cluster: int = 0  # gateways; 0 = the embedded server
+    users: int = 300
+    spawn_rate: float = 200
+    duration: str = "30s"
+    processes: int = 1
+    server_args: tuple[str, ...] = ()
+    locust_args: tuple[str, ...] = ()
+    results_dir: Path = REPO / "results"
+
+    def cluster_fanout(self) -> str:
+        return "broadcast" if self.cluster and self.fanout == "local" else self.fanout
+
+    def record(self) -> dict[str, Any]:
+        return {"fanout": self.cluster_fanout(), "storage": self.storage, "unread": self.unread,
+                "offline": self.offline, "cluster_gateways": self.cluster, "processes": self.processes,
+                "users": self.users, "spawn_rate": self.spawn_rate, "duration": self.duration,
+                "server_args": list(self.server_args), "locust_args": list(self.locust_args)}
+
+
+@dataclass
+class RunOutcome:
+    bundle: dict[str, Any] | None
+    path: Path | None
+    locust_rc: int
+    locust_output: str
+    elapsed_s: float
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+
+
+def scenario_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix == ".py" and path.exists():
+        return path
+    path = SCENARIOS / f"{name}.py"
+    if not path.exists():
+        known = sorted(p.stem for p in SCENARIOS.glob("*.py") if not p.stem.startswith("_"))
+        raise SystemExit(f"no scenario {name!r}; known: {', '.join(known)}")
+    return path
+
+
+def counters(text: str) -> dict[str, float]:
+    """Flatten /metrics text into name{labels} -> value."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> float:
+    """Sum of after − before over the series ``prefix`` and ``prefix{...}``."""
+    return sum(v - before.get(k, 0.0) for k, v in after.items() if k == prefix or k.startswith(prefix + "{"))
+
+
+def _add(into: dict[str, float], more: dict[str, float]) -> None:
+    for k, v in more.items():
+        into[k] = into.get(k, 0.0) + v
+
+
+class Servers:
+    """The system under test for one run: one embedded server, or Redis + logic node + K gateways."""
+
+    def __init__(self, cfg: RunConfig, tmp: Path) -> None:
+        modes = ["--storage", cfg.storage, "--unread", cfg.unread, "--offline", cfg.offline]
+        self.cluster: Cluster | None = None
+        self.embedded: ServerProcess | None = None
+        if cfg.cluster:
+            self.cluster = Cluster(cfg.cluster, *modes, *cfg.server_args, fanout=cfg.cluster_fanout(),
+                                   db_path=tmp / "chat.db")
+        else:
+            self.embedded = ServerProcess(*modes, "--fanout", cfg.fanout, *cfg.server_args, db_path=tmp / "chat.db",
+                                          new_session=True, die_with_parent=True)
+
+    def __enter__(self) -> Servers:
+        if self.cluster is not None:
+            self.cluster.start()
+        else:
+            assert self.embedded is not None
+            self.embedded.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+    def processes(self) -> list[tuple[str, ServerProcess]]:
+        if self.cluster is not None:
+            assert self.cluster.logic is not None
+            return [("logic", self.cluster.logic)] + [(f"gateway{i}", g) for i, g in
+                                                     enumerate(self.cluster.gateways, 1)]
+        assert self.embedded is not None
+        return [("embedded", self.embedded)]
+
+    @property
+    def admin(self) -> AdminClient:
+        srv = self.processes()[0][1]
+        assert srv.admin is not None
+        return srv.admin
+
+    @property
+    def admin_url(self) -> str:
+        return self.processes()[0][1].admin_url
+
+    @property
+    def ws_url(self) -> str:
+        # the drivers take one --host: in a cluster every user connects to gateway 1 (drivers have no front yet)
+        procs = self.processes()
+        return procs[1][1].ws_url if self.cluster is not None else procs[0][1].ws_url
+
+    def wait_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        for _role, srv in self.processes():
+            assert srv.admin is not None
+            while True:
+                try:
+                    srv.admin.health()
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+
+    def read(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(counters summed over every server process, schedstat CPU seconds per role)."""
+        total: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        for role, srv in self.processes():
+            assert srv.admin is not None
+            with contextlib.suppress(Exception):
+                _add(total, counters(srv.admin.metrics_text()))
+            cpu[role] = process_cpu_seconds(srv.pid)
+        if self.cluster is not None and self.cluster.redis is not None and self.cluster.redis.proc is not None:
+            cpu["redis"] = process_cpu_seconds(self.cluster.redis.proc.pid)
+        return total, cpu
+
+
+class Sampler:
+    """Samples the servers in its own thread: schedstat CPU every ``cpu_interval_s`` (free for the server), and
+    /metrics every ``interval_s`` (a scrape costs the server a little CPU, the same in every configuration)."""
+
+    SERIES = (("messages_per_s", "chat_messages_accepted_total"), ("deliveries_per_s", "chat_deliveries_total"))
+
+    def __init__(self, servers: Servers, interval_s: float = 1.0, cpu_interval_s: float = 0.25) -> None:
+        self.servers = servers
+        self.interval_s = interval_s
+        self.cpu_interval_s = cpu_interval_s
+        self.samples: list[tuple[float, dict[str, float], float]] = []  # (epoch s, counters, server CPU s)
+        self.cpu: list[tuple[float, float]] = []  # (epoch s, server CPU s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._cpu_sample()
+
+    def _cpu_sample(self) -> float:
+        cpu = sum(process_cpu_seconds(srv.pid) for _, srv in self.servers.processes())
+        self.cpu.append((time.time(), cpu))
+        return cpu
+
+    def _loop(self) -> None:
+        next_scrape = 0.0
+        while True:
+            if time.monotonic() >= next_scrape:
+                next_scrape = time.monotonic() + self.interval_s
+                c, cpu = self.servers.read()
+                self.samples.append((time.time(), c, sum(v for k, v in cpu.items() if k != "redis")))
+            else:
+                self._cpu_sample()
+            if self._stop.wait(self.cpu_interval_s):
+                return
+
+    def cpu_at(self, t: float) -> float:
+        """Server CPU seconds at epoch ``t``, linear between samples."""
+        pts = sorted(self.cpu + [(ts, cpu) for ts, _, cpu in self.samples])
+        if not pts:
+            return 0.0
+        if t <= pts[0][0]:
+            return pts[0][1]
+        for (ta, ca), (tb, cb) in zip(pts, pts[1:], strict=False):
+            if ta <= t <= tb:
+                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+        return pts[-1][1]
+
+    def traffic_end(self) -> float | None:
+        """Epoch of the first scrape after which neither messages nor deliveries changed (None: never quiet)."""
+        last = None
+        for (_, ca, _), (tb, cb, _) in zip(self.samples, self.samples[1:], strict=False):
+            if any(delta(cb, ca, name) for _, name in self.SERIES):
+                last = tb
+        return last
+
+    def series(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"t_s": [], "server_cpu_ratio": [], **{name: [] for name, _ in self.SERIES}}
+        if len(self.samples) < 2:
+            return out
+        t0 = self.samples[0][0]
+        for (ta, ca, cpua), (tb, cb, cpub) in zip(self.samples, self.samples[1:], strict=False):
+            dt = max(tb - ta, 1e-9)
+            out["t_s"].append(round(tb - t0, 3))
+            out["server_cpu_ratio"].append(round((cpub - cpua) / dt, 4))
+            for name, series in self.SERIES:
+                out[name].append(round(delta(cb, ca, series) / dt, 2))
+        return out
+
+
+def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path, swarm_dir: Path,
+                   extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--only-summary",
+           "-u", str(cfg.users), "-r", str(cfg.spawn_rate), "-t", cfg.duration, "--host", servers.ws_url,
+           "--admin-url", servers.admin_url, "--admin-token", ADMIN_TOKEN, "--chat-secret", SECRET,
+           "--chatbench-out", str(out), "--results-dir", str(swarm_dir), "--stop-timeout", "5", *extra,
+           *cfg.locust_args]
+    if cfg.processes > 1:
+        cmd += ["--processes", str(cfg.processes)]
+    return cmd
+
+
+def run_locust(cmd: list[str]) -> tuple[int, str]:
+    """Locust in its own session (a terminal's Ctrl-C reaches us, and we stop it by PID, in order)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+    return proc.returncode, output
+
+
+@contextlib.contextmanager
+def started(cfg: RunConfig) -> Iterator[tuple[Servers, Path]]:
+    with tempfile.TemporaryDirectory(prefix="chatbench-run-") as tmp, Servers(cfg, Path(tmp)) as servers:
+        yield servers, Path(tmp)
+
+
+def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str] | None = None) -> RunOutcome:
+    """Run the swarm against ``servers`` (already healthy) and build the bundle; does not write it."""
+    locustfile = scenario_path(cfg.scenario)
+    out = tmp / "swarm.json"
+    cmd = locust_command(cfg, locustfile, servers, out, tmp / "swarm-results", extra_locust or [])
+    before, cpu0 = servers.read()
+    t0 = time.monotonic()
+    with Sampler(servers) as sampler:
+        rc, output = run_locust(cmd)
+    elapsed = time.monotonic() - t0
+    after, cpu1 = servers.read()
+    if not out.exists():
+        return RunOutcome(None, None, rc, output, elapsed, before, after)
+    swarm = orjson.loads(out.read_bytes())
+    bundle = assemble(cfg, swarm, servers, before, after, cpu0, cpu1, sampler)
+    return RunOutcome(bundle, None, rc, output, elapsed, before, after)
+
+
+def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: dict[str, float],
+             after: dict[str, float], cpu0: dict[str, float], cpu1: dict[str, float],
+             sampler: Sampler) -> dict[str, Any]:
+    bundle = {k: v for k, v in swarm.items()
+              if k not in ("delivered", "delivery_latency_ms", "latency_clamped", "bundle_path")}
+    bundle["config"] = cfg.record()
+    bundle["scenario"] = swarm.get("scenario") or scenario_path(cfg.scenario).stem
+    m = bundle["metrics"]
+    cpu = {role: cpu1.get(role, 0.0) - cpu0.get(role, 0.0) for role in cpu1}
+    server_cpu = sum(v for k, v in cpu.items() if k != "redis")
+    accepted = m.get("server_messages_accepted") or delta(after, before, "chat_messages_accepted_total")
+    m["server_cpu_s_ticks"] = m.get("server_cpu_s")
+    m["server_cpu_s_run"] = server_cpu
+    # the traffic window: from the measured phase (after connecting) to the last scrape that saw traffic
+    t0 = float(m.get("generator_health_from") or bundle.get("parameters", {}).get("chatbench_t0") or 0.0)
+    t1 = sampler.traffic_end()
+    if t0 and t1 and t1 > t0:
+        server_cpu = sampler.cpu_at(t1) - sampler.cpu_at(t0)
+        m["server_cpu_window_s"] = [t0, t1]
+    m["server_cpu_s"] = server_cpu
+    m["server_cpu_source"] = ("schedstat, every server process, " +
+                              ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
+    if cfg.cluster:  # the swarm read only the logic node: deliveries happen on the gateways
+        m["server_deliveries"] = delta(after, before, "chat_deliveries_total")
+        if accepted:
+            m["bus_messages_per_message"] = delta(after, before, "chat_bus_messages_total") / accepted
+    deliveries = m.get("server_deliveries") or 0.0
+    m["deliveries_per_server_cpu_s"] = deliveries / server_cpu if server_cpu > 0 else None
+    m["server_cpu_us_per_message"] = server_cpu / accepted * 1e6 if accepted else None
+    procs = [{"role": role, "pid": srv.pid, "cpu_s": cpu.get(role, 0.0)} for role, srv in servers.processes()]
+    names = ("chat_messages_accepted_total", "chat_deliveries_total", "chat_storage_writes_total",
+             "chat_unread_writes_total", "chat_offline_writes_total", "chat_offline_dropped_total",
+             "chat_bus_messages_total", "chat_bus_received_total", "chat_gateway_filtered_total",
+             "chat_sync_requests_total", "chat_slow_consumer_disconnects_total")
+    bundle["server"] = {"processes": procs, "redis_cpu_s": cpu.get("redis"),
+                        "counters": {n: delta(after, before, n) for n in names}}
+    bundle["timeseries"] = sampler.series()
+    return bundle
+
+
+def bundle_stem(bundle: dict[str, Any]) -> str:
+    c = bundles.config(bundle)
+    modes = "-".join(c[a] for a in ("storage", "unread", "offline", "fanout"))
+    run_id = bundle.get("run_id") or f"{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}"
+    return f"run-{bundle['scenario']}-{modes}-{run_id}"
+
+
+def run_once(cfg: RunConfig) -> RunOutcome:
+    """Start, run, stop; write the bundle under ``cfg.results_dir`` when the swarm produced one."""
+    with started(cfg) as (servers, tmp):
+        outcome = execute(cfg, servers, tmp)
+    if outcome.bundle is not None:
+        outcome.path = bundles.write(cfg.results_dir, outcome.bundle, bundle_stem(outcome.bundle))
+    return outcome

@@ -1,0 +1,111 @@
+"""chatbench compare without sockets: check parsing, exact counters, significance for times, incomparable runs,
+and the CLI gate over the committed baseline (benchmarks/baseline) with a regression injected into a copy."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from chatbench import bundles
+from chatbench.cli import main as chatbench_main
+from chatbench.compare import Check, compare, mann_whitney_worse
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINE = REPO / "benchmarks" / "baseline"
+
+
+def bundle(storage: str = "read", unread: str = "seq", p99: float = 10.0, writes: float = 1.0,
+           members: int = 100, api_version: int = 1) -> dict[str, Any]:
+    return {"api_version": api_version, "scenario": "large_group_burst",
+            "parameters": {"members": members, "admin_url": "http://127.0.0.1:1234", "chatbench_t0": 1.0},
+            "config": {"fanout": "local", "storage": storage, "unread": unread, "offline": "pull",
+                       "cluster_gateways": 0},
+            "metrics": {"delivery_latency_ms": {"p50": p99 / 3, "p99": p99}, "storage_writes_per_message": writes,
+                        "unread_writes_per_message": 0.0, "lost": 0, "valid": True}}
+
+
+def test_check_parsing() -> None:
+    c = Check.parse("p99:10%")
+    assert (c.measure.name, c.allowed, c.relative, c.measure.kind) == ("p99", 0.10, True, "time")
+    c = Check.parse("storage_writes_per_message:0")
+    assert (c.allowed, c.relative, c.measure.kind) == (0.0, False, "count")
+    assert Check.parse("fanout.incomplete:2").measure.path == ("fanout", "incomplete")
+    for bad in ("p99", "p99:ten%", "p99:-1", ":5", "p 99:1"):
+        with pytest.raises(ValueError):
+            Check.parse(bad)
+
+
+def test_counter_regression_is_exact_and_every_line_is_reported() -> None:
+    base = bundles.groups([bundle("write", writes=101.0), bundle("read", writes=1.0)])
+    cand = bundles.groups([bundle("write", writes=202.0), bundle("read", writes=1.0)])
+    out = compare(base, cand, [Check.parse("storage_writes_per_message:0"), Check.parse("lost:0")])
+    assert out.compared == 2
+    assert len(out.failures) == 1
+    line = out.failures[0]
+    assert "REGRESSION" in line and "storage=write" in line and "storage_writes_per_message" in line
+    assert "101 → 202" in line and "+100.0%" in line
+
+
+def test_times_need_repetitions_and_significance() -> None:
+    slow = [bundle(p99=v) for v in (20.0, 21.0, 22.0, 23.0, 24.0)]
+    fast = [bundle(p99=v) for v in (10.0, 11.0, 12.0, 13.0, 14.0)]
+    check = [Check.parse("p99:10%")]
+    assert compare(bundles.groups(fast), bundles.groups(slow), check).failures  # 5 vs 5, p = 0.004
+    assert not compare(bundles.groups(slow), bundles.groups(fast), check).failures  # faster: fine
+    one = compare(bundles.groups(fast[:1]), bundles.groups(slow[:1]), check)  # 1 vs 1: cannot be significant
+    assert not one.failures and any("too few" in w for w in one.warnings)
+    mixed = [bundle(p99=v) for v in (9.0, 25.0, 11.0, 23.0, 12.0)]  # overlaps: over the limit, not significant
+    assert not compare(bundles.groups(fast), bundles.groups(mixed), check).failures
+    p = mann_whitney_worse([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], higher_is_better=False)
+    assert p == pytest.approx(0.05)  # exact: 1 / C(6, 3)
+
+
+def test_incomparable_parameters_are_marked_not_compared() -> None:
+    out = compare(bundles.groups([bundle(members=100)]), bundles.groups([bundle(members=500, writes=9.0)]),
+                  [Check.parse("storage_writes_per_message:0")])
+    assert out.compared == 0 and not out.failures
+    assert any("parameters.members: 100 ≠ 500" in w for w in out.warnings)
+    out = compare(bundles.groups([bundle()]), bundles.groups([bundle(api_version=2)]), [])
+    assert any("api_version: 1 ≠ 2" in w for w in out.warnings)
+
+
+def test_two_configurations_compare_against_each_other() -> None:
+    out = compare(bundles.groups([bundle("read")]), bundles.groups([bundle("write", writes=101.0)]), [])
+    assert out.compared == 1
+    row = next(r for r in out.pairs[0].rows if r.measure.name == "storage_writes_per_message")
+    assert (row.base, row.cand, row.status) == (1.0, 101.0, "worse")
+
+
+def test_cli_gate_on_the_committed_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The baseline compared with itself passes; a copy whose write-diffusion run wrote twice the rows fails
+    (the regression is injected by editing the copied bundle's counters, not by a server switch)."""
+    files = sorted(BASELINE.glob("*.json"))
+    assert files, "benchmarks/baseline is empty: make baseline"
+    checks = ["--check", "storage_writes_per_message:0,unread_writes_per_message:0,bus_messages_per_message:0",
+              "--check", "lost:0"]
+    assert chatbench_main(["compare", "--baseline", str(BASELINE), str(BASELINE), *checks]) == 0
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    for f in files:
+        data = orjson.loads(f.read_bytes())
+        if data["config"]["storage"] == "write":
+            data = copy.deepcopy(data)
+            data["metrics"]["storage_writes_per_message"] *= 2
+        (cand / f.name).write_bytes(orjson.dumps(data))
+    capsys.readouterr()
+    assert chatbench_main(["compare", "--baseline", str(BASELINE), str(cand), *checks]) == 1
+    out = capsys.readouterr().out
+    failing = [line for line in out.splitlines() if line.startswith("REGRESSION")]
+    writes = sum(1 for f in files if orjson.loads(f.read_bytes())["config"]["storage"] == "write")
+    assert len(failing) == writes and all("storage_writes_per_message" in line for line in failing), out
+    # other parameters: incomparable, so nothing can be checked -> its own exit code
+    other = tmp_path / "other.json"
+    data = orjson.loads(files[0].read_bytes())
+    data["parameters"]["members"] += 1
+    other.write_bytes(orjson.dumps(data))
+    assert chatbench_main(["compare", str(files[0]), str(other), *checks]) == 3
+    assert "INCOMPARABLE" in capsys.readouterr().out
