@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chatbench import bundles
@@ -102,9 +103,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     outcome = compare(bundles.groups(base), bundles.groups(cand), checks, alpha=args.alpha)
     print_outcome(outcome, console)
     for line in outcome.warnings:
-        console.print(f"[yellow]{line}[/]", highlight=False)
+        console.print(f"[yellow]{escape(line)}[/]", highlight=False)
     for line in outcome.failures:
-        console.print(f"[bold red]{line}[/]", highlight=False)
+        console.print(f"[bold red]{escape(line)}[/]", highlight=False)
     if checks and outcome.compared == 0:
         console.print("[red]nothing comparable to check: every pairing is incomparable or has no baseline[/]")
         return 3

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from chatbench.bundles import MEASURES, Group, Measure, differences, label, measure, varying_axes
@@ -192,7 +192,7 @@ def evaluate(m: Measure, base: Group, cand: Group, check: Check | None, alpha: f
 def fmt(v: float | None) -> str:
     if v is None:
         return "–"
-    if v == 0 or abs(v) >= 100:
+    if v == int(v) or abs(v) >= 100:
         return f"{v:,.0f}"
     return f"{v:.3g}" if abs(v) < 1 else f"{v:.2f}"
 
@@ -217,29 +217,22 @@ def print_outcome(outcome: Outcome, console: Console) -> None:
         title = (f"{label(pair.base.key, axes)} (baseline, {len(pair.base.bundles)} runs) vs "
                  f"{label(pair.cand.key, axes)} ({len(pair.cand.bundles)} runs)")
         if pair.incomparable:
-            console.print(f"[yellow]{title}: incomparable, not compared[/] — " + "; ".join(pair.incomparable))
+            console.print(f"[yellow]{escape(title)}: incomparable, not compared[/] — "
+                          + escape("; ".join(pair.incomparable)))
             continue
-        t = Table(title=title, header_style="bold", title_justify="left")
+        t = Table(title=escape(title), header_style="bold", title_justify="left")
         for col, just in (("measure", "left"), ("baseline", "right"), ("candidate", "right"), ("change", "right"),
                           ("p", "right"), ("status", "left")):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for r in pair.rows:
             unit = f" {r.measure.unit}" if r.measure.unit else ""
             t.add_row(r.measure.name, fmt(r.base) + unit, fmt(r.cand) + unit, change(r),
-                      "" if r.p is None else f"{r.p:.3f}", f"[{STYLE.get(r.status, '')}]{r.status}[/]")
+                      "" if r.p is None else f"{r.p:.3f}",
+                      f"[{STYLE[r.status]}]{r.status}[/]" if STYLE.get(r.status) else r.status)
         invalid = pair.base.invalid + pair.cand.invalid
         if invalid:
             t.caption = f"{invalid} of the runs are marked invalid (generator saturated or data missing)"
         console.print(t)
     for g in outcome.unpaired:
-        console.print(f"[yellow]no baseline for {label(g.key, axes)}[/] ({len(g.bundles)} runs)")
+        console.print(f"[yellow]no baseline for {escape(label(g.key, axes))}[/] ({len(g.bundles)} runs)")
 
-
-def summarize(bundles: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of the headline measures per configuration (for the matrix summary and the report)."""
-    from chatbench.bundles import groups
-
-    out: dict[str, Any] = {}
-    for g in groups(bundles):
-        out[label(g.key)] = {m.name: g.median(m) for m in MEASURES}
-    return out

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import subprocess
 import sys
 import tempfile
@@ -243,7 +244,7 @@ class Sampler:
             return 0.0
         if t <= pts[0][0]:
             return pts[0][1]
-        for (ta, ca), (tb, cb) in zip(pts, pts[1:], strict=False):
+        for (ta, ca), (tb, cb) in itertools.pairwise(pts):
             if ta <= t <= tb:
                 return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
         return pts[-1][1]
@@ -251,7 +252,7 @@ class Sampler:
     def traffic_end(self) -> float | None:
         """Epoch of the first scrape after which neither messages nor deliveries changed (None: never quiet)."""
         last = None
-        for (_, ca, _), (tb, cb, _) in zip(self.samples, self.samples[1:], strict=False):
+        for (_, ca, _), (tb, cb, _) in itertools.pairwise(self.samples):
             if any(delta(cb, ca, name) for _, name in self.SERIES):
                 last = tb
         return last
@@ -261,7 +262,7 @@ class Sampler:
         if len(self.samples) < 2:
             return out
         t0 = self.samples[0][0]
-        for (ta, ca, cpua), (tb, cb, cpub) in zip(self.samples, self.samples[1:], strict=False):
+        for (ta, ca, cpua), (tb, cb, cpub) in itertools.pairwise(self.samples):
             dt = max(tb - ta, 1e-9)
             out["t_s"].append(round(tb - t0, 3))
             out["server_cpu_ratio"].append(round((cpub - cpua) / dt, 4))

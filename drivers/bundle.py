@@ -1,8 +1,9 @@
 """The result bundle: one JSON file per run, append-only under ``--results-dir`` (fields: DESIGN.md "Result bundle").
 
 Written by the coordinator at the end of a run, after every worker's final data arrived (see drivers/swarm.py).
-Server-side costs come from the server's ``/metrics`` (admin plane) read at test start and at test stop; they
-are the whole server's, so they are exact only when nothing else loads it meanwhile.
+Server-side costs come from the server's ``/metrics`` (admin plane) read at test start and when the run begins
+to stop (before the ledgers' reconciliation adds its own sync/read requests); they are the whole server's, so
+they are exact only when nothing else loads it meanwhile. ``process_cpu_seconds_total`` counts 10 ms ticks.
 """
 
 from __future__ import annotations

@@ -45,9 +45,8 @@ class FrameAction:
 class Delay(FrameAction):
     """Every server→client frame reaches the client ``seconds`` after it left the server, order kept."""
 
-    def __init__(self, seconds: float, inner: FrameAction | None = None) -> None:
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.inner = inner
 
     def on_frame(self, pipe: Pipe, frame: bytes, payload: bytes, opcode: int) -> None:
         pipe.emit(frame, self.seconds)

@@ -223,6 +223,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     run.workers = 1
     ledger.frozen = False
     ledger.take()  # a new run starts from zero (users of an earlier run in the web UI are gone)
+    ledger.receivers.clear()
+    users.clear()
     if is_coordinator(environment):
         run.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         run.started_us = now_us()

@@ -47,6 +47,8 @@ class Member:
     def resume(self, front: str, gid: int, timeout: float = 15.0) -> None:
         """Reconnect through the front (retrying while it still hands out a gateway that just died)."""
         self.client.close()
+        with self.lock:  # before reconnecting: pushes on the new connection may arrive before sync is sent
+            last = max(self.seqs, default=0)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -56,8 +58,6 @@ class Member:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        with self.lock:
-            last = max(self.seqs, default=0)
         for m in self.client.sync_all(gid, last):
             self._push(m)
 

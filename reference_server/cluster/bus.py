@@ -119,7 +119,12 @@ class RedisBus:
                 first = False
                 self.connected.set()
                 handlers = {k.encode(): v for k, v in self._handlers.items()}
+                n = 0
                 while True:
+                    n += 1
+                    if n % 64 == 0:
+                        # with a backlog buffered, get_message never suspends: let flushes and signals run
+                        await asyncio.sleep(0)
                     msg = await pubsub.get_message(timeout=1.0)
                     if msg is None or msg["type"] != "message":
                         continue
