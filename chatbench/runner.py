@@ -7,7 +7,8 @@ What the orchestrator adds to the swarm's bundle (it alone sees every server pro
   cluster) from schedstat (ns), over the swarm's whole lifetime (connect, traffic, end-of-run reconciliation);
   the swarm's own figure (the admin node's 10 ms ticks, traffic window only) is kept as ``server_cpu_s_ticks``.
 * ``metrics.server_cpu_us_per_message``, ``deliveries_per_server_cpu_s`` from that CPU.
-* in a cluster, deliveries and bus messages summed over all processes (the swarm reads only the logic node).
+* in a cluster, deliveries summed over all processes (the swarm reads only the logic node; its per-message
+  costs, bus messages included, stay the logic node's over the traffic window).
 * ``server``: per process role, pid and CPU; Redis CPU apart; counter deltas summed over the processes.
 * ``timeseries``: every second, messages accepted/s, deliveries/s and server CPU ratio (all processes).
 
@@ -348,8 +349,8 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
                               ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
     if cfg.cluster:  # the swarm read only the logic node: deliveries happen on the gateways
         m["server_deliveries"] = delta(after, before, "chat_deliveries_total")
-        if accepted:
-            m["bus_messages_per_message"] = delta(after, before, "chat_bus_messages_total") / accepted
+        if accepted:  # every process, whole run: includes the gateways' own traffic (load reports, registry)
+            m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
     deliveries = m.get("server_deliveries") or 0.0
     m["deliveries_per_server_cpu_s"] = deliveries / server_cpu if server_cpu > 0 else None
     m["server_cpu_us_per_message"] = server_cpu / accepted * 1e6 if accepted else None

@@ -8,9 +8,6 @@ they are exact only when nothing else loads it meanwhile. ``process_cpu_seconds_
 
 from __future__ import annotations
 
-from locust.argument_parser import default_args_dict
-from locust.env import Environment
-
 import contextlib
 import os
 import time
@@ -23,7 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from drivers.admin import AdminClient
 from drivers.totals import Totals
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # no locust import at run time: importing locust monkey-patches the process with gevent
+    from locust.env import Environment
+
     from drivers.swarm import RunState
 
 API_VERSION: Final = 1
@@ -68,6 +67,8 @@ def _server_modes(env: Environment) -> dict[str, Any]:
 
 def scenario_parameters(env: Environment) -> dict[str, Any]:
     """The scenario's (non-Locust) options, secrets left out."""
+    from locust.argument_parser import default_args_dict
+
     opts = vars(env.parsed_options) if env.parsed_options is not None else {}
     defaults = default_args_dict()
     return {k: v for k, v in sorted(opts.items())

@@ -21,6 +21,10 @@ messages from others accepted before ``cutoff`` count as ``lost`` (the tail nobo
 ``in_flight_at_stop``; then the *unread oracle* compares the client's own count — (max − read mark) minus the
 seqs it knows it cannot see — with the server's ``unread`` answer and counts ``unread_mismatches``.
 
+Signals (recall, join, leave: ``cts`` 0) take seqs and are checked like messages, but have no latency and are
+not part of fan-out; they and recalled seqs never count as unread. The buffer modes' ``offline`` frame is only
+counted (``offline_msgs``): catch-up after a reconnect is always verified by ``sync``.
+
 Latency is receive time − ``cts`` (the sender's *intended* send time under an open-model schedule), in µs, into
 an HDR histogram; for fan-out completion every push's latency is also appended to a per-message list, which
 :meth:`Ledger.take` ships (bucketed) to the coordinator with the send log and the receivers' presence changes,
@@ -48,7 +52,8 @@ COUNTERS: Final = (
     "sent", "send_failed", "delivered", "duplicated", "reordered", "lost", "repaired", "private_holes", "own_holes",
     "overlap", "in_flight_at_stop", "unverified_holes", "repair_failed", "unexpected_group", "catchups",
     "catchup_msgs", "catchup_incomplete", "reconnects", "reconnect_failures", "unread_checks", "unread_mismatches",
-    "unread_skipped", "missed_send_slots", "late_after_repair",
+    "unread_skipped", "missed_send_slots", "late_after_repair", "signals", "no_cts", "offline_frames", "offline_msgs",
+    "offline_dropped_reported",
 )
 _SYNC_LIMIT: Final = 1000
 
@@ -74,7 +79,7 @@ class GroupLedger:
 class ReceiverLedger:
     """One receiver's ledger: a :class:`GroupLedger` per group of its ``hello``. Feed it pushes with :meth:`on_push`."""
 
-    __slots__ = ("groups", "ledger", "online", "own", "pending_catchup", "uid")
+    __slots__ = ("groups", "ledger", "online", "own", "pending_catchup", "repairing", "uid")
 
     def __init__(self, ledger: Ledger, uid: int) -> None:
         self.ledger = ledger
@@ -83,6 +88,7 @@ class ReceiverLedger:
         self.own: set[tuple[int, int]] = set()  # (gid, seq) this receiver sent
         self.pending_catchup: dict[int, tuple[int, int]] = {}  # gid -> (after, up to) still to sync
         self.online = False
+        self.repairing = False  # a repair is in flight (the repair loop starts one at a time)
 
     # -- connection lifecycle
     def on_connect(self, hello: Frame, t_us: int | None = None) -> None:
@@ -142,6 +148,7 @@ class ReceiverLedger:
             for s in range(last + 1, seq):
                 holes[s] = t
             gl.last = seq
+            ledger.holey.add(self)
         elif seq in gl.holes:
             del gl.holes[seq]
             ledger.counts["reordered"] += 1
@@ -156,7 +163,11 @@ class ReceiverLedger:
             ledger.counts["duplicated"] += 1
             return
         ledger.delivered += 1
-        lat = t - frame["cts"]
+        cts = frame["cts"]
+        if not cts:  # a signal (recall, join, leave: cts 0) or a message sent without a timestamp
+            self._no_latency(gl, frame)
+            return
+        lat = t - cts
         ledger.latency.record(lat)
         key = (gid, seq)
         fan = ledger.fan.get(key)
@@ -165,12 +176,44 @@ class ReceiverLedger:
         else:
             fan.append(lat)
 
+    def _no_latency(self, gl: GroupLedger, frame: Frame) -> None:
+        kind = frame.get("kind")
+        if kind is None:
+            self.ledger.counts["no_cts"] += 1
+            return
+        self.ledger.counts["signals"] += 1
+        self._note_signal(gl, frame)
+
+    @staticmethod
+    def _note_signal(gl: GroupLedger, m: Frame) -> None:
+        """Signals and recalled messages never count as unread (protocol §4.4)."""
+        gl.invisible.add(m["seq"])
+        if m.get("kind") == "recall" and "ref" in m:
+            gl.invisible.add(m["ref"])
+
+    def on_offline(self, frame: Frame) -> None:
+        """The ``offline`` frame of the buffer modes: counted; the catch-up by sync still covers every seq."""
+        counts = self.ledger.counts
+        counts["offline_frames"] += 1
+        counts["offline_msgs"] += len(frame.get("msgs", ()))
+        counts["offline_dropped_reported"] += int(frame.get("dropped", 0))
+
     # -- repairs (a request per group: call from the user's greenlet or a repair loop, never from on_push)
     def holes_due(self, before_us: int) -> bool:
         return any(t <= before_us for gl in self.groups.values() for t in gl.holes.values())
 
+    def has_holes(self) -> bool:
+        return any(gl.holes for gl in self.groups.values())
+
     def repair(self, sync: SyncFn, before_us: int | None = None) -> None:
         """Sync over every hole seen before ``before_us`` (all holes if None) and classify each seq."""
+        self.repairing = True
+        try:
+            self._repair(sync, before_us)
+        finally:
+            self.repairing = False
+
+    def _repair(self, sync: SyncFn, before_us: int | None) -> None:
         for gl in list(self.groups.values()):
             due = sorted(s for s, t in gl.holes.items() if before_us is None or t <= before_us)
             own = [s for s in due if (gl.gid, s) in self.own]
@@ -224,10 +267,12 @@ class ReceiverLedger:
             nxt = page["next"]
             visible = {m["seq"]: m for m in page["msgs"]}
             for s in range(after + 1, nxt + 1):
-                if only is not None and s not in only:
-                    continue
+                if only is not None and (s not in only or s not in gl.holes):
+                    continue  # not asked for, or resolved meanwhile (a late push, a concurrent repair)
                 gl.holes.pop(s, None)
                 m = visible.get(s)
+                if m is not None and m.get("kind") is not None:
+                    self._note_signal(gl, m)
                 if (gid, s) in self.own or (m is not None and m["from"] == uid):
                     self.own.add((gid, s))
                     if not catchup:
@@ -283,12 +328,12 @@ class Ledger:
     """Everything one generator process records; :meth:`take` ships it (and resets) for the coordinator."""
 
     def __init__(self) -> None:
-        #: whether a user's own messages count in its unread count. docs/protocol.md §4.4 says they do; the
-        #: reference server (storage/read.py) hides them. The oracle follows the server; set True for the doc.
+        #: whether a user's own messages count in its unread count (protocol §4.4: they never do)
         self.own_messages_unread = False
         self.mismatch_log: list[dict[str, Any]] | None = []  # the first unread mismatches, for diagnosis
         self.frozen = False  # set at the end of a run: pushes after the final reconciliation are not counted
         self.receivers: dict[int, ReceiverLedger] = {}
+        self.holey: set[ReceiverLedger] = set()  # receivers that saw a hole since the last repair pass
         self._lock = threading.Lock()
         self._reset()
 

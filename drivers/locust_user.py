@@ -159,11 +159,16 @@ class ChatUser(User):
     def _open(self) -> Frame:
         assert self.host is not None
         client = ChatClient(self.host, self.uid, self.token, on_message=self.ledger.on_push,
-                            on_hello=self.ledger.on_connect, heartbeat_s=self.heartbeat_s,
+                            on_hello=self.ledger.on_connect, on_frame=self._on_frame, heartbeat_s=self.heartbeat_s,
                             request_timeout=self.request_timeout, connect_timeout=self.connect_timeout)
         hello = client.connect()
         self.client = client
         return hello
+
+    def _on_frame(self, frame: Frame) -> None:
+        """Frames that are neither pushes nor replies: the ``offline`` frame (buffer modes), late replies."""
+        if frame.get("op") == "offline":
+            self.ledger.on_offline(frame)
 
     def _close(self) -> None:
         client = self.client

@@ -166,9 +166,12 @@ def _repair_loop(env: Environment) -> None:
     while not run.stopping:
         gevent.sleep(0.5)
         due = now_us() - int(grace * 1e6)
-        for uid, rl in list(ledger.receivers.items()):
-            user = users.get(uid)
-            if user is None or user.client is None or user.client.closed or not rl.holes_due(due):
+        for rl in list(ledger.holey):  # only receivers that saw a hole: no per-user scan
+            if not rl.has_holes():
+                ledger.holey.discard(rl)
+                continue
+            user = users.get(rl.uid)
+            if rl.repairing or user is None or user.client is None or user.client.closed or not rl.holes_due(due):
                 continue
             pool.spawn(rl.repair, user.timed_sync, due)
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drivers.deliveries import PROMETHEUS_BUCKETS_S, LogBuckets, Recorder, cumulative_counts
-from drivers.ledger import Ledger
+from drivers.ledger import Ledger, now_us
 from drivers.metrics import METRIC_NAMES, build_registry
 from drivers.schedule import Schedule
 from drivers.totals import Totals
@@ -51,7 +51,7 @@ class FakeServer:
 
     def unread(self, gids: list[int]) -> dict[str, Any]:
         hidden = sum(1 for s in range(self.read_mark + 1, self.max + 1)
-                     if s not in self.history or self.history[s]["from"] == self.uid)
+                     if s not in self.history or self.history[s]["from"] == self.uid or "kind" in self.history[s])
         return {"groups": [{"gid": g, "max": self.max, "read": self.read_mark,
                             "unread": self.max - self.read_mark - hidden} for g in gids]}
 
@@ -160,6 +160,20 @@ def test_unread_oracle_agrees_and_detects_a_wrong_answer() -> None:
 
     rl.check_unread(wrong, server.read)
     assert ledger.counts["unread_mismatches"] == 1
+
+
+def test_signals_have_no_latency_and_never_count_as_unread() -> None:
+    recall = {**push(5, cts=0), "kind": "recall", "ref": 3}
+    history = {s: push(s) for s in (1, 2, 4)} | {5: recall}  # 3 was recalled: gone from history
+    server = FakeServer(1, history, 5)
+    ledger, rl = make()
+    now = now_us()
+    for f in (push(1, cts=now), push(2, cts=now), push(3, cts=now), push(4, cts=now), recall):
+        rl.on_push(f)
+    assert ledger.counts["signals"] == 1 and ledger.delivered == 5
+    assert ledger.latency.h.get_total_count() == 4 and ledger.latency.clamped == 0
+    rl.check_unread(server.unread, server.read)
+    assert ledger.counts["unread_checks"] == 1 and ledger.counts["unread_mismatches"] == 0
 
 
 def test_frozen_ledger_ignores_pushes() -> None:
