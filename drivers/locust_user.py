@@ -60,6 +60,8 @@ def _options(parser: ArgumentParser) -> None:
                    help="where the result bundle (JSON, append-only) is written at the end of a run")
     g.add_argument("--chatbench-out", env_var="CHATBENCH_OUT", default="",
                    help="also write the bundle to this file (for chatbench run)")
+    g.add_argument("--run-id", env_var="CHATBENCH_RUN_ID", default="",
+                   help="the run's id in the bundle and the metrics' run_id label (default: UTC time + random)")
     g.add_argument("--metrics-port", type=int, env_var="CHATBENCH_METRICS_PORT", default=0,
                    help="serve the chatbench_ generator metrics for Prometheus on this port (master; 0 = off)")
     g.add_argument("--quiet-s", type=float, env_var="CHATBENCH_QUIET_S", default=2.0,
