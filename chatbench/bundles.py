@@ -19,13 +19,11 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from drivers.bundle import RUN_SPECIFIC_OPTIONS
 from drivers.deliveries import decode_into, new_histogram
 
-#: scenario options that differ between otherwise identical runs (addresses, files, per-run ids, clocks)
-VOLATILE_PARAMETERS: Final = frozenset({
-    "admin_url", "chat_group", "chatbench_out", "chatbench_t0", "results_dir", "metrics_port", "flush_timeout_s",
-    "sender_uids",
-})
+#: scenario options that differ between otherwise identical runs; newer bundles leave them out already
+VOLATILE_PARAMETERS: Final = RUN_SPECIFIC_OPTIONS
 #: the configuration axes, in the order labels show them
 AXES: Final = ("fanout", "storage", "unread", "offline", "cluster")
 

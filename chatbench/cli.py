@@ -174,13 +174,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         for role, srv in servers.processes():
             console.print(f"[bold]{role}[/] pid {srv.pid} {srv.ws_url} admin {srv.admin_url}")
         console.print(f"[bold]modes[/] {servers.admin.health()['modes']}")
-        swarm_metrics: list[str] = []
+        swarm_metrics = ["--run-id", run_id]  # the bundle's id = the run_id label Prometheus puts on everything
         if args.prometheus:
             targets = {SERVER_JOB: [f"127.0.0.1:{srv.admin_port}" for _, srv in servers.processes()]}
-            if swarm_exports_metrics():
-                port = free_port()
-                swarm_metrics = ["--metrics-port", str(port)]
-                targets[SWARM_JOB] = [f"127.0.0.1:{port}"]
+            port = free_port()
+            swarm_metrics += ["--metrics-port", str(port)]
+            targets[SWARM_JOB] = [f"127.0.0.1:{port}"]
             prom = stack.enter_context(PrometheusProcess(targets, data_dir=prometheus_dir(args, run_id),
                                                          labels={"run_id": run_id}))
             console.print(f"[bold]prometheus[/] pid {prom.pid} {prom.url} run_id={run_id} data {prom.data_dir}")
@@ -204,13 +203,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0 if outcome.locust_rc == 0 else 1
-
-
-def swarm_exports_metrics() -> bool:
-    """Whether the drivers take Locust's ``--metrics-port`` (the generator's Prometheus exporter).
-
-    Stopgap until the exporter lands: then pass the flag unconditionally and drop this check."""
-    return any("--metrics-port" in p.read_text() for p in (ROOT / "drivers").glob("*.py"))
 
 
 def prometheus_dir(args: argparse.Namespace, run_id: str) -> Path:

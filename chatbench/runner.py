@@ -279,6 +279,8 @@ def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path
            "--admin-url", servers.admin_url, "--admin-token", ADMIN_TOKEN, "--chat-secret", SECRET,
            "--chatbench-out", str(out), "--results-dir", str(swarm_dir), "--stop-timeout", "5", *extra,
            *cfg.locust_args]
+    if servers.cluster is not None:  # users ask the front for the least-loaded gateway at every (re)connect
+        cmd += ["--front-url", servers.cluster.front_url]
     if cfg.processes > 1:
         cmd += ["--processes", str(cfg.processes)]
     return cmd

@@ -65,14 +65,22 @@ def _server_modes(env: Environment) -> dict[str, Any]:
     return {}
 
 
+#: options that differ between otherwise identical runs (addresses, files, per-run ids, clocks): not parameters
+RUN_SPECIFIC_OPTIONS: Final = frozenset({
+    "admin_url", "front_url", "run_id", "chat_group", "chatbench_out", "chatbench_t0", "results_dir", "metrics_port",
+    "flush_timeout_s", "sender_uids",
+})
+
+
 def scenario_parameters(env: Environment) -> dict[str, Any]:
-    """The scenario's (non-Locust) options, secrets left out."""
+    """The scenario's (non-Locust) options that define the run, secrets and run-specific plumbing left out."""
     from locust.argument_parser import default_args_dict
 
     opts = vars(env.parsed_options) if env.parsed_options is not None else {}
     defaults = default_args_dict()
     return {k: v for k, v in sorted(opts.items())
-            if k not in defaults and "token" not in k and "secret" not in k and isinstance(v, str | int | float | bool)}
+            if k not in defaults and k not in RUN_SPECIFIC_OPTIONS and "token" not in k and "secret" not in k
+            and isinstance(v, str | int | float | bool)}
 
 
 def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:

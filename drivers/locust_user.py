@@ -26,12 +26,14 @@ import logging
 import math
 import random
 import time
+import urllib.request
 from argparse import ArgumentParser
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent
+import orjson
 
 from drivers import swarm
 from drivers.admin import AdminClient
@@ -60,6 +62,9 @@ def _options(parser: ArgumentParser) -> None:
                    help="where the result bundle (JSON, append-only) is written at the end of a run")
     g.add_argument("--chatbench-out", env_var="CHATBENCH_OUT", default="",
                    help="also write the bundle to this file (for chatbench run)")
+    g.add_argument("--front-url", env_var="CHATBENCH_FRONT_URL", default="",
+                   help="a cluster's front (GET → the least-loaded gateway's ws:// URL), asked at every (re)connect; "
+                   "--host is used when empty")
     g.add_argument("--run-id", env_var="CHATBENCH_RUN_ID", default="",
                    help="the run's id in the bundle and the metrics' run_id label (default: UTC time + random)")
     g.add_argument("--metrics-port", type=int, env_var="CHATBENCH_METRICS_PORT", default=0,
@@ -158,9 +163,17 @@ class ChatUser(User):
         swarm.users.pop(self.uid, None)
         self._close()
 
-    def _open(self) -> Frame:
+    def _url(self) -> str:
+        """The gateway to connect to: the cluster front's pick, or --host."""
+        front = swarm.option(self.environment, "front_url", "")
+        if front:
+            with urllib.request.urlopen(front, timeout=self.connect_timeout) as resp:
+                return str(orjson.loads(resp.read())["url"])
         assert self.host is not None
-        client = ChatClient(self.host, self.uid, self.token, on_message=self.ledger.on_push,
+        return self.host
+
+    def _open(self) -> Frame:
+        client = ChatClient(self._url(), self.uid, self.token, on_message=self.ledger.on_push,
                             on_hello=self.ledger.on_connect, on_frame=self._on_frame, heartbeat_s=self.heartbeat_s,
                             request_timeout=self.request_timeout, connect_timeout=self.connect_timeout)
         hello = client.connect()

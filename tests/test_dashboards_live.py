@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 
 import dashboards
-from chatbench.cli import swarm_exports_metrics
 from chatbench.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess, free_port
 from chatbench.prom import SERVER_JOB, SWARM_JOB, PrometheusError, PrometheusProcess, available
 from drivers.client import ChatClient, ConnectRefused, ServerError
@@ -41,15 +40,9 @@ RATE_INTERVAL = "4s"
 MEMBERS = 16
 FIRST_UID = 500_001  # clear of the swarm's uids (worker w: w * 1,000,000 + 1 ...)
 GID = 1
-SWARM = swarm_exports_metrics()
-
-_NO_SWARM_EXPORTER = (
-    "pending: no generator exporter — drivers/ does not export chatbench_* series to Prometheus yet "
-    "(planned: prometheus-client on the Locust master's --metrics-port)")
 # metric -> why nothing exports it yet; a target is skipped only if it uses one of these AND Prometheus has no
 # such series. Any other empty result fails.
 PENDING = {
-    **({} if SWARM else {"chatbench_": _NO_SWARM_EXPORTER}),
     # labelled counters appear with their first increment; the embedded server has no bus
     "chat_bus_": "cluster only: the embedded server this test runs has no bus, so chat_bus_*_total never "
                  "appear (covering them needs a cluster run here: Redis + logic node + gateways)",
@@ -167,17 +160,16 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         assert srv.admin is not None
         modes = {k: str(v) for k, v in srv.admin.health()["modes"].items()}
         port = free_port()
-        targets = {SERVER_JOB: [f"127.0.0.1:{srv.admin_port}"], SWARM_JOB: [f"127.0.0.1:{port}"] if SWARM else []}
+        targets = {SERVER_JOB: [f"127.0.0.1:{srv.admin_port}"], SWARM_JOB: [f"127.0.0.1:{port}"]}
         with PrometheusProcess(targets, data_dir=tmp / "prometheus", labels={"run_id": run_id}) as prom:
             start = time.time()
-            swarm = _swarm(srv, port, tmp) if SWARM else None
+            swarm = _swarm(srv, port, tmp)
             try:
                 _traffic(srv, seconds=7.0)
-                if swarm is not None:
-                    out, _ = swarm.communicate(timeout=60)
-                    assert swarm.returncode == 0, f"locust exit {swarm.returncode}:\n{out[-3000:]}"
+                out, _ = swarm.communicate(timeout=60)
+                assert swarm.returncode == 0, f"locust exit {swarm.returncode}:\n{out[-3000:]}"
             finally:
-                if swarm is not None and swarm.poll() is None:
+                if swarm.poll() is None:
                     swarm.kill()
                     swarm.wait()
             accepted = f'chat_messages_accepted_total{{run_id="{run_id}"}}'
