@@ -93,6 +93,7 @@ from chatbench.cluster import Cluster
 from chatbench.machine import git_info, machine_info, process_cpu_seconds
 from chatbench.procs import SECRET, ServerProcess, ServerStartError
 from drivers.admin import AdminClient, AdminError
+from drivers.bundle import write_new
 from drivers.client import ChatClient, ChatClientError
 from drivers.fast_receiver import FastReceiver
 from reference_server.protocol import user_token
@@ -685,20 +686,6 @@ def report_cluster(args: argparse.Namespace, runs: dict[str, list[tuple[Run, dic
     return 0 if result["ok"] else 1
 
 
-def write_exclusive(path: Path, data: bytes) -> Path:
-    """Write to path, or to path-1, path-2, ... if it exists: never overwrite a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    candidate = path
-    for i in range(1, 1000):
-        try:
-            with candidate.open("xb") as f:
-                f.write(data)
-            return candidate
-        except FileExistsError:
-            candidate = path.with_name(f"{path.stem}-{i}{path.suffix}")
-    raise BenchError(f"could not find a free file name next to {path}")
-
-
 # --------------------------------------------------------------------------------------------------
 # Main
 
@@ -886,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = 2
     result["finished_utc"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     if code != 130 or result.get("runs"):
-        path = write_exclusive(out_path, orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        path = write_new(out_path.parent, out_path.stem, orjson.dumps(result, option=orjson.OPT_INDENT_2))
         console.print(f"result written to {path}")
     return code
 

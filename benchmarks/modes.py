@@ -35,10 +35,10 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.fanout import write_exclusive
 from chatbench.cli import delta, server_counters
 from chatbench.machine import git_info, machine_info, process_cpu_seconds
 from chatbench.procs import SECRET, ServerProcess
+from drivers.bundle import write_new
 from drivers.client import ChatClient
 from reference_server.protocol import user_token
 
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       c["flag"] if c["flag"] == "no" else f"[yellow]{c['flag']}[/yellow]")
     console.print(table)
     out = args.out or f"results/bench-modes-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
-    path = write_exclusive(Path(out), orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    path = write_new(Path(out).parent, Path(out).stem, orjson.dumps(result, option=orjson.OPT_INDENT_2))
     console.print(f"result written to {path}")
     return 0
 

@@ -109,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="", help="result JSON (default results/bench-receive-<UTC>.json)")
     args = p.parse_args(argv)
 
-    from benchmarks.fanout import write_exclusive
     from chatbench.machine import git_info, machine_info
     from chatbench.procs import SECRET, ServerProcess
+    from drivers.bundle import write_new
     from drivers.client import ChatClient
     from reference_server.protocol import user_token
 
@@ -168,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"results/bench-receive-{stamp}.json")
     result = {"api_version": 1, "benchmark": "receive", "utc": stamp, **git_info(), "machine": machine_info(),
               "parameters": vars(args), "frames_per_cpu_s": summary, "runs": runs, "target": TARGET}
-    path = write_exclusive(out, orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    path = write_new(out.parent, out.stem, orjson.dumps(result, option=orjson.OPT_INDENT_2))
     print(f"wrote {path}")
     bad = any(r["duplicated"] or r["reordered"] or r["frames"] != n * args.messages for rs in runs.values() for r in rs)
     return 1 if bad else 0

@@ -10,7 +10,6 @@ Two bundles are *comparable* when they ran the same scenario with the same param
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from drivers.bundle import RUN_SPECIFIC_OPTIONS
+from drivers.bundle import RUN_SPECIFIC_OPTIONS, write_new
 from drivers.deliveries import decode_into, new_histogram
 
 #: scenario options that differ between otherwise identical runs; newer bundles leave them out already
@@ -103,20 +102,10 @@ def load_all(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 def write(directory: Path, bundle: dict[str, Any], stem: str) -> Path:
-    """Write under ``directory`` with a name that does not exist yet (O_EXCL): results are never overwritten."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write under ``directory`` with a name that does not exist yet: results are never overwritten."""
     data = orjson.dumps({k: v for k, v in bundle.items() if not k.startswith("_")},
                         option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    for i in range(1000):
-        path = directory / (f"{stem}.json" if i == 0 else f"{stem}-{i}.json")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
-    raise FileExistsError(f"{directory}/{stem}*.json: too many files of that name")
+    return write_new(directory, stem, data)
 
 
 def config(bundle: dict[str, Any]) -> dict[str, str]:

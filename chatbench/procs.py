@@ -20,6 +20,7 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from drivers.admin import AdminClient
 
@@ -28,6 +29,27 @@ ADMIN_TOKEN = "chatbench-dev-admin"
 SECRET = "chatbench-dev-secret"
 REPO = Path(__file__).resolve().parents[1]
 _PR_SET_PDEATHSIG = 1
+
+
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> int | None:
+    """SIGTERM a child we started, SIGKILL it after ``timeout``; returns its exit code (None: never started)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 class ServerStartError(RuntimeError):
@@ -123,23 +145,11 @@ class ServerProcess:
         return self
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (graceful: flush, close 1001), then SIGKILL after timeout. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -194,13 +204,7 @@ class RedisProcess:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout)
 
     def kill9(self) -> None:
         assert self.proc is not None

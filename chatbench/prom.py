@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -27,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from chatbench.procs import free_port
+from chatbench.procs import free_port, log_tail, stop_process
 
 # Job names: the dashboards and dashboards/prometheus.yml use the same ones.
 SERVER_JOB = "chat_server"  # each gateway's admin port (/metrics)
@@ -117,23 +116,11 @@ class PrometheusProcess:
             return False
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (Prometheus flushes its head and WAL), SIGKILL after ``timeout``. Returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, timeout)
 
     def __enter__(self) -> PrometheusProcess:
         return self.start()

@@ -161,22 +161,28 @@ def _scenario_name(env: Environment) -> str:
     return Path(str(files).split(",")[0]).stem
 
 
-def write(env: Environment, result: dict[str, Any]) -> Path:
-    """Write the bundle under ``--results-dir`` with a name that never exists yet (O_EXCL); also ``--chatbench-out``."""
-    opts = env.parsed_options
-    directory = Path(getattr(opts, "results_dir", "results") or "results")
+def write_new(directory: Path, stem: str, data: bytes) -> Path:
+    """Write ``stem.json`` (or ``stem-N.json``) under directory, a name that does not exist yet (O_EXCL): result
+    files are append-only, never overwritten."""
     directory.mkdir(parents=True, exist_ok=True)
-    data = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    base = f"swarm-{result['scenario']}-{result['run_id']}"
     for i in range(1000):
-        path = directory / (f"{base}.json" if i == 0 else f"{base}-{i}.json")
+        path = directory / (f"{stem}.json" if i == 0 else f"{stem}-{i}.json")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             continue
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        break
+        return path
+    raise FileExistsError(f"{directory}/{stem}*.json: too many files of that name")
+
+
+def write(env: Environment, result: dict[str, Any]) -> Path:
+    """Write the bundle under ``--results-dir`` (never overwriting); also to ``--chatbench-out``."""
+    opts = env.parsed_options
+    directory = Path(getattr(opts, "results_dir", "results") or "results")
+    data = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+    path = write_new(directory, f"swarm-{result['scenario']}-{result['run_id']}", data)
     out = getattr(opts, "chatbench_out", "")
     if out:  # the CLI's hand-off file (chatbench run): the bundle plus the keys it reads at the top level
         m = result["metrics"]

@@ -32,7 +32,8 @@ def window(phases: list[Phase], opts: Namespace, name: str) -> tuple[float, floa
 class PhasedShape(LoadTestShape):
     """All ``users`` spawn at ``spawn_rate`` and stay until the last phase ends; then the run stops.
 
-    Subclass and implement :meth:`phases`, :meth:`users` and :meth:`spawn_rate` (each reads the options).
+    Subclass and implement :meth:`phases`; :meth:`users` and :meth:`spawn_rate` default to the scenario's
+    ``--members`` and ``--connect-rate`` options.
     """
 
     abstract: ClassVar[bool] = True
@@ -44,10 +45,10 @@ class PhasedShape(LoadTestShape):
         raise NotImplementedError
 
     def users(self, opts: Namespace) -> int:
-        raise NotImplementedError
+        return int(opts.members)
 
     def spawn_rate(self, opts: Namespace) -> float:
-        raise NotImplementedError
+        return float(opts.connect_rate)
 
     def measured_from(self, opts: Namespace) -> float:
         """Epoch seconds when the first phase after the warm-up phases starts."""

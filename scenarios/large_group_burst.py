@@ -53,12 +53,6 @@ class Shape(PhasedShape):
     def phases(self, opts: Namespace) -> list[Phase]:
         return phases(opts)
 
-    def users(self, opts: Namespace) -> int:
-        return int(opts.members)
-
-    def spawn_rate(self, opts: Namespace) -> float:
-        return float(opts.connect_rate)
-
 
 @events.test_start.add_listener
 def _provision(environment: Environment, **_: Any) -> None:

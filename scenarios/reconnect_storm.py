@@ -63,12 +63,6 @@ class Shape(PhasedShape):
     def phases(self, opts: Namespace) -> list[Phase]:
         return phases(opts)
 
-    def users(self, opts: Namespace) -> int:
-        return int(opts.members)
-
-    def spawn_rate(self, opts: Namespace) -> float:
-        return float(opts.connect_rate)
-
 
 _sampler: list[ServerSampler] = []
 
