@@ -262,6 +262,12 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
         if name == "send":
             t.add_row("send→ack p50 / p99", f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} ms")
     t.add_row("lost / duplicated / reordered", f"{m['lost']} / {m['duplicated']} / {m['reordered']}")
+    for name, prof in m.get("by_profile", {}).items():  # --profile-mix runs (weak networks)
+        lat = prof["delivery_latency_ms"]
+        t.add_row(f"profile {name}: members / reconnects / dead", f"{prof.get('members', 0)} / "
+                  f"{prof.get('reconnects', 0)} / {prof.get('dead_connections', 0)}")
+        if lat:
+            t.add_row(f"profile {name}: latency p50 / p99", f"{lat['p50']:.1f} / {lat['p99']:.1f} ms")
     t.add_row("server CPU (schedstat, all processes)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
     if cpu > 0 and deliveries:
         t.add_row("deliveries per server CPU-second", f"{deliveries / cpu:,.0f}")
@@ -276,6 +282,7 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     console.print(t)
     return {"scenario": args.scenario, "messages": messages, "deliveries_pushed": deliveries,
             "delivered": m["delivered"], "delivery_latency_ms": m["delivery_latency_ms"],
+            "by_profile": m.get("by_profile", {}),
             "requests": outcome.bundle["requests"], "server_cpu_s": cpu, "storage_writes": writes,
             "elapsed_s": outcome.elapsed_s, "locust_exit_code": outcome.locust_rc, "bundle_path": str(outcome.path)}
 

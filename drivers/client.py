@@ -142,6 +142,16 @@ class _Waiter:
         self.event.set()
 
 
+class _Setter:
+    """A request callback that sets an event (heartbeat pongs)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, _reply: Frame) -> None:
+        self.event.set()
+
+
 def _discard(_reply: Frame) -> None:
     pass
 
@@ -168,12 +178,17 @@ class ChatClient:
         request_timeout: float = 10.0,
         heartbeat_s: float | None = 25.0,
         connect_timeout: float = 10.0,
+        pong_timeout_s: float | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.uid = uid
         self.token = token
         self.request_timeout = request_timeout
         self.heartbeat_s = heartbeat_s
+        #: dead-connection detection: a heartbeat ping unanswered for this long ends the connection (1006,
+        #: ``dead`` set) — what notices a half-open connection, where no FIN or RST ever arrives. None: off.
+        self.pong_timeout_s = pong_timeout_s
+        self.dead = False
         self.connect_timeout = connect_timeout
         self.hello: Frame | None = None
         #: the ``offline`` frame that follows ``hello`` in the buffering offline modes (see wait_offline)
@@ -455,10 +470,19 @@ class ChatClient:
                 self._callback_error(exc)
 
     def _heartbeat_loop(self, interval: float) -> None:
+        timeout = self.pong_timeout_s
         while not self._stop.wait(interval):
+            answered = threading.Event()
             try:
-                self._start_request(protocol.encode_ping, _discard)
+                self._start_request(protocol.encode_ping, _discard if timeout is None else _Setter(answered))
             except ChatClientError:
+                return
+            if timeout is None:
+                continue
+            if not answered.wait(timeout) and not self._stop.is_set():
+                self.dead = True
+                self._set_close(ABNORMAL_CLOSURE, f"dead connection: no pong within {timeout:g} s")
+                self._shutdown_socket()
                 return
 
     # ----------------------------------------------------------------------------------------------

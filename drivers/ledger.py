@@ -53,9 +53,13 @@ COUNTERS: Final = (
     "overlap", "in_flight_at_stop", "unverified_holes", "repair_failed", "unexpected_group", "catchups",
     "catchup_msgs", "catchup_incomplete", "reconnects", "reconnect_failures", "unread_checks", "unread_mismatches",
     "unread_skipped", "missed_send_slots", "late_after_repair", "signals", "no_cts", "offline_frames", "offline_msgs",
-    "offline_dropped_reported",
+    "offline_dropped_reported", "dead_connections",
 )
 _SYNC_LIMIT: Final = 1000
+
+
+#: counted per network profile too (weak networks); ``members``: users of the profile that connected
+PROFILE_COUNTERS: Final = ("members", "reconnects", "reconnect_failures", "dead_connections")
 
 
 def now_us() -> int:
@@ -79,7 +83,7 @@ class GroupLedger:
 class ReceiverLedger:
     """One receiver's ledger: a :class:`GroupLedger` per group of its ``hello``. Feed it pushes with :meth:`on_push`."""
 
-    __slots__ = ("groups", "ledger", "online", "own", "pending_catchup", "repairing", "uid")
+    __slots__ = ("groups", "ledger", "online", "own", "pending_catchup", "profile", "repairing", "uid")
 
     def __init__(self, ledger: Ledger, uid: int) -> None:
         self.ledger = ledger
@@ -89,6 +93,7 @@ class ReceiverLedger:
         self.pending_catchup: dict[int, tuple[int, int]] = {}  # gid -> (after, up to) still to sync
         self.online = False
         self.repairing = False  # a repair is in flight (the repair loop starts one at a time)
+        self.profile: str | None = None  # network profile (weak networks): its figures are also kept apart
 
     # -- connection lifecycle
     def on_connect(self, hello: Frame, t_us: int | None = None) -> None:
@@ -169,6 +174,8 @@ class ReceiverLedger:
             return
         lat = t - cts
         ledger.latency.record(lat)
+        if self.profile is not None:
+            ledger.profile(self.profile)["latency"].record(lat)
         key = (gid, seq)
         fan = ledger.fan.get(key)
         if fan is None:
@@ -243,6 +250,8 @@ class ReceiverLedger:
         counts["catchups"] += 1
         if complete:
             self.ledger.catchup.record(now_us() - started_us)
+            if self.profile is not None:
+                self.ledger.profile(self.profile)["catchup"].record(now_us() - started_us)
         else:
             counts["catchup_incomplete"] += 1
         return complete
@@ -346,6 +355,15 @@ class Ledger:
         self.fan: dict[tuple[int, int], list[int]] = {}
         self.sends: list[tuple[int, int, int, int, int, bool]] = []
         self.presence: list[tuple[int, int, int]] = []
+        self.profiles: dict[str, dict[str, Any]] = {}  # profile -> latency, catchup (Recorder), counts
+
+    def profile(self, name: str) -> dict[str, Any]:
+        """One network profile's figures: ``latency`` and ``catchup`` recorders, ``counts`` (PROFILE_COUNTERS)."""
+        p = self.profiles.get(name)
+        if p is None:
+            p = self.profiles[name] = {"latency": Recorder(), "catchup": Recorder(),
+                                       "counts": dict.fromkeys(PROFILE_COUNTERS, 0)}
+        return p
 
     def receiver(self, uid: int) -> ReceiverLedger:
         r = self.receivers.get(uid)
@@ -368,7 +386,7 @@ class Ledger:
         with self._lock:
             counts, delivered = self.counts, self.delivered
             latency, send_ack, catchup = self.latency, self.send_ack, self.catchup
-            fan, sends, presence = self.fan, self.sends, self.presence
+            fan, sends, presence, profiles = self.fan, self.sends, self.presence, self.profiles
             self._reset()
         counts["delivered"] += delivered
         fan_wire = []
@@ -379,4 +397,6 @@ class Ledger:
         return {
             "counts": counts, "latency": latency.take(), "send_ack": send_ack.take(), "catchup": catchup.take(),
             "fan": fan_wire, "sends": [list(s) for s in sends], "presence": [list(p) for p in presence],
+            "profiles": {name: {"latency": p["latency"].take(), "catchup": p["catchup"].take(), "counts": p["counts"]}
+                         for name, p in profiles.items()},
         }

@@ -35,10 +35,11 @@ from typing import Any, ClassVar
 import gevent
 import orjson
 
-from drivers import swarm
+from drivers import netproxy, swarm
 from drivers.admin import AdminClient
 from drivers.client import ChatClient, ChatClientError
 from drivers.ledger import Frame, ReceiverLedger, now_us
+from drivers.profiles import DIRECT, assign
 from drivers.schedule import Schedule
 from reference_server import protocol
 
@@ -75,6 +76,17 @@ def _options(parser: ArgumentParser) -> None:
                    help="a seq hole older than this is repaired with sync (a reordered push fills it sooner)")
     g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
                    help="how long the master waits for the workers' final data at the end of a run")
+    g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="",
+                   help="weak networks: NAME:PERCENT,... of the members connect through an impairing proxy of that "
+                   "profile (drivers/profiles.py: wifi, 4g, 3g, 2g, subway, lossy), e.g. 3g:20,wifi:30; the rest "
+                   "connect directly (profile 'direct'); metrics are split by profile")
+    g.add_argument("--heartbeat-s", type=float, env_var="CHATBENCH_HEARTBEAT_S", default=0.0,
+                   help="seconds between heartbeat pings (0: the scenario's ChatUser.heartbeat_s)")
+    g.add_argument("--pong-timeout-s", type=float, env_var="CHATBENCH_PONG_TIMEOUT_S", default=0.0,
+                   help="a heartbeat unanswered this long marks the connection dead → reconnect (0: the "
+                   "scenario's ChatUser.pong_timeout_s)")
+    g.add_argument("--backoff-jitter", choices=["full", "none"], env_var="CHATBENCH_BACKOFF_JITTER", default="full",
+                   help="reconnect backoff: full jitter, or none (every client waits exactly base·2ⁿ: the herd)")
 
 
 def _start_metrics(environment: Environment, **_: Any) -> None:
@@ -141,15 +153,32 @@ class ChatUser(User):
     reconnect_attempts: ClassVar[int] = 8
     #: reconnect by itself when the connection drops (4001 slow consumer, 1006, ...)
     auto_reconnect: ClassVar[bool] = True
+    #: dead-connection detection: a heartbeat unanswered this long ends the connection (a half-open one sends no
+    #: FIN); auto_reconnect then brings it back. None: off
+    pong_timeout_s: ClassVar[float | None] = 10.0
+    #: backoff with full jitter (True) or none (False: every client waits exactly min(cap, base · 2ⁿ))
+    reconnect_jitter: ClassVar[bool] = True
 
     def __init__(self, environment: Environment) -> None:
         super().__init__(environment)
         if not self.host or not self.host.startswith(("ws://", "wss://")):
             raise ValueError(f"ChatUser needs --host ws://HOST:PORT (the server's WebSocket URL), got {self.host!r}")
-        self.uid = worker_index(environment) * UID_BLOCK + next(_local_index) + 1
+        index = next(_local_index)
+        self.uid = worker_index(environment) * UID_BLOCK + index + 1
         secret = swarm.option(environment, "chat_secret", "chatbench-dev-secret")
         self.token = protocol.user_token(secret, self.uid)
         self.ledger: ReceiverLedger = swarm.ledger.receiver(self.uid)
+        # the run's options override the scenario's class defaults
+        self._heartbeat_s = swarm.option(environment, "heartbeat_s", 0.0) or self.heartbeat_s
+        self._pong_timeout_s = swarm.option(environment, "pong_timeout_s", 0.0) or self.pong_timeout_s
+        self._jitter = self.reconnect_jitter and swarm.option(environment, "backoff_jitter", "full") != "none"
+        #: network profile (drivers/profiles.py) this member connects through; ``direct``: no proxy
+        self.profile = DIRECT
+        mix = netproxy.mix(environment)
+        if mix:
+            self.profile = self.choose_profile(mix, index)
+            self.ledger.profile = self.profile
+            swarm.ledger.profile(self.profile)["counts"]["members"] += 1
         self.client: ChatClient | None = None
         self.hello: Frame = {}
         self.offline = False  # taken offline on purpose (go_offline); no auto-reconnect
@@ -163,8 +192,14 @@ class ChatUser(User):
         swarm.users.pop(self.uid, None)
         self._close()
 
+    def choose_profile(self, mix: dict[str, float], index: int) -> str:
+        """This member's network profile in a ``--profile-mix`` run (override to pin e.g. senders to direct)."""
+        return assign(mix, index)
+
     def _url(self) -> str:
-        """The gateway to connect to: the cluster front's pick, or --host."""
+        """The gateway to connect to: the profile's impairing proxy, the cluster front's pick, or --host."""
+        if self.profile != DIRECT:
+            return netproxy.url(self.environment, self.profile)
         front = swarm.option(self.environment, "front_url", "")
         if front:
             with urllib.request.urlopen(front, timeout=self.connect_timeout) as resp:
@@ -174,8 +209,9 @@ class ChatUser(User):
 
     def _open(self) -> Frame:
         client = ChatClient(self._url(), self.uid, self.token, on_message=self.ledger.on_push,
-                            on_hello=self.ledger.on_connect, on_frame=self._on_frame, heartbeat_s=self.heartbeat_s,
-                            request_timeout=self.request_timeout, connect_timeout=self.connect_timeout)
+                            on_hello=self.ledger.on_connect, on_frame=self._on_frame, heartbeat_s=self._heartbeat_s,
+                            request_timeout=self.request_timeout, connect_timeout=self.connect_timeout,
+                            pong_timeout_s=self._pong_timeout_s if self._heartbeat_s else None)
         hello = client.connect()
         self.client = client
         return hello
@@ -207,12 +243,14 @@ class ChatUser(User):
         synced up to the reconnect's hello.max) request events; counts ``reconnects``, ``reconnect_failures``
         and the catch-up figures.
         """
-        counts = swarm.ledger.counts
+        if self.client is not None and self.client.dead:
+            self._count("dead_connections")
         self._close()
         started = now_us()
         for attempt in range(self.reconnect_attempts):
             if backoff:
-                gevent.sleep(random.uniform(0, min(self.reconnect_cap_s, self.reconnect_base_s * 2**attempt)))
+                ceiling = min(self.reconnect_cap_s, self.reconnect_base_s * 2**attempt)
+                gevent.sleep(random.uniform(0, ceiling) if self._jitter else ceiling)
             started = now_us()  # catch-up time counts from the successful attempt, not from the backoff
             try:
                 self.hello = self._timed("reconnect", self._open, raise_connect=True)
@@ -221,9 +259,9 @@ class ChatUser(User):
                 if not backoff:
                     gevent.sleep(random.uniform(0, self.reconnect_base_s))
         else:
-            counts["reconnect_failures"] += 1
+            self._count("reconnect_failures")
             return False
-        counts["reconnects"] += 1
+        self._count("reconnects")
         self.offline = False
         t0 = time.perf_counter()
         ok = self.ledger.catch_up(self.timed_sync, started)
@@ -233,6 +271,13 @@ class ChatUser(User):
             context={"uid": self.uid, "sync_s": time.perf_counter() - t0},
         )
         return ok
+
+    def _count(self, key: str) -> None:
+        """Count in the process's ledger and the member's profile, looked up now: a take() (worker report) may
+        have swapped the dicts while this member slept in a backoff."""
+        swarm.ledger.counts[key] += 1
+        if self.ledger.profile is not None:
+            swarm.ledger.profile(self.profile)["counts"][key] += 1
 
     def ensure_connected(self) -> None:
         """Reconnect (with catch-up) if the connection dropped by itself and ``auto_reconnect`` is set."""

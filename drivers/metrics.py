@@ -3,8 +3,10 @@
 The Locust master (or the only process) serves them from ``--metrics-port``. They are read from the
 coordinator's :class:`drivers.totals.Totals` at scrape time by a custom collector — the hot path never touches
 Prometheus — against an injected registry (tests build their own). Labels: ``run_id`` and ``scenario`` on every
-series (low cardinality: one run at a time), ``worker`` on the CPU ratio. Latency histograms come from the HDR
-histograms with the explicit buckets :data:`drivers.deliveries.PROMETHEUS_BUCKETS_S`.
+series (low cardinality: one run at a time), ``worker`` on the CPU ratio, ``profile`` (network profile of the
+receiving member: ``direct`` without impairment, or a name from :mod:`drivers.profiles`) on
+:data:`BY_PROFILE` — one series per profile of a ``--profile-mix`` run, else one ``direct`` series. Latency
+histograms come from the HDR histograms with the explicit buckets :data:`drivers.deliveries.PROMETHEUS_BUCKETS_S`.
 
 Fan-out completion counts messages settled so far (a message settles ``SETTLE_S`` after its send).
 """
@@ -20,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from drivers.deliveries import PROMETHEUS_BUCKETS_S, cumulative_counts
+from drivers.profiles import DIRECT
 from drivers.totals import Totals
 
 SETTLE_S: Final = 5.0
@@ -41,6 +44,8 @@ HISTOGRAMS: Final = {
     "send_ack_seconds": ("send_ack", "Intended send time to ack"),
     "catchup_seconds": ("catchup", "Reconnect start to every group synced up to the reconnect's hello"),
 }
+#: metrics with a ``profile`` label: name -> the per-profile figure (Totals.profiles) it is built from
+BY_PROFILE: Final = {"reconnects": "reconnects", "delivery_latency_seconds": "latency", "catchup_seconds": "catchup"}
 METRIC_NAMES: Final = (
     *(f"chatbench_{n}_total" for n in COUNTERS), *(f"chatbench_{n}" for n in HISTOGRAMS),
     "chatbench_generator_cpu_ratio",
@@ -58,24 +63,46 @@ class GeneratorCollector(Collector):
         t.settle(SETTLE_S)
         labels = ["run_id", "scenario"]
         values = [self.run_id(), self.scenario]
+        profiles = sorted(t.profiles.items())
         for name, (key, doc) in COUNTERS.items():
+            if name in BY_PROFILE:
+                c = CounterMetricFamily(f"chatbench_{name}", doc, labels=[*labels, "profile"])
+                if profiles:
+                    for prof, part in profiles:
+                        c.add_metric([*values, prof], float(part["counts"].get(BY_PROFILE[name], 0)))
+                else:
+                    c.add_metric([*values, DIRECT], float(t.counts.get(key, 0)))
+                yield c
+                continue
             c = CounterMetricFamily(f"chatbench_{name}", doc, labels=labels)
             c.add_metric(values, float(t.counts.get(key, 0)))
             yield c
         for name, (attr, doc) in HISTOGRAMS.items():
-            h: HdrHistogram = getattr(t, attr).h
-            cum = cumulative_counts(h, PROMETHEUS_BUCKETS_S)
-            total = h.get_total_count()
-            buckets = [(repr(b), float(c)) for b, c in zip(PROMETHEUS_BUCKETS_S, cum, strict=True)]
-            buckets.append(("+Inf", float(total)))
+            if name in BY_PROFILE:
+                m = HistogramMetricFamily(f"chatbench_{name}", doc, labels=[*labels, "profile"])
+                if profiles:
+                    for prof, part in profiles:
+                        _add_histogram(m, [*values, prof], part[BY_PROFILE[name]].h)
+                else:
+                    _add_histogram(m, [*values, DIRECT], getattr(t, attr).h)
+                yield m
+                continue
             m = HistogramMetricFamily(f"chatbench_{name}", doc, labels=labels)
-            m.add_metric(values, buckets, sum_value=h.get_mean_value() * total / 1e6 if total else 0.0)
+            _add_histogram(m, values, getattr(t, attr).h)
             yield m
         g = GaugeMetricFamily("chatbench_generator_cpu_ratio", "CPU time / wall time of each generator process, last "
                               "sample", labels=[*labels, "worker"])
         for worker, health in sorted(t.health.items()):
             g.add_metric([*values, worker], health["cpu_last"])
         yield g
+
+
+def _add_histogram(m: HistogramMetricFamily, values: list[str], h: HdrHistogram) -> None:
+    cum = cumulative_counts(h, PROMETHEUS_BUCKETS_S)
+    total = h.get_total_count()
+    buckets = [(repr(b), float(c)) for b, c in zip(PROMETHEUS_BUCKETS_S, cum, strict=True)]
+    buckets.append(("+Inf", float(total)))
+    m.add_metric(values, buckets, sum_value=h.get_mean_value() * total / 1e6 if total else 0.0)
 
 
 def build_registry(totals: Totals, run_id: Callable[[], str], scenario: str) -> CollectorRegistry:

@@ -72,6 +72,8 @@ class Totals:
         self.reports = 0
         self.final_delivered = 0  # deliveries that reached the coordinator only with a worker's final data
         self.finals: set[str] = set()  # workers whose final data arrived
+        #: per network profile (weak networks; empty without a profile mix): latency, catchup, counts
+        self.profiles: dict[str, dict[str, Any]] = {}
 
     # -- merging worker data
     def merge(self, wire: dict[str, Any], worker: str = "local") -> None:
@@ -83,6 +85,14 @@ class Totals:
         self.latency.merge(wire["latency"])
         self.send_ack.merge(wire["send_ack"])
         self.catchup.merge(wire["catchup"])
+        for name, part in wire.get("profiles", {}).items():
+            prof = self.profiles.get(name)
+            if prof is None:
+                prof = self.profiles[name] = {"latency": Recorder(), "catchup": Recorder(), "counts": {}}
+            prof["latency"].merge(part["latency"])
+            prof["catchup"].merge(part["catchup"])
+            for k, v in part["counts"].items():
+                prof["counts"][k] = prof["counts"].get(k, 0) + int(v)
         for gid, seq, w in wire["fan"]:
             key = (gid, seq)
             if key in self._settled:
@@ -208,6 +218,9 @@ class Totals:
             "generator_health_from": self.measure_from,
             "generator_saturated": bool(reasons),
             "generator_saturated_reasons": reasons,
+            "by_profile": {name: {"delivery_latency_ms": summary_ms(p["latency"].h, (50, 90, 99, 99.9)),
+                                  "catchup_ms": summary_ms(p["catchup"].h, (50, 99)), **p["counts"]}
+                           for name, p in sorted(self.profiles.items())},
         }
 
     def histograms(self) -> dict[str, str]:

@@ -183,10 +183,13 @@ def test_frozen_ledger_ignores_pushes() -> None:
     assert ledger.delivered == 0
 
 
-def _worker(uids: list[int], drop: set[tuple[int, int]], seqs: int) -> dict[str, Any]:
+def _worker(uids: list[int], drop: set[tuple[int, int]], seqs: int,
+            profiles: dict[int, str] | None = None) -> dict[str, Any]:
     ledger = Ledger()
     for uid in uids:
         rl = ledger.receiver(uid)
+        if profiles:
+            rl.profile = profiles[uid]
         rl.on_connect(hello(0, sts=T0 - 1000))
         for s in range(1, seqs + 1):
             if (uid, s) not in drop:
@@ -253,11 +256,26 @@ def test_generator_metrics_names_and_values() -> None:
     registry = build_registry(totals, lambda: "run1", "unit")
     labels = {"run_id": "run1", "scenario": "unit"}
     assert registry.get_sample_value("chatbench_messages_delivered_total", labels) == 10
-    assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", labels) == 10
+    assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", {**labels, "profile": "direct"}) == 10
     assert registry.get_sample_value("chatbench_generator_cpu_ratio", {**labels, "worker": "w0"}) == 0.5
     exposed = {m.name for m in registry.collect()}
     for name in METRIC_NAMES:
         assert name.removesuffix("_total") in exposed
+
+
+def test_generator_metrics_by_profile() -> None:
+    totals = Totals()
+    totals.merge(_worker([1, 2, 3], set(), 4, {1: "direct", 2: "3g", 3: "3g"}), "w0")
+    totals.merge(_worker([4], set(), 4, {4: "subway"}), "w1")
+    totals.profiles["subway"]["counts"]["reconnects"] = 2
+    registry = build_registry(totals, lambda: "run1", "unit")
+    labels = {"run_id": "run1", "scenario": "unit"}
+    for prof, n in (("direct", 4), ("3g", 8), ("subway", 4)):
+        assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", {**labels, "profile": prof}) == n
+    assert registry.get_sample_value("chatbench_reconnects_total", {**labels, "profile": "subway"}) == 2
+    assert registry.get_sample_value("chatbench_messages_delivered_total", labels) == 16  # not split
+    by = totals.metrics()["by_profile"]
+    assert set(by) == {"direct", "3g", "subway"} and by["3g"]["delivery_latency_ms"]["count"] == 8
 
 
 def test_bundle_files_are_never_overwritten(tmp_path: Path) -> None:

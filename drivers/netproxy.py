@@ -1,0 +1,82 @@
+"""The impairing proxies of a ``--profile-mix`` run, one set per generator process.
+
+The first member of a process that needs an impaired profile starts ``python -m drivers.proxy --profile A
+--profile B ...`` — one listener per profile of the mix on a free port of 127.0.0.1, upstream = ``--host`` — and
+every member of that profile connects through its listener. The proxy runs as a child process of the generator,
+not in it: Locust monkey-patches the generator with gevent (an asyncio loop in it would share the hub and the
+GIL with the receive path, and the per-frame work of the proxy would eat the generator's CPU). The child dies
+with its parent (``PR_SET_PDEATHSIG`` where Linux offers it; ``quitting``/``atexit`` otherwise).
+"""
+
+from __future__ import annotations
+
+from locust import events
+from locust.env import Environment
+
+import atexit
+import contextlib
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import orjson
+
+from drivers import swarm
+from drivers.profiles import DIRECT, parse_mix
+
+_lock = threading.Lock()
+_proc: subprocess.Popen[bytes] | None = None
+_urls: dict[str, str] = {}
+_mix: dict[str, dict[str, float]] = {}
+
+
+def mix(env: Environment) -> dict[str, float]:
+    """The run's profile mix (parsed once per process); {} without ``--profile-mix``."""
+    spec = str(swarm.option(env, "profile_mix", "") or "")
+    if spec not in _mix:
+        _mix[spec] = parse_mix(spec)
+    return _mix[spec]
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def url(env: Environment, profile: str) -> str:
+    """The ws:// URL of ``profile``'s proxy in this process (started on first use)."""
+    global _proc
+    with _lock:
+        if not _urls:
+            names = [n for n in mix(env) if n != DIRECT]
+            upstream = str(env.host or "").removeprefix("ws://").rstrip("/")
+            cmd = [sys.executable, "-m", "drivers.proxy", "--upstream", upstream, "--duration", "86400"]
+            for n in names:
+                cmd += ["--profile", n]
+            _proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+            assert _proc.stdout is not None
+            line = _proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the impairing proxy did not start: {' '.join(cmd)}")
+            _urls.update(orjson.loads(line))
+    return _urls[profile]
+
+
+def stop(**_: Any) -> None:
+    global _proc
+    proc, _proc = _proc, None
+    _urls.clear()
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.poll() is None:
+            proc.kill()
+
+
+events.quitting.add_listener(stop)
+atexit.register(stop)
