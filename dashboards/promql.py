@@ -59,6 +59,11 @@ def server_gauge(metric: str, by: str, agg: str = "sum") -> str:
     return f"{agg} by ({by}) ({server(f'{metric}{{{SERVER}}}')})"
 
 
+def generator_gauge(metric: str, by: str, matchers: str = "", agg: str = "max") -> str:
+    sel = f"{metric}{{{GENERATOR}{', ' + matchers if matchers else ''}}}"
+    return f"{agg} by ({by}) ({generator(sel)})"
+
+
 def server_quantile(q: float, histogram: str, by: str) -> str:
     """Quantile of a server histogram (``histogram`` without ``_bucket``), buckets merged across gateways."""
     return f"histogram_quantile({q}, sum by (le, {by}) ({server(f'rate({histogram}_bucket{{{SERVER}}}{RATE})')}))"

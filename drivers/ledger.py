@@ -59,7 +59,8 @@ _SYNC_LIMIT: Final = 1000
 
 
 #: counted per network profile too (weak networks); ``members``: users of the profile that connected
-PROFILE_COUNTERS: Final = ("members", "reconnects", "reconnect_failures", "dead_connections")
+PROFILE_COUNTERS: Final = ("members", "reconnects", "reconnect_failures", "dead_connections", "delivered", "lost",
+                            "duplicated", "reordered")
 
 
 def now_us() -> int:
@@ -94,6 +95,12 @@ class ReceiverLedger:
         self.online = False
         self.repairing = False  # a repair is in flight (the repair loop starts one at a time)
         self.profile: str | None = None  # network profile (weak networks): its figures are also kept apart
+
+    def _fault(self, key: str) -> None:
+        """Count a delivery fault (lost, duplicated, reordered) for the run and for this member's profile."""
+        self.ledger.counts[key] += 1
+        if self.profile is not None:
+            self.ledger.profile(self.profile)["counts"][key] += 1
 
     # -- connection lifecycle
     def on_connect(self, hello: Frame, t_us: int | None = None) -> None:
@@ -156,7 +163,7 @@ class ReceiverLedger:
             ledger.holey.add(self)
         elif seq in gl.holes:
             del gl.holes[seq]
-            ledger.counts["reordered"] += 1
+            self._fault("reordered")
         elif seq <= gl.live_from:
             ledger.counts["overlap"] += 1
             return
@@ -165,17 +172,20 @@ class ReceiverLedger:
             ledger.counts["late_after_repair"] += 1
             return
         else:
-            ledger.counts["duplicated"] += 1
+            self._fault("duplicated")
             return
         ledger.delivered += 1
+        prof = None if self.profile is None else ledger.profile(self.profile)
+        if prof is not None:
+            prof["counts"]["delivered"] += 1
         cts = frame["cts"]
         if not cts:  # a signal (recall, join, leave: cts 0) or a message sent without a timestamp
             self._no_latency(gl, frame)
             return
         lat = t - cts
         ledger.latency.record(lat)
-        if self.profile is not None:
-            ledger.profile(self.profile)["latency"].record(lat)
+        if prof is not None:
+            prof["latency"].record(lat)
         key = (gid, seq)
         fan = ledger.fan.get(key)
         if fan is None:
@@ -296,7 +306,7 @@ class ReceiverLedger:
                 elif tail_cutoff is not None and m["sts"] > tail_cutoff:
                     counts["in_flight_at_stop"] += 1
                 else:
-                    counts["lost"] += 1
+                    self._fault("lost")
                     counts["repaired"] += 1
                     gl.repaired.add(s)
             if nxt > gl.last:

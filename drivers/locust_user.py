@@ -41,6 +41,7 @@ from drivers.client import ChatClient, ChatClientError
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign
 from drivers.schedule import Schedule
+from drivers.shapes import PhasedShape
 from reference_server import protocol
 
 log = logging.getLogger("chatbench.swarm")
@@ -95,7 +96,16 @@ def _start_metrics(environment: Environment, **_: Any) -> None:
         from drivers.metrics import start_exporter
 
         scenario = Path(str(swarm.option(environment, "locustfile", "") or "")).stem
-        start_exporter(port, swarm.totals, lambda: swarm.run.run_id, scenario)
+        start_exporter(port, swarm.totals, lambda: swarm.run.run_id, scenario, lambda: _phases(environment))
+
+
+def _phases(environment: Environment) -> list[tuple[str, bool]]:
+    """The phased shape's phases and which one runs now (the ``chatbench_phase`` gauge); [] for other shapes."""
+    shape, opts = environment.shape_class, environment.parsed_options
+    if not isinstance(shape, PhasedShape) or opts is None:
+        return []
+    current = shape.phase
+    return [(ph.name, ph.name == current) for ph in shape.phases(opts)]
 
 
 def _reset_uids(**_: Any) -> None:

@@ -36,6 +36,7 @@ COUNTERS: Final = {
     "messages_reordered": ("reordered", "Pushes that arrived after a later seq of the same group"),
     "missed_send_slots": ("missed_send_slots", "Open-model send slots the generator could not keep"),
     "reconnects": ("reconnects", "Successful reconnects"),
+    "dead_connections": ("dead_connections", "Connections found dead by the heartbeat (no pong in time) and replaced"),
     "unread_mismatches": ("unread_mismatches", "Unread counts where the server disagreed with the client's truth"),
 }
 HISTOGRAMS: Final = {
@@ -44,19 +45,24 @@ HISTOGRAMS: Final = {
     "send_ack_seconds": ("send_ack", "Intended send time to ack"),
     "catchup_seconds": ("catchup", "Reconnect start to every group synced up to the reconnect's hello"),
 }
-#: metrics with a ``profile`` label: name -> the per-profile figure (Totals.profiles) it is built from
-BY_PROFILE: Final = {"reconnects": "reconnects", "delivery_latency_seconds": "latency", "catchup_seconds": "catchup"}
+#: metrics with a ``profile`` label (the receiving member's network profile; the figure is kept per profile under
+#: the same ledger key, drivers.ledger.PROFILE_COUNTERS / Totals.profiles). The others are per run: a send, a
+#: fan-out or a send slot has no single receiving profile.
+BY_PROFILE: Final = frozenset({"messages_delivered", "messages_lost", "messages_duplicated", "messages_reordered",
+                               "reconnects", "dead_connections", "delivery_latency_seconds", "catchup_seconds"})
 METRIC_NAMES: Final = (
     *(f"chatbench_{n}_total" for n in COUNTERS), *(f"chatbench_{n}" for n in HISTOGRAMS),
-    "chatbench_generator_cpu_ratio",
+    "chatbench_generator_cpu_ratio", "chatbench_profile_members", "chatbench_phase",
 )
 
 
 class GeneratorCollector(Collector):
-    def __init__(self, totals: Totals, run_id: Callable[[], str], scenario: str) -> None:
+    def __init__(self, totals: Totals, run_id: Callable[[], str], scenario: str,
+                 phases: Callable[[], list[tuple[str, bool]]] = list) -> None:
         self.totals = totals
         self.run_id = run_id
         self.scenario = scenario
+        self.phases = phases  # the scenario's phases, (name, active now), in order; [] without a phased shape
 
     def collect(self) -> Iterator[Metric]:
         t = self.totals
@@ -69,7 +75,7 @@ class GeneratorCollector(Collector):
                 c = CounterMetricFamily(f"chatbench_{name}", doc, labels=[*labels, "profile"])
                 if profiles:
                     for prof, part in profiles:
-                        c.add_metric([*values, prof], float(part["counts"].get(BY_PROFILE[name], 0)))
+                        c.add_metric([*values, prof], float(part["counts"].get(key, 0)))
                 else:
                     c.add_metric([*values, DIRECT], float(t.counts.get(key, 0)))
                 yield c
@@ -82,7 +88,7 @@ class GeneratorCollector(Collector):
                 m = HistogramMetricFamily(f"chatbench_{name}", doc, labels=[*labels, "profile"])
                 if profiles:
                     for prof, part in profiles:
-                        _add_histogram(m, [*values, prof], part[BY_PROFILE[name]].h)
+                        _add_histogram(m, [*values, prof], part[attr].h)
                 else:
                     _add_histogram(m, [*values, DIRECT], getattr(t, attr).h)
                 yield m
@@ -95,6 +101,16 @@ class GeneratorCollector(Collector):
         for worker, health in sorted(t.health.items()):
             g.add_metric([*values, worker], health["cpu_last"])
         yield g
+        g = GaugeMetricFamily("chatbench_profile_members", "Members that connected through each network profile",
+                              labels=[*labels, "profile"])
+        for prof, part in profiles:
+            g.add_metric([*values, prof], float(part["counts"].get("members", 0)))
+        yield g
+        g = GaugeMetricFamily("chatbench_phase", "The scenario's phases: 1 for the current one, 0 for the others",
+                              labels=[*labels, "phase"])
+        for phase, active in self.phases():
+            g.add_metric([*values, phase], 1.0 if active else 0.0)
+        yield g
 
 
 def _add_histogram(m: HistogramMetricFamily, values: list[str], h: HdrHistogram) -> None:
@@ -105,14 +121,16 @@ def _add_histogram(m: HistogramMetricFamily, values: list[str], h: HdrHistogram)
     m.add_metric(values, buckets, sum_value=h.get_mean_value() * total / 1e6 if total else 0.0)
 
 
-def build_registry(totals: Totals, run_id: Callable[[], str], scenario: str) -> CollectorRegistry:
+def build_registry(totals: Totals, run_id: Callable[[], str], scenario: str,
+                   phases: Callable[[], list[tuple[str, bool]]] = list) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(GeneratorCollector(totals, run_id, scenario))
+    registry.register(GeneratorCollector(totals, run_id, scenario, phases))
     return registry
 
 
-def start_exporter(port: int, totals: Totals, run_id: Callable[[], str], scenario: str) -> CollectorRegistry:
+def start_exporter(port: int, totals: Totals, run_id: Callable[[], str], scenario: str,
+                   phases: Callable[[], list[tuple[str, bool]]] = list) -> CollectorRegistry:
     """Serve the generator metrics on 127.0.0.1:port (a daemon thread; a greenlet under Locust)."""
-    registry = build_registry(totals, run_id, scenario)
+    registry = build_registry(totals, run_id, scenario, phases)
     start_http_server(port, addr="127.0.0.1", registry=registry)
     return registry

@@ -1,5 +1,6 @@
 """Integration: every panel query of every committed dashboard, evaluated by a real Prometheus scraping a real
-server and a real Locust swarm (the smoke scenario, exporting chatbench_* on --metrics-port), while real
+server and a real Locust swarm (a small reconnect storm with 30 % of its members behind the wifi impairing proxy,
+exporting chatbench_* on --metrics-port, phases and profiles included), while real
 WebSocket clients add what the scenario does not do (reconnects with sync, an error frame, a refused handshake).
 
 Template variables are substituted the way Grafana would (run id and modes of this run, All = ``.*``,
@@ -47,13 +48,6 @@ PENDING = {
     "chat_bus_": "cluster only: the embedded server this test runs has no bus, so chat_bus_*_total never "
                  "appear (covering them needs a cluster run here: Redis + logic node + gateways)",
 }
-PROFILE_PENDING = ("pending: no chatbench_* series carries a `profile` label yet (drivers/metrics.py labels "
-                   "run_id, scenario; the weak-network profile label is not exported)")
-# histograms the swarm exports but no scenario observes yet: their quantiles are NaN in this run
-EMPTY = {
-    "chatbench_catchup_seconds": "pending: no scenario reconnects yet, so chatbench_catchup_seconds has no "
-                                 "observations (needs a reconnect-storm scenario in scenarios/)",
-}
 METRIC = re.compile(r"\b(chat(?:bench)?_[a-z0-9_]+)")
 
 
@@ -93,11 +87,14 @@ class Observed:
 
 
 def _swarm(srv: ServerProcess, port: int, results: Path) -> subprocess.Popen[str]:
-    """The smoke scenario, headless, one process, its generator metrics on ``port``."""
-    cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "scenarios" / "smoke.py"), "--headless",
-           "--only-summary", "-u", "8", "-r", "8", "-t", "6s", "--host", srv.ws_url, "--admin-url", srv.admin_url,
+    """A reconnect storm (phases; catch-up after the storm), headless, one process, 30 % of the members behind the
+    wifi proxy (profile labels), its generator metrics on ``port``."""
+    cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "scenarios" / "reconnect_storm.py"), "--headless",
+           "--only-summary", "--members", "12", "--connect-rate", "100", "--senders", "2", "--rate", "10",
+           "--offline-pct", "50", "--steady-s", "2", "--offline-s", "2", "--storm-s", "3", "--tail-s", "1",
+           "--profile-mix", "wifi:30", "--host", srv.ws_url, "--admin-url", srv.admin_url,
            "--admin-token", ADMIN_TOKEN, "--chat-secret", SECRET, "--results-dir", str(results),
-           "--metrics-port", str(port), "--stop-timeout", "3", "--send-interval", "0.2"]
+           "--metrics-port", str(port), "--stop-timeout", "3"]
     return subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -201,13 +198,6 @@ def pending_reason(t: Target, obs: Observed) -> str | None:
         for prefix, reason in PENDING.items():
             if name.startswith(prefix):
                 return reason
-    for name, reason in EMPTY.items():
-        if name in t.expr and obs.prom.value(f'sum(max_over_time({name}_count{{run_id="{obs.run_id}"}}[1h]))') == 0:
-            return reason
-    if "$profile" in t.expr:
-        profiles = obs.prom.api("label/profile/values")
-        if not profiles:
-            return PROFILE_PENDING
     return None
 
 
@@ -258,3 +248,16 @@ def test_generated_queries_cover_the_run(observed: Observed) -> None:
     expr = substitute(panel["targets"][0]["expr"], observed, instant=True)
     ratio = observed.prom.value(expr, at=observed.end)
     assert 1 <= ratio <= MEMBERS - 1, ratio
+
+
+def test_phases_and_profiles_reach_prometheus(observed: Observed) -> None:
+    """The generator exports the scenario's phases (the annotation source) and splits by network profile."""
+    prom = observed.prom
+    sel = f'run_id="{observed.run_id}"'
+    assert set(prom.api("label/profile/values", **{"match[]": f"chatbench_delivery_latency_seconds_count{{{sel}}}"})) \
+        == {"direct", "wifi"}
+    phases = prom.api("label/phase/values", **{"match[]": f"chatbench_phase{{{sel}}}"})
+    assert {"steady", "offline", "storm", "tail"} <= set(phases), phases
+    assert prom.value(f'max_over_time(chatbench_phase{{{sel}, phase="storm"}}[1h])', at=observed.end) == 1
+    members = prom.value(f"sum(max_over_time(chatbench_profile_members{{{sel}}}[1h]))", at=observed.end)
+    assert members == 12

@@ -255,8 +255,9 @@ def test_generator_metrics_names_and_values() -> None:
     totals.merge_health("w0", {"cpu": [(1.0, 0.5)], "lag_ms": [(1.0, 3.0)]})
     registry = build_registry(totals, lambda: "run1", "unit")
     labels = {"run_id": "run1", "scenario": "unit"}
-    assert registry.get_sample_value("chatbench_messages_delivered_total", labels) == 10
-    assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", {**labels, "profile": "direct"}) == 10
+    direct = {**labels, "profile": "direct"}  # without a --profile-mix every member is direct
+    assert registry.get_sample_value("chatbench_messages_delivered_total", direct) == 10
+    assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", direct) == 10
     assert registry.get_sample_value("chatbench_generator_cpu_ratio", {**labels, "worker": "w0"}) == 0.5
     exposed = {m.name for m in registry.collect()}
     for name in METRIC_NAMES:
@@ -273,9 +274,30 @@ def test_generator_metrics_by_profile() -> None:
     for prof, n in (("direct", 4), ("3g", 8), ("subway", 4)):
         assert registry.get_sample_value("chatbench_delivery_latency_seconds_count", {**labels, "profile": prof}) == n
     assert registry.get_sample_value("chatbench_reconnects_total", {**labels, "profile": "subway"}) == 2
-    assert registry.get_sample_value("chatbench_messages_delivered_total", labels) == 16  # not split
+    assert registry.get_sample_value("chatbench_messages_sent_total", labels) == 0  # per run: no profile label
     by = totals.metrics()["by_profile"]
     assert set(by) == {"direct", "3g", "subway"} and by["3g"]["delivery_latency_ms"]["count"] == 8
+
+
+def test_faults_are_counted_per_receiving_profile() -> None:
+    ledger = Ledger()
+    slow, fast = ledger.receiver(1), ledger.receiver(2)
+    slow.profile, fast.profile = "3g", "direct"
+    for rl in (slow, fast):
+        rl.on_connect(hello(0, sts=T0 - 1000))
+    for s in (1, 3, 2, 3):  # 3g: seq 2 arrives after 3 (reordered), then 3 again (duplicated)
+        slow.on_push(push(s, cts=T0 + s))
+    for s in (1, 2, 3):
+        fast.on_push(push(s, cts=T0 + s))
+    totals = Totals()
+    totals.merge(ledger.take(), "w0")
+    registry = build_registry(totals, lambda: "run1", "unit")
+    labels = {"run_id": "run1", "scenario": "unit"}
+    for name, want in (("delivered", (3, 3)), ("reordered", (1, 0)), ("duplicated", (1, 0))):
+        got = tuple(registry.get_sample_value(f"chatbench_messages_{name}_total", {**labels, "profile": prof})
+                    for prof in ("3g", "direct"))
+        assert got == want, name
+    assert totals.counts["reordered"] == 1 and totals.counts["duplicated"] == 1
 
 
 def test_bundle_files_are_never_overwritten(tmp_path: Path) -> None:
