@@ -277,6 +277,11 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     for key in ("storage_writes_per_message", "unread_writes_per_message", "bus_messages_per_message"):
         if m.get(key) is not None:
             t.add_row(key.replace("_", " "), f"{m[key]:.2f}")
+    for key, v in outcome.bundle.get("scenario_results", {}).items():  # the scenario's own scalar figures
+        if isinstance(v, bool | str):
+            t.add_row(f"scenario: {key}", str(v))
+        elif isinstance(v, int | float):
+            t.add_row(f"scenario: {key}", f"{v:,.0f}" if float(v).is_integer() else f"{v:,.3f}")
     t.add_row("run valid", "yes" if m.get("valid") else "NO: " + "; ".join(m.get("invalid_reasons", [])))
     t.add_row("locust exit code", str(outcome.locust_rc))
     console.print(t)
