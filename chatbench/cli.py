@@ -16,6 +16,7 @@ it never reaches into their internals. Everything it starts it stops, also on Ct
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import datetime
 import itertools
@@ -183,7 +184,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             prom = stack.enter_context(PrometheusProcess(targets, data_dir=prometheus_dir(args, run_id),
                                                          labels={"run_id": run_id}))
             console.print(f"[bold]prometheus[/] pid {prom.pid} {prom.url} run_id={run_id} data {prom.data_dir}")
-        console.print(f"[bold]swarm[/] {locustfile.name}: {cfg.users} users for {cfg.duration}"
+        size = "its LoadTestShape sets users and duration" if has_shape(locustfile) \
+            else f"{cfg.users} users for {cfg.duration}"
+        console.print(f"[bold]swarm[/] {locustfile.name}: {size}"
                       f"{f' over {cfg.processes} processes' if cfg.processes > 1 else ''}")
         outcome = execute(cfg, servers, tmp, swarm_metrics)
         if outcome.bundle is not None and prom is not None:
@@ -235,6 +238,13 @@ def cmd_dashboards_push(args: argparse.Namespace) -> int:
         console.print(f"{answer.get('status', '?')}: {answer.get('url', answer.get('uid'))} "
                       f"(version {answer.get('version')})")
     return 0
+
+
+def has_shape(locustfile: Path) -> bool:
+    """Whether the scenario defines a LoadTestShape (Locust then ignores -u/-t): a class deriving from *Shape."""
+    tree = ast.parse(locustfile.read_text(), str(locustfile))
+    return any(isinstance(node, ast.ClassDef) and any(ast.unparse(b).endswith("Shape") for b in node.bases)
+               for node in tree.body)
 
 
 def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:

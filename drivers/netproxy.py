@@ -1,7 +1,8 @@
 """The impairing proxies of a ``--profile-mix`` run, one set per generator process.
 
 The first member of a process that needs an impaired profile starts ``python -m drivers.proxy --profile A
---profile B ...`` — one listener per profile of the mix on a free port of 127.0.0.1, upstream = ``--host`` — and
+--profile B ...`` — one listener per profile of the mix on a free port of 127.0.0.1, upstream = ``--host``, or in a
+cluster (``--front-url``) the gateway the front picks for each new connection — and
 every member of that profile connects through its listener. The proxy runs as a child process of the generator,
 not in it: Locust monkey-patches the generator with gevent (an asyncio loop in it would share the hub and the
 GIL with the receive path, and the per-frame work of the proxy would eat the generator's CPU). The child dies
@@ -54,7 +55,8 @@ def url(env: Environment, profile: str) -> str:
         if not _urls:
             names = [n for n in mix(env) if n != DIRECT]
             upstream = str(env.host or "").removeprefix("ws://").rstrip("/")
-            cmd = [sys.executable, "-m", "drivers.proxy", "--upstream", upstream, "--duration", "86400"]
+            cmd = [sys.executable, "-m", "drivers.proxy", "--upstream", upstream, "--duration", "86400",
+                   "--upstream-front", str(swarm.option(env, "front_url", "") or "")]
             for n in names:
                 cmd += ["--profile", n]
             _proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)

@@ -32,6 +32,7 @@ import struct
 import threading
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -310,8 +311,9 @@ class Pipe:
 
     async def run(self) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(self.proxy.upstream_host, self.proxy.upstream_port)
-        except OSError:
+            host, port = await self.proxy.pick_upstream()
+            up_reader, up_writer = await asyncio.open_connection(host, port)
+        except (OSError, ValueError, KeyError):
             self.client_writer.close()
             return
         self.up_writer = up_writer
@@ -427,10 +429,11 @@ class Proxy:
     """Listen on ``host:port`` (0 = any free port) and proxy every connection to the upstream server."""
 
     def __init__(self, upstream: str, *, host: str = "127.0.0.1", port: int = 0,
-                 action_factory: Callable[[Pipe], FrameAction] | None = None) -> None:
-        up_host, up_port = upstream.rsplit(":", 1)
-        self.upstream_host = up_host.removeprefix("ws://")
-        self.upstream_port = int(up_port.rstrip("/"))
+                 action_factory: Callable[[Pipe], FrameAction] | None = None, front_url: str = "") -> None:
+        self.upstream_host, self.upstream_port = _host_port(upstream)
+        #: a cluster front (GET → {"url": "ws://gateway"}): asked for every new connection, as a direct client
+        #: would, so impaired members spread over the gateways by load too; ``upstream`` is then unused
+        self.front_url = front_url
         self.host = host
         self.port = port
         self.action_factory: Callable[[Pipe], FrameAction] = action_factory or (lambda _pipe: FrameAction())
@@ -446,6 +449,17 @@ class Proxy:
     @property
     def url(self) -> str:
         return f"ws://{self.host}:{self.port}"
+
+    async def pick_upstream(self) -> tuple[str, int]:
+        """The server for a new connection: the front's pick (asked off the loop), or the fixed upstream."""
+        if not self.front_url:
+            return self.upstream_host, self.upstream_port
+
+        def ask() -> bytes:
+            with urllib.request.urlopen(self.front_url, timeout=10) as resp:
+                return bytes(resp.read())
+
+        return _host_port(str(orjson.loads(await asyncio.to_thread(ask))["url"]))
 
     async def serve(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port, backlog=4096)
@@ -511,6 +525,12 @@ class Proxy:
             self._thread.join(5)
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    """``ws://host:port/`` or ``host:port`` → (host, port)."""
+    host, port = url.removeprefix("ws://").rstrip("/").rsplit(":", 1)
+    return host, int(port)
+
+
 def impairing(profile: Profile) -> Callable[[Pipe], FrameAction]:
     """An ``action_factory``: every connection gets its own :class:`Impair` of ``profile``."""
     return lambda _pipe: Impair(profile)
@@ -520,6 +540,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--listen", default="127.0.0.1:0")
     p.add_argument("--upstream", default="127.0.0.1:8765")
+    p.add_argument("--upstream-front", default="", metavar="URL",
+                   help="a cluster front (chatbench serve --cluster: LOGIC_ADMIN/gateway) asked for the gateway of "
+                   "every new connection, instead of the fixed --upstream")
     p.add_argument("--delay-ms", type=float, default=0.0, help="fixed delay of every server→client frame")
     p.add_argument("--profile", action="append", default=[], choices=sorted(PROFILES),
                    help="impair with this network profile (drivers/profiles.py); repeat for one listener per "
@@ -529,11 +552,12 @@ def main(argv: list[str] | None = None) -> None:
     host, port = args.listen.rsplit(":", 1)
     delay = args.delay_ms / 1000
     if args.profile:
-        proxies = {name: Proxy(args.upstream, host=host, action_factory=impairing(PROFILES[name]))
-                   for name in args.profile}
+        proxies = {name: Proxy(args.upstream, host=host, action_factory=impairing(PROFILES[name]),
+                               front_url=args.upstream_front) for name in args.profile}
     else:
         proxies = {"": Proxy(args.upstream, host=host, port=int(port),
-                             action_factory=(lambda _p: Delay(delay)) if delay else None)}
+                             action_factory=(lambda _p: Delay(delay)) if delay else None,
+                             front_url=args.upstream_front)}
 
     async def run() -> None:
         for proxy in proxies.values():

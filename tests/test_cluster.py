@@ -252,3 +252,27 @@ def test_front_assigns_by_load_not_round_robin(cluster_factory: Any) -> None:
     assert sorted(picks[10:]) == [1, 1, 2, 2]
     for m in crowd:
         m.client.close()
+
+
+def test_impaired_members_reach_the_gateways_through_the_front(cluster_factory: Any) -> None:
+    """A --profile-mix proxy in a cluster asks the front for each new connection: impaired members spread by load
+    like direct ones (the emptier gateway gets them), and their pushes still arrive."""
+    from drivers.profiles import PROFILES
+    from drivers.proxy import Proxy, impairing
+
+    c: Cluster = cluster_factory(2, "routed")
+    c.admin.create_users(1, 20)
+    c.admin.create_groups({1: list(range(1, 21))})
+    crowd = [Member(uid, c.gateways[0].ws_url) for uid in range(1, 11)]  # gateway 1 already holds 10
+    proxy = Proxy("127.0.0.1:1", front_url=c.front_url, action_factory=impairing(PROFILES["wifi"])).start_in_thread()
+    try:
+        time.sleep(1.5)  # the gateways report their load every 0.5 s; the front reads it every second
+        impaired = [Member(uid, proxy.url) for uid in range(11, 15)]  # the fixed upstream (port 1) is never used
+        assert [metrics(gw.admin_url)["chat_connections"] for gw in c.gateways] == [10, 4]
+        seq = crowd[0].client.send(1, "through the front")["seq"]
+        for m in crowd[1:] + impaired:
+            assert m.wait(1) == [seq], m.uid
+        for m in crowd + impaired:
+            m.client.close()
+    finally:
+        proxy.stop()
