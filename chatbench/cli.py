@@ -278,6 +278,9 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
                   f"{prof.get('reconnects', 0)} / {prof.get('dead_connections', 0)}")
         if lat:
             t.add_row(f"profile {name}: latency p50 / p99", f"{lat['p50']:.1f} / {lat['p99']:.1f} ms")
+        injected = {k.removeprefix("injected_"): v for k, v in prof.items() if k.startswith("injected_")}
+        if injected:  # what the impairing proxy did to this profile's connections
+            t.add_row(f"profile {name}: proxy did", ", ".join(f"{k} {v:,}" for k, v in sorted(injected.items())))
     t.add_row("server CPU (schedstat, all processes)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
     if cpu > 0 and deliveries:
         t.add_row("deliveries per server CPU-second", f"{deliveries / cpu:,.0f}")

@@ -288,6 +288,8 @@ class ReceiverLedger:
             for s in range(after + 1, nxt + 1):
                 if only is not None and (s not in only or s not in gl.holes):
                     continue  # not asked for, or resolved meanwhile (a late push, a concurrent repair)
+                if only is None and not catchup and s <= gl.last and s not in gl.holes:
+                    continue  # pushed while this sync was on its way: a slow link delivers queued pushes first
                 gl.holes.pop(s, None)
                 m = visible.get(s)
                 if m is not None and m.get("kind") is not None:

@@ -19,12 +19,14 @@ import contextlib
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import IO, Any, Final
 
 import orjson
 
 from drivers import swarm
 from drivers.profiles import DIRECT, parse_mix
+
+REPORT_S: Final = 1.0  # how often the proxy child reports its impairment counts
 
 _lock = threading.Lock()
 _proc: subprocess.Popen[bytes] | None = None
@@ -55,7 +57,8 @@ def url(env: Environment, profile: str) -> str:
         if not _urls:
             names = [n for n in mix(env) if n != DIRECT]
             upstream = str(env.host or "").removeprefix("ws://").rstrip("/")
-            cmd = [sys.executable, "-m", "drivers.proxy", "--upstream", upstream, "--duration", "86400",
+            cmd = [sys.executable, "-m", "drivers.proxy", "--upstream", upstream, "--duration", "86400", "--report-s",
+                   str(REPORT_S),
                    "--upstream-front", str(swarm.option(env, "front_url", "") or "")]
             for n in names:
                 cmd += ["--profile", n]
@@ -65,7 +68,24 @@ def url(env: Environment, profile: str) -> str:
             if not line:
                 raise RuntimeError(f"the impairing proxy did not start: {' '.join(cmd)}")
             _urls.update(orjson.loads(line))
+            threading.Thread(target=_read_reports, args=(_proc.stdout,), daemon=True, name="netproxy-reports").start()
     return _urls[profile]
+
+
+def _read_reports(stdout: IO[bytes]) -> None:
+    """Add the proxy's impairment counts (cumulative per profile, a line every REPORT_S) to this process's ledger
+    as deltas, ``injected_<what>`` in the profile's counts: the bundle's ``metrics.by_profile`` then says how many
+    stalls, resets, half-open drops... the members of each profile went through (up to REPORT_S late)."""
+    seen: dict[tuple[str, str], int] = {}
+    for line in stdout:
+        for name, counts in orjson.loads(line).items():
+            target = swarm.ledger.profile(name)["counts"]  # looked up per line: a worker report swaps the dicts
+            for what, n in counts.items():
+                key = f"injected_{what}"
+                delta = int(n) - seen.get((name, key), 0)
+                if delta:
+                    seen[name, key] = int(n)
+                    target[key] = target.get(key, 0) + delta
 
 
 def stop(**_: Any) -> None:

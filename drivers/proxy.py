@@ -548,6 +548,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="impair with this network profile (drivers/profiles.py); repeat for one listener per "
                    "profile on free ports of --listen's host; prints {profile: url} as JSON when ready")
     p.add_argument("--duration", type=float, default=3600.0, help="stop after this many seconds")
+    p.add_argument("--report-s", type=float, default=0.0,
+                   help="with --profile: every this many seconds, print a JSON line {profile: {impairment: count}} "
+                   "of the impairments done so far (connections, stalls, disconnects, resets, half_open, "
+                   "retransmits); 0: never")
     args = p.parse_args(argv)
     host, port = args.listen.rsplit(":", 1)
     delay = args.delay_ms / 1000
@@ -566,7 +570,14 @@ def main(argv: list[str] | None = None) -> None:
             print(orjson.dumps({name: proxy.url for name, proxy in proxies.items()}).decode(), flush=True)
         else:
             print(f"chatbench proxy ready {proxies[''].url} -> {args.upstream}", flush=True)
-        await asyncio.sleep(args.duration)
+        if not (args.profile and args.report_s > 0):
+            await asyncio.sleep(args.duration)
+            return
+        end = time.monotonic() + args.duration
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(args.report_s, left))
+            print(orjson.dumps({name: {"connections": proxy.connections, **proxy.counts}
+                                for name, proxy in proxies.items()}).decode(), flush=True)
 
     asyncio.run(run())
 

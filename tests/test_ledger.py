@@ -142,6 +142,25 @@ def test_reconcile_counts_the_tail_and_in_flight() -> None:
     assert (c["lost"], c["in_flight_at_stop"]) == (2, 1)  # 5 and 6 never came
 
 
+def test_reconcile_does_not_count_pushes_that_arrive_before_its_reply() -> None:
+    """On a stalled link the queued pushes reach the client before the end-of-run sync's reply (one ordered
+    stream): they are deliveries, not losses; a seq that really never came is still lost."""
+    history = {s: push(s) for s in range(1, 9)}
+    server = FakeServer(1, history, 8)
+    ledger, rl = make()
+    for s in range(1, 4):
+        rl.on_push(push(s))
+
+    def slow_link_sync(gid: int, after: int, limit: int) -> dict[str, Any]:
+        for s in (4, 5, 7, 8):  # 6 never comes
+            rl.on_push(push(s))
+        return server.sync(gid, after, limit)
+
+    rl.reconcile(slow_link_sync, cutoff_us=T0 + 500)
+    c = ledger.counts
+    assert (c["lost"], c["duplicated"], ledger.delivered) == (1, 0, 7)
+
+
 def test_unread_oracle_agrees_and_detects_a_wrong_answer() -> None:
     history = {s: push(s) for s in range(1, 11)}
     del history[3]  # private to another member

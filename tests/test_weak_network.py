@@ -11,10 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from chatbench.procs import SECRET, ServerProcess
+from chatbench.procs import REPO, SECRET, ServerProcess
 from drivers.client import ChatClient
 from drivers.ledger import Ledger, now_us
 from drivers.profiles import DIRECT, PROFILES, Profile, assign, parse_mix
@@ -259,3 +260,35 @@ def test_resume_after_drop_loses_nothing(server: ServerProcess) -> None:
     assert counts["catchups"] == 3 and counts["catchup_incomplete"] == 0
     assert counts["in_flight_at_stop"] == counts["repair_failed"] == 0
     assert counts["delivered"] + counts["catchup_msgs"] == 40 * len(rx)
+
+
+@pytest.mark.integration
+def test_weak_network_run_reports_per_profile(tmp_path: Path) -> None:
+    """chatbench run weak_network end to end: members split by the mix, figures per profile in the bundle,
+    the proxy's impairment counts beside them, nothing lost."""
+    import os
+    import subprocess
+    import sys
+
+    import orjson
+
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatbench.cli", "run", "weak_network", "--members", "30", "--senders", "2",
+         "--rate", "10", "--steady-s", "5", "--tail-s", "1", "--profile-mix", "subway:40",
+         "--results-dir", str(results)],
+        cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "profile subway: members / reconnects / dead" in proc.stdout
+    assert "profile subway: proxy did" in proc.stdout
+    (path,) = results.glob("*.json")
+    bundle = orjson.loads(path.read_bytes())
+    by = bundle["metrics"]["by_profile"]
+    assert set(by) == {"direct", "subway"}
+    assert by["direct"]["members"] + by["subway"]["members"] == 30
+    assert 10 <= by["subway"]["members"] <= 13  # 40 % of the 28 non-senders, within one member
+    # every subway member connected through the proxy at least once; direct members never did
+    assert by["subway"]["injected_connections"] >= by["subway"]["members"]
+    assert "injected_connections" not in by["direct"]
+    assert by["subway"]["delivery_latency_ms"]["count"] > 0 and by["direct"]["delivery_latency_ms"]["count"] > 0
+    assert bundle["metrics"]["lost"] == 0
