@@ -468,7 +468,7 @@ class ChangeMembers(AdminJob):
             msg = Message(self.gid, w.next_seq(self.gid), ADMIN_SENDER, 0, sts, "", None, Kind.JOIN,
                           uids=tuple(added))
             w.stage(msg, members)
-            self.signals.append((msg, []))
+            self.signals.append((msg, removed))  # removed by the leave signal below, still members at the join
         if removed:
             w.db.executemany("DELETE FROM members WHERE gid = ? AND uid = ?", ((self.gid, u) for u in removed))
             for u in removed:

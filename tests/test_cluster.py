@@ -276,3 +276,30 @@ def test_impaired_members_reach_the_gateways_through_the_front(cluster_factory: 
             m.client.close()
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("fanout", ["per-user", "broadcast", "routed"])
+def test_membership_changes_while_online_are_exact(cluster_factory: Any, fanout: str) -> None:
+    """Members added or removed while online, with gateways that filter by cached member lists: the newcomer
+    (alone on its gateway) hears its join and everything after; the removed member hears its leave signal and
+    nothing after; everyone else hears each signal once."""
+    c: Cluster = cluster_factory(3, fanout)
+    c.admin.create_users(1, 5)
+    c.admin.create_groups({1: [1, 2, 3, 4]})
+    members = {uid: Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)}
+    members[5] = Member(5, c.gateways[2].ws_url)  # not a member yet; nobody of the group on gateway 3
+    time.sleep(0.3)  # the gateways publish registry changes in 50 ms batches
+    seq = members[1].client.send(1, "before")["seq"]
+    for uid in (2, 3, 4):
+        assert members[uid].wait(1) == [seq]
+    c.admin.change_members(1, add=[5], remove=[3])  # seq + 1: join of 5, seq + 2: leave of 3
+    after = members[1].client.send(1, "after")["seq"]
+    assert after == seq + 3
+    want = {1: [seq + 1, seq + 2], 2: [seq, seq + 1, seq + 2, after], 3: [seq, seq + 1, seq + 2],
+            4: [seq, seq + 1, seq + 2, after], 5: [seq + 1, seq + 2, after]}
+    for uid, seqs in want.items():
+        assert members[uid].wait(len(seqs)) == seqs, (fanout, uid)
+    time.sleep(0.5)  # a duplicate, or a message after the leave, would arrive by now
+    assert {uid: m.wait(0) for uid, m in members.items()} == want, fanout
+    for m in members.values():
+        m.client.close()

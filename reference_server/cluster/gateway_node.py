@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from reference_server import protocol
@@ -106,7 +108,7 @@ class GatewayNode:
     def _on_message(self, data: bytes) -> None:
         m = wire.decode(data)
         online = self.gateway.online
-        if m.kind == wire.GROUP:
+        if m.kind in (wire.GROUP, wire.CHANGE):
             members = self.members.get(m.uid)
             if members is None:
                 self._hold(m)
@@ -133,7 +135,15 @@ class GatewayNode:
 
     def _deliver(self, m: wire.Decoded, members: dict[int, int]) -> None:
         online, seq, sender, frame = self.gateway.online, m.seq, m.sender, m.payload
-        pairs = members.items() if m.to is None else [(u, members.get(u, seq)) for u in m.to]
+        pairs: Iterable[tuple[int, int]]
+        if m.kind == wire.CHANGE:  # a join/leave signal: change the copy first (idempotent: a fresh load has it)
+            for uid in m.joined:
+                members[uid] = seq - 1
+            for uid in m.left:
+                members.pop(uid, None)
+            pairs = itertools.chain(members.items(), ((uid, seq - 1) for uid in m.left))  # the left hear it
+        else:
+            pairs = members.items() if m.to is None else [(u, members.get(u, seq)) for u in m.to]
         delivered = checked = 0
         for uid, join in pairs:
             checked += 1

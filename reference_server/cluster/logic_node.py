@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from reference_server.cluster import wire
@@ -124,6 +125,24 @@ class LogicNode:
             else:
                 gws.pop(gw, None)
         self.metrics.registry_updates.inc(len(gids))
+
+    def route_members(self, gid: int, uids: Sequence[int], delta: int) -> set[int]:
+        """Members added (+1) to or removed (−1) from group ``gid``: count the online ones at their gateways in
+        the routed registry; return those gateways."""
+        touched: set[int] = set()
+        gws = self.group_gateways.setdefault(gid, {})
+        for uid in uids:
+            conn = self.conns.get(uid)
+            if conn is None:
+                continue
+            touched.add(conn.gw)
+            n = gws.get(conn.gw, 0) + delta
+            if n > 0:
+                gws[conn.gw] = n
+            else:
+                gws.pop(conn.gw, None)
+        self.metrics.registry_updates.inc(len(touched))
+        return touched
 
     # -- membership mirror for the gateways' filters
     def members_changed(self, gid: int) -> None:

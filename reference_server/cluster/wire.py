@@ -10,8 +10,14 @@ frames for clients travel already WebSocket-framed, so a gateway only appends by
 | TO_USER | logic → one gateway | uid | a WebSocket frame for that user (a reply) |
 | PUSH | logic → one gateway | uid | a message push for that user (per-user fan-out: one per receiver) |
 | GROUP | logic → gateway(s) | gid, seq, sender, recipients | a WebSocket frame for the members the gateway holds |
+| CHANGE | logic → gateway(s) | gid, seq, joined, left uids | a join/leave signal's frame (see below) |
 | CLOSE_USER | logic → one gateway | uid, close code | reason (UTF-8) |
 | MEMBERS | logic → every gateway | gid | — (the member list changed: drop the cached copy) |
+
+CHANGE travels where the group's messages travel, so a gateway applies a membership change to its copy of the
+member list in seq order with them: no message after a leave reaches the removed member, none after a join misses
+the newcomer, and the removed members hear their leave signal. MEMBERS (after the Redis mirror is rewritten) only
+keeps cold copies fresh.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from typing import Final
+
+from reference_server.protocol import Kind, Message
 
 REQ: Final = 1
 CONNECT: Final = 2
@@ -28,14 +36,16 @@ GROUP: Final = 5
 CLOSE_USER: Final = 6
 MEMBERS: Final = 7
 PUSH: Final = 8
+CHANGE: Final = 9
 
 #: metric label of each type
 KIND_NAMES: Final = {REQ: "request", CONNECT: "control", DISCONNECT: "control", TO_USER: "reply", GROUP: "group",
-                     CLOSE_USER: "control", MEMBERS: "control", PUSH: "push"}
+                     CLOSE_USER: "control", MEMBERS: "control", PUSH: "push", CHANGE: "group"}
 
 _GW_UID = struct.Struct("!BHQ")  # type, gateway id, uid
 _UID = struct.Struct("!BQ")  # type, uid | gid
 _GROUP = struct.Struct("!BQQQI")  # type, gid, seq, sender, recipient count
+_CHANGE = struct.Struct("!BQQII")  # type, gid, seq, joined count, left count
 _CLOSE = struct.Struct("!BQH")  # type, uid, code
 _ID = struct.Struct("!Q")
 
@@ -62,6 +72,21 @@ def group(gid: int, seq: int, sender: int, to: tuple[int, ...] | None, frame: by
     return _GROUP.pack(GROUP, gid, seq, sender, count) + recipients + frame
 
 
+def change(gid: int, seq: int, joined: tuple[int, ...], left: tuple[int, ...], frame: bytes) -> bytes:
+    ids = b"".join(_ID.pack(u) for u in (*joined, *left))
+    return _CHANGE.pack(CHANGE, gid, seq, len(joined), len(left)) + ids + frame
+
+
+def for_group(msg: Message, frame: bytes) -> bytes:
+    """The bus message of a group entry for gateways that filter by member list (broadcast, routed): CHANGE for
+    a join/leave signal, GROUP otherwise."""
+    if msg.kind == Kind.JOIN and msg.uids:
+        return change(msg.gid, msg.seq, msg.uids, (), frame)
+    if msg.kind == Kind.LEAVE and msg.uids:
+        return change(msg.gid, msg.seq, (), msg.uids, frame)
+    return group(msg.gid, msg.seq, msg.sender, msg.to, frame)
+
+
 def close_user(uid: int, code: int, reason: str) -> bytes:
     return _CLOSE.pack(CLOSE_USER, uid, code) + reason.encode()
 
@@ -78,6 +103,8 @@ class Decoded:
     seq: int = 0
     sender: int = 0
     to: tuple[int, ...] | None = None
+    joined: tuple[int, ...] = ()  # CHANGE
+    left: tuple[int, ...] = ()
     code: int = 0
     payload: bytes = b""
 
@@ -98,6 +125,12 @@ def decode(data: bytes) -> Decoded:
             to = tuple(_ID.unpack_from(data, off + 8 * i)[0] for i in range(count))
             off += 8 * count
         return Decoded(kind, uid=gid, seq=seq, sender=sender, to=to, payload=data[off:])
+    if kind == CHANGE:
+        _, gid, seq, n_joined, n_left = _CHANGE.unpack_from(data)
+        off = _CHANGE.size
+        ids = tuple(_ID.unpack_from(data, off + 8 * i)[0] for i in range(n_joined + n_left))
+        return Decoded(kind, uid=gid, seq=seq, joined=ids[:n_joined], left=ids[n_joined:],
+                       payload=data[off + 8 * len(ids):])
     if kind == CLOSE_USER:
         _, uid, code = _CLOSE.unpack_from(data)
         return Decoded(kind, uid=uid, code=code, payload=data[_CLOSE.size:])

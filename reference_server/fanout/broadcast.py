@@ -1,7 +1,8 @@
 """Broadcast push (the lesson's answer): one publish per group message on a channel every gateway
 subscribes to; each gateway filters the group's members against its own connections. Cost per group
 message: 1 bus publish, G receipts, and at every gateway a pass over the member list — the filtered-away
-part is ``chat_gateway_filtered_total``, the "empty gateway" cost."""
+part is ``chat_gateway_filtered_total``, the "empty gateway" cost. A join/leave signal goes as a CHANGE
+message: each gateway applies it to its member copy in seq order (and pushes the leave to the removed)."""
 
 from __future__ import annotations
 
@@ -23,5 +24,5 @@ class BroadcastFanout(Fanout):
         self.node = node
 
     def push(self, msg: Message, frame: bytes, group: Group) -> int:
-        self.node.bus.publish(wire.BROADCAST_CHANNEL, wire.group(msg.gid, msg.seq, msg.sender, msg.to, frame))
+        self.node.bus.publish(wire.BROADCAST_CHANNEL, wire.for_group(msg, frame))
         return 0

@@ -1,7 +1,7 @@
 """Routed push: the logic node keeps a registry of gateways per group (updated on every login and
 logout) and publishes one bus message to each gateway that has online members of the group; that gateway
 filters like broadcast. Cost per group message: g bus messages (g = gateways with members online), plus
-registry churn on logins/logouts (``chat_registry_updates_total``)."""
+registry churn on logins/logouts and on members added or removed while online (``chat_registry_updates_total``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from reference_server.cluster import wire
 from reference_server.directory import Group
 from reference_server.fanout import Fanout
-from reference_server.protocol import Message
+from reference_server.protocol import Kind, Message
 
 if TYPE_CHECKING:
     from reference_server.cluster.logic_node import LogicNode
@@ -23,9 +23,14 @@ class RoutedFanout(Fanout):
         self.node = node
 
     def push(self, msg: Message, frame: bytes, group: Group) -> int:
-        gateways = self.node.group_gateways.get(msg.gid)
+        node = self.node
+        if msg.kind == Kind.JOIN and msg.uids:  # the newcomers' gateways hear their join and what follows
+            node.route_members(msg.gid, msg.uids, +1)
+        gateways = set(node.group_gateways.get(msg.gid, ()))
+        if msg.kind == Kind.LEAVE and msg.uids:  # the removed members' gateways hear the leave, then no more
+            gateways |= node.route_members(msg.gid, msg.uids, -1)
         if gateways:
-            data = wire.group(msg.gid, msg.seq, msg.sender, msg.to, frame)
-            for gw in gateways:
-                self.node.bus.publish(wire.gateway_channel(gw), data)
+            data = wire.for_group(msg, frame)
+            for gw in sorted(gateways):
+                node.bus.publish(wire.gateway_channel(gw), data)
         return 0
