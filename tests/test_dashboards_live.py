@@ -1,18 +1,19 @@
 """Integration: every panel query of every committed dashboard, evaluated by a real Prometheus scraping a real
 server and a real Locust swarm (a small reconnect storm with 30 % of its members behind the wifi impairing proxy,
-exporting chatbench_* on --metrics-port, phases and profiles included), while real
-WebSocket clients add what the scenario does not do (reconnects with sync, an error frame, a refused handshake).
+exporting chatbench_* on --metrics-port, phases and profiles included), while real WebSocket clients add what the
+scenario does not do (reconnects with sync, an error frame, a refused handshake). Targets over bus series (only a
+cluster has a bus) are evaluated against a second Prometheus scraping a real 2-gateway broadcast cluster on Redis.
 
 Template variables are substituted the way Grafana would (run id and modes of this run, All = ``.*``,
-``${split:csv}`` = every mode label). Each target must return at least one finite sample. Targets over series
-nobody exports yet are skipped, each with the name of what is missing; nothing is ever written into Prometheus
-but what the processes themselves export.
+``${split:csv}`` = every mode label). Each target must return at least one finite sample; none is skipped.
+Nothing is ever written into Prometheus but what the processes themselves export.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 import pytest
 
 import dashboards
+from chatbench.cluster import Cluster
 from chatbench.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess, free_port
 from chatbench.prom import SERVER_JOB, SWARM_JOB, PrometheusError, PrometheusProcess, available
 from drivers.client import ChatClient, ConnectRefused, ServerError
@@ -41,13 +43,9 @@ RATE_INTERVAL = "4s"
 MEMBERS = 16
 FIRST_UID = 500_001  # clear of the swarm's uids (worker w: w * 1,000,000 + 1 ...)
 GID = 1
-# metric -> why nothing exports it yet; a target is skipped only if it uses one of these AND Prometheus has no
-# such series. Any other empty result fails.
-PENDING = {
-    # labelled counters appear with their first increment; the embedded server has no bus
-    "chat_bus_": "cluster only: the embedded server this test runs has no bus, so chat_bus_*_total never "
-                 "appear (covering them needs a cluster run here: Redis + logic node + gateways)",
-}
+#: series only a cluster exports (the embedded server has no bus): their targets are checked against a second,
+#: cluster run (Redis + logic node + 2 gateways in broadcast mode) scraped by its own Prometheus
+CLUSTER_ONLY = ("chat_bus_",)
 METRIC = re.compile(r"\b(chat(?:bench)?_[a-z0-9_]+)")
 
 
@@ -178,6 +176,45 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
             yield Observed(prom, run_id, modes, start - 2, time.time(), prom.metric_names())
 
 
+@pytest.fixture(scope="module")
+def observed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    """A broadcast cluster (Redis, logic node, 2 gateways), every node scraped, members on both gateways."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server missing (apt-get install redis-server): the bus panels need a cluster run")
+    tmp: Path = tmp_path_factory.mktemp("prom-cluster")
+    run_id = f"test-{uuid.uuid4().hex[:8]}"
+    cluster = Cluster(2, fanout="broadcast").start()
+    try:
+        assert cluster.logic is not None
+        modes = {k: str(v) for k, v in cluster.admin.health()["modes"].items()}
+        nodes = [cluster.logic, *cluster.gateways]
+        targets = {SERVER_JOB: [f"127.0.0.1:{n.admin_port}" for n in nodes]}
+        with PrometheusProcess(targets, data_dir=tmp / "prometheus", labels={"run_id": run_id}) as prom:
+            prom.wait_for(f'count(up{{run_id="{run_id}"}} == 1)', min_value=len(nodes))  # counters seen at 0
+            start = time.time()
+            uids = list(range(1, 9))
+            cluster.admin.create_users(1, len(uids))
+            cluster.admin.create_groups({GID: uids})
+            clients = [ChatClient(cluster.gateways[uid % 2].ws_url, uid, user_token(SECRET, uid), heartbeat_s=None)
+                       for uid in uids]
+            try:
+                for c in clients:
+                    c.connect()
+                for i in range(40):
+                    clients[i % 3].send(GID, f"m{i}")
+                    time.sleep(0.1)
+            finally:
+                for c in clients:
+                    c.close()
+            received = f'chat_bus_received_total{{run_id="{run_id}"}}'
+            prom.wait_for(f"sum({received})", min_value=1)
+            prom.wait_for(f"count_over_time(chat_messages_accepted_total{{run_id=\"{run_id}\"}}[1m])", min_value=3)
+            time.sleep(2.0)
+            yield Observed(prom, run_id, modes, start - 2, time.time(), prom.metric_names())
+    finally:
+        cluster.stop()
+
+
 def substitute(expr: str, obs: Observed, *, instant: bool) -> str:
     """Grafana's interpolation for this run: the run id and its modes selected, every mode label split on."""
     values = {"run_id": obs.run_id, **obs.modes, "profile": ".*"}
@@ -191,21 +228,13 @@ def substitute(expr: str, obs: Observed, *, instant: bool) -> str:
     return expr
 
 
-def pending_reason(t: Target, obs: Observed) -> str | None:
-    for name in METRIC.findall(t.expr):
-        if name in obs.names:
-            continue
-        for prefix, reason in PENDING.items():
-            if name.startswith(prefix):
-                return reason
-    return None
+def cluster_only(t: Target) -> bool:
+    return any(name.startswith(CLUSTER_ONLY) for name in METRIC.findall(t.expr))
 
 
 @pytest.mark.parametrize("target", TARGETS, ids=[t.id for t in TARGETS])
-def test_panel_query_returns_data(observed: Observed, target: Target) -> None:
-    reason = pending_reason(target, observed)
-    if reason:
-        pytest.skip(reason)
+def test_panel_query_returns_data(request: pytest.FixtureRequest, target: Target) -> None:
+    observed: Observed = request.getfixturevalue("observed_cluster" if cluster_only(target) else "observed")
     expr = substitute(target.expr, observed, instant=target.instant)
     try:
         if target.instant:
