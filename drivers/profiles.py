@@ -11,7 +11,8 @@ FIN or RST reaches the client: only its heartbeat can tell) happen at exponentia
 ``*_every_s``. ``retransmit_pct`` % of server frames arrive ``retransmit_ms`` late: what packet loss looks like
 to an application above TCP (a retransmission timeout), since this userspace proxy cannot drop packets.
 
-0 everywhere = no impairment; ``direct`` is the name of members connected without any proxy.
+0 everywhere = no impairment (``clean``: through the proxy all the same, the control for a mix); ``direct`` is the
+name of members connected without any proxy.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Profile:
 
 
 PROFILES: Final[dict[str, Profile]] = {p.name: p for p in (
+    Profile("clean", "Through the proxy, not impaired: the control run for a mix (the same members pay the same "
+            "proxy CPU on the generator's machine, without any impairment)."),
     Profile("wifi", "Good home Wi-Fi: 20 ms RTT ±5 ms, 20/10 Mbit/s.",
             rtt_ms=20, jitter_ms=5, down_kbps=20_000, up_kbps=10_000),
     Profile("4g", "LTE: 60 ms RTT ±15 ms, 10/5 Mbit/s, a 0.5 s stall every ~2 min (handover).",

@@ -6,11 +6,12 @@ connections that only the heartbeat can detect → reconnect with backoff + full
 Look at, in the bundle's ``metrics.by_profile`` (and the ``profile`` label of the chatbench_ metrics, dashboard
 "Weak network"): delivery latency per profile, reconnects, dead connections (half-open ones found by the
 heartbeat) and catch-up time per profile; ``lost`` must stay 0 (a drop is caught up, not lost). The question the
-scenario answers: do impaired members raise the *direct* members' p99? Run it twice — with the mix and with
-``--profile-mix direct:100`` (same members, none impaired) — and compare ``by_profile.direct``:
+scenario answers: do impaired members raise the *direct* members' p99? Run it twice — with the mix and with the
+same shares through the proxy unimpaired (``clean``: the control, it costs the generator's machine the same proxy
+CPU) — and compare ``by_profile.direct`` (repeat each, compare medians):
 
-    chatbench run weak_network --members 300 --profile-mix 3g:20,subway:10,2g:5,lossy:5
-    chatbench run weak_network --members 300 --profile-mix direct:100
+    chatbench run weak_network --members 1000 --profile-mix 3g:20,subway:10,2g:5,lossy:5
+    chatbench run weak_network --members 1000 --profile-mix clean:40
 
 Every flag has an environment variable (``WN_MEMBERS``, ...). Without ``--profile-mix`` the mix above is used.
 """
