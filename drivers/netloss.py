@@ -1,6 +1,7 @@
 """Real packet loss, for what a userspace proxy cannot do: nftables drops packets inside a network namespace.
 
-This kernel has no ``tc netem`` (docs: FACTS), but network namespaces, veth pairs and nftables work, as root::
+Where the kernel has ``tc netem`` it drops the packets (on the egress of both veth ends); this one has none (docs:
+FACTS), but network namespaces, veth pairs and nftables work, as root, and nftables rules drop them instead::
 
     host (root namespace)  10.213.N.1 ── veth ── 10.213.N.2  namespace chatbench-loss-PID
                                                   nft: numgen random mod 100 < LOSS drop   (both directions)
@@ -63,6 +64,7 @@ class LossyLink:
         self.host_if, self.ns_if = f"cbl{n}h{os.getpid() % 10000}", f"cbl{n}n{os.getpid() % 10000}"
         self.host_ip, self.ns_ip = f"10.213.{n}.1", f"10.213.{n}.2"
         self._relays: list[Proxy] = []
+        self.method = ""  # how packets are dropped: "netem" where the kernel has it, else "nftables"
 
     def __enter__(self) -> LossyLink:
         reason = unavailable()
@@ -90,8 +92,13 @@ class LossyLink:
         return self
 
     def set_loss(self, loss_pct: float) -> None:
-        """Replace the drop rules (both directions) with ``loss_pct`` %."""
+        """Drop ``loss_pct`` % of the packets each way: with ``tc netem`` on the egress of both veth ends where
+        the kernel has netem, else with nftables rules (``method`` says which)."""
         self.loss_pct = loss_pct
+        if self.method != "nftables" and self._netem(loss_pct):
+            self.method = "netem"
+            return
+        self.method = "nftables"
         pct = round(loss_pct)
         rules = (f"table inet chatbench {{\n"
                  f"  chain in {{ type filter hook input priority 0; iifname \"{self.ns_if}\" "
@@ -104,8 +111,26 @@ class LossyLink:
         if r.returncode != 0:
             raise RuntimeError(f"nft: {r.stderr.strip()}")
 
+    def _netem(self, loss_pct: float) -> bool:
+        """Loss by netem on both ends' egress; False (and nothing left behind) where this kernel has no netem."""
+        if shutil.which("tc") is None:
+            return False
+        done: list[tuple[str, str | None]] = []
+        for dev, ns in ((self.host_if, None), (self.ns_if, self.ns)):
+            r = _run("tc", "qdisc", "replace", "dev", dev, "root", "netem", "loss", f"{loss_pct:g}%", ns=ns)
+            if r.returncode != 0:
+                for d, n in done:
+                    _run("tc", "qdisc", "del", "dev", d, "root", ns=n)
+                return False
+            done.append((dev, ns))
+        return True
+
     def dropped(self) -> int:
         """Packets dropped so far (both directions)."""
+        if self.method == "netem":
+            outs = (_run("tc", "-s", "qdisc", "show", "dev", self.host_if).stdout,
+                    _run("tc", "-s", "qdisc", "show", "dev", self.ns_if, ns=self.ns).stdout)
+            return sum(int(out.split("dropped", 1)[1].split(",")[0]) for out in outs if "dropped" in out)
         out = _run("nft", "list", "table", "inet", "chatbench", ns=self.ns).stdout
         return sum(int(line.split("packets", 1)[1].split()[0]) for line in out.splitlines() if "packets" in line)
 

@@ -1,4 +1,5 @@
-"""Real packet loss with nftables in a network namespace (root only; skipped with the reason elsewhere)."""
+"""Real packet loss in a network namespace, by netem where the kernel has it, else nftables (root only; skipped
+with the reason elsewhere)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,8 @@ def test_packet_loss_makes_tcp_retransmit(server: ServerProcess) -> None:
         link.set_loss(10)
         lossy = sorted(pings(link, url, 100))
         dropped = link.dropped()
-    print(f"10 % loss each way: {dropped} packets dropped; ping RTT p50 {lossy[50]:.1f} ms, max {lossy[-1]:.0f} ms "
+    assert link.method in ("netem", "nftables")
+    print(f"10 % loss each way ({link.method}): {dropped} packets dropped; ping RTT p50 {lossy[50]:.1f} ms, max {lossy[-1]:.0f} ms "
           f"(no loss: p50 {clean[50]:.1f} ms, max {clean[-1]:.1f} ms)")
     assert dropped > 0
     # each ping is 2 data packets + ACKs: at 10 % loss each way some pings wait for a retransmission (RTO ≥ 200 ms)
