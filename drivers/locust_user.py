@@ -424,6 +424,20 @@ def on_worker(env: Environment) -> bool:
     return isinstance(env.runner, WorkerRunner)
 
 
+def provision_group(env: Environment, gid: int = 0) -> None:
+    """The one-group scenarios' setup (coordinator, test start): create ``--members`` users and one group of all
+    of them (``opts.chat_group``: ``gid``, or a new random one), and pick ``--senders`` of them
+    (``opts.sender_uids``)."""
+    opts = env.parsed_options
+    assert opts is not None
+    uids = planned_uids(env, opts.members)
+    admin = admin_client(env)
+    provision_users(admin, uids)
+    opts.chat_group = gid or random.randrange(1, 2**62)
+    admin.create_groups({opts.chat_group: uids})
+    opts.sender_uids = sender_uids(env, opts.members, opts.senders)
+
+
 def sender_uids(env: Environment, users: int, senders: int) -> list[int]:
     """``senders`` uids spread evenly over the worker blocks (each worker's first users), for the options."""
     workers = worker_count(env)

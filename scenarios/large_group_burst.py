@@ -18,11 +18,10 @@ from locust import constant, events, task
 from locust.env import Environment
 
 import math
-import random
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
-from drivers.locust_user import ChatUser, admin_client, is_coordinator, planned_uids, provision_users, sender_uids
+from drivers.locust_user import ChatUser, is_coordinator, provision_group
 from drivers.schedule import Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
@@ -58,15 +57,7 @@ class Shape(PhasedShape):
 def _provision(environment: Environment, **_: Any) -> None:
     if not is_coordinator(environment):
         return
-    opts = environment.parsed_options
-    assert opts is not None
-    uids = planned_uids(environment, opts.members)
-    admin = admin_client(environment)
-    provision_users(admin, uids)
-    if not opts.chat_group:
-        opts.chat_group = random.randrange(1, 2**62)
-    admin.create_groups({opts.chat_group: uids})
-    opts.sender_uids = sender_uids(environment, opts.members, opts.senders)
+    provision_group(environment, environment.parsed_options.chat_group)
 
 
 class Member(ChatUser):

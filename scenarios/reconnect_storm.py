@@ -32,7 +32,7 @@ import gevent
 
 from drivers import swarm
 from drivers.bundle import ServerSampler
-from drivers.locust_user import ChatUser, admin_client, is_coordinator, planned_uids, provision_users, sender_uids
+from drivers.locust_user import ChatUser, is_coordinator, provision_group
 from drivers.schedule import Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
@@ -73,14 +73,7 @@ _sampler: list[ServerSampler] = []
 def _provision(environment: Environment, **_: Any) -> None:
     if not is_coordinator(environment):
         return
-    opts = environment.parsed_options
-    assert opts is not None
-    uids = planned_uids(environment, opts.members)
-    admin = admin_client(environment)
-    provision_users(admin, uids)
-    opts.chat_group = random.randrange(1, 2**62)
-    admin.create_groups({opts.chat_group: uids})
-    opts.sender_uids = sender_uids(environment, opts.members, opts.senders)
+    provision_group(environment)
     sampler = ServerSampler(environment)
     sampler.start()
     _sampler[:] = [sampler]

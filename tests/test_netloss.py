@@ -50,8 +50,8 @@ def test_packet_loss_makes_tcp_retransmit(server: ServerProcess) -> None:
         lossy = sorted(pings(link, url, 100))
         dropped = link.dropped()
     assert link.method in ("netem", "nftables")
-    print(f"10 % loss each way ({link.method}): {dropped} packets dropped; ping RTT p50 {lossy[50]:.1f} ms, max {lossy[-1]:.0f} ms "
-          f"(no loss: p50 {clean[50]:.1f} ms, max {clean[-1]:.1f} ms)")
+    print(f"10 % loss each way ({link.method}): {dropped} packets dropped; ping RTT p50 {lossy[50]:.1f} ms, "
+          f"max {lossy[-1]:.0f} ms (no loss: p50 {clean[50]:.1f} ms, max {clean[-1]:.1f} ms)")
     assert dropped > 0
     # each ping is 2 data packets + ACKs: at 10 % loss each way some pings wait for a retransmission (RTO ≥ 200 ms)
     assert sum(r >= 200 for r in lossy) >= 3
