@@ -27,7 +27,7 @@ import math
 import random
 import time
 import urllib.request
-from argparse import ArgumentParser
+from argparse import ArgumentParser, ArgumentTypeError
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,7 +39,7 @@ from drivers import netproxy, swarm
 from drivers.admin import AdminClient
 from drivers.client import ChatClient, ChatClientError
 from drivers.ledger import Frame, ReceiverLedger, now_us
-from drivers.profiles import DIRECT, assign
+from drivers.profiles import DIRECT, assign, parse_mix
 from drivers.schedule import Schedule
 from drivers.shapes import PhasedShape
 from reference_server import protocol
@@ -77,7 +77,7 @@ def _options(parser: ArgumentParser) -> None:
                    help="a seq hole older than this is repaired with sync (a reordered push fills it sooner)")
     g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
                    help="how long the master waits for the workers' final data at the end of a run")
-    g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="",
+    g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="", type=_profile_mix,
                    help="weak networks: NAME:PERCENT,... of the members connect through an impairing proxy of that "
                    "profile (drivers/profiles.py: wifi, 4g, 3g, 2g, subway, lossy), e.g. 3g:20,wifi:30; the rest "
                    "connect directly (profile 'direct'); metrics are split by profile")
@@ -88,6 +88,15 @@ def _options(parser: ArgumentParser) -> None:
                    "scenario's ChatUser.pong_timeout_s)")
     g.add_argument("--backoff-jitter", choices=["full", "none"], env_var="CHATBENCH_BACKOFF_JITTER", default="full",
                    help="reconnect backoff: full jitter, or none (every client waits exactly base·2ⁿ: the herd)")
+
+
+def _profile_mix(spec: str) -> str:
+    """argparse type of --profile-mix: a bad mix stops Locust at the command line with the reason."""
+    try:
+        parse_mix(spec)
+    except ValueError as exc:
+        raise ArgumentTypeError(str(exc)) from None
+    return spec
 
 
 def _start_metrics(environment: Environment, **_: Any) -> None:

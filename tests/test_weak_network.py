@@ -292,3 +292,16 @@ def test_weak_network_run_reports_per_profile(tmp_path: Path) -> None:
     assert "injected_connections" not in by["direct"]
     assert by["subway"]["delivery_latency_ms"]["count"] > 0 and by["direct"]["delivery_latency_ms"]["count"] > 0
     assert bundle["metrics"]["lost"] == 0
+
+
+@pytest.mark.parametrize("mix, reason", [("5g:10", "unknown network profile '5g'"),
+                                         ("3g:80,wifi:30", "more than 100 %"), ("3g", "want NAME:PERCENT")])
+def test_a_bad_profile_mix_stops_locust_with_the_reason(mix: str, reason: str) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "locust", "-f", str(REPO / "scenarios" / "smoke.py"), "--headless",
+                           "-u", "1", "-t", "1s", "--host", "ws://127.0.0.1:9", "--profile-mix", mix],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--profile-mix" in proc.stderr and reason in proc.stderr, proc.stderr[-2000:]
