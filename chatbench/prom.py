@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 from chatbench.procs import free_port, log_tail, stop_process
+from drivers.admin import urlopen_direct
 
 # Job names: the dashboards and dashboards/prometheus.yml use the same ones.
 SERVER_JOB = "chat_server"  # each gateway's admin port (/metrics)
@@ -110,7 +111,7 @@ class PrometheusProcess:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
+            with urlopen_direct(f"{self.url}/-/ready", timeout=1) as resp:
                 return int(resp.status) == 200
         except (OSError, urllib.error.URLError):
             return False
@@ -134,7 +135,7 @@ class PrometheusProcess:
         """GET /api/v1/PATH; returns ``data``. Raises PrometheusError with Prometheus' own message on failure."""
         url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
         try:
-            with urllib.request.urlopen(url, timeout=30) as resp:
+            with urlopen_direct(url, timeout=30) as resp:
                 body = json.load(resp)
         except urllib.error.HTTPError as exc:  # 400/422 carry a JSON error body
             try:

@@ -5,9 +5,20 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPResponse
 from typing import Any
 
 import orjson
+
+#: an opener that ignores http(s)_proxy from the environment: the toolkit talks to its own servers directly
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def urlopen_direct(req: str | urllib.request.Request, timeout: float) -> HTTPResponse:
+    """``urllib.request.urlopen`` without any proxy (a proxy would sit inside what is measured, or not reach a
+    server on 127.0.0.1 at all)."""
+    resp: HTTPResponse = _DIRECT.open(req, timeout=timeout)
+    return resp
 
 
 class AdminError(Exception):
@@ -30,7 +41,7 @@ class AdminClient:
         if data is not None:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with urlopen_direct(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             raw = exc.read()

@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -224,13 +225,20 @@ class ChatClient:
             raise ChatClientError("connect() may be called once per ChatClient")
         target = self.url + protocol.ws_query(self.uid, self.token)
         try:
-            ws = websocket.create_connection(
-                target,
-                timeout=self.connect_timeout,
-                class_=_Socket,
-                skip_utf8_validation=True,
-                enable_multithread=True,
-            )
+            sock = self._tcp_connect()
+            try:
+                ws = websocket.create_connection(
+                    target,
+                    timeout=self.connect_timeout,
+                    class_=_Socket,
+                    skip_utf8_validation=True,
+                    enable_multithread=True,
+                    socket=sock,
+                )
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
         except websocket.WebSocketBadStatusException as exc:
             raise ConnectRefused(exc.status_code, exc.resp_body) from exc
         except websocket.WebSocketTimeoutException as exc:
@@ -259,6 +267,20 @@ class ChatClient:
             )
             self._heartbeat_thread.start()
         return hello
+
+    def _tcp_connect(self) -> socket.socket | None:
+        """The TCP connection for a ws:// URL, made here so that no http(s)_proxy of the environment is used (a
+        proxy would sit inside the measured path; websocket-client ignores ``http_no_proxy`` without an explicit
+        proxy host). None for wss:// (websocket-client connects and wraps TLS itself)."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme != "ws" or parts.hostname is None:
+            return None
+        try:
+            sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=self.connect_timeout)
+        except TimeoutError as exc:
+            raise RequestTimeout("connect", self.connect_timeout) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _first_frame(self, ws: _Socket) -> Frame:
         try:

@@ -26,7 +26,6 @@ import logging
 import math
 import random
 import time
-import urllib.request
 from argparse import ArgumentParser, ArgumentTypeError
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +35,7 @@ import gevent
 import orjson
 
 from drivers import netproxy, swarm
-from drivers.admin import AdminClient
+from drivers.admin import AdminClient, urlopen_direct
 from drivers.client import ChatClient, ChatClientError
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
@@ -221,7 +220,7 @@ class ChatUser(User):
             return netproxy.url(self.environment, self.profile)
         front = swarm.option(self.environment, "front_url", "")
         if front:
-            with urllib.request.urlopen(front, timeout=self.connect_timeout) as resp:
+            with urlopen_direct(front, timeout=self.connect_timeout) as resp:
                 return str(orjson.loads(resp.read())["url"])
         assert self.host is not None
         return self.host

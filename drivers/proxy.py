@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 
+from drivers.admin import urlopen_direct
 from drivers.profiles import PROFILES, Profile
 
 _HEADER_END = b"\r\n\r\n"
@@ -456,7 +457,7 @@ class Proxy:
             return self.upstream_host, self.upstream_port
 
         def ask() -> bytes:
-            with urllib.request.urlopen(self.front_url, timeout=10) as resp:
+            with urlopen_direct(self.front_url, timeout=10) as resp:
                 return bytes(resp.read())
 
         return _host_port(str(orjson.loads(await asyncio.to_thread(ask))["url"]))

@@ -435,3 +435,17 @@ def test_admin_plane(server: ServerProcess, connect: Connect) -> None:
     assert error_code(lambda: gone.send(2, "hello?")) == "not_member"
     health = adm.health()
     assert health["status"] == "ok" and health["modes"]["storage"] == "read"
+
+
+def test_client_ignores_proxies_from_the_environment(server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A measurement goes client → server: an http(s)_proxy in the environment (nothing listens at it) is used
+    neither by ChatClient nor by the admin client."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    provision(server, 2)
+    c = ChatClient(server.ws_url, 1, user_token(SECRET, 1), heartbeat_s=None)
+    c.connect()
+    assert c.send(1, "direct")["seq"] == 1
+    c.close()
