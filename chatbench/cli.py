@@ -264,6 +264,10 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     t.add_row("deliveries received (swarm)", f"{m['delivered']:,}")
     for k, v in m["delivery_latency_ms"].items():
         t.add_row(f"delivery latency {k}", f"{v:,.0f}" if k == "count" else f"{v:.3f} ms")
+    push = m.get("server_push_latency_ms_le") or {}
+    if push:
+        t.add_row("server push latency (accept → write) p50 / p99 / p99.9",
+                  " / ".join(f"≤ {v:g}" for v in push.values()) + " ms")
     for k, v in m["fanout_completion_ms"].items():
         if k != "count":
             t.add_row(f"fan-out completion {k}", f"{v:.3f} ms")

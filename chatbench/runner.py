@@ -105,6 +105,28 @@ def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> flo
     return sum(v - before.get(k, 0.0) for k, v in after.items() if k == prefix or k.startswith(prefix + "{"))
 
 
+def bucket_quantiles(after: dict[str, float], before: dict[str, float], histogram: str,
+                     quantiles: tuple[float, ...] = (0.5, 0.99, 0.999)) -> dict[str, float]:
+    """Upper bounds (ms) of the quantiles of a server histogram over the run, from its bucket counts summed over
+    every process: "p99 ≤ 25 ms". Bounds, not interpolated values: the buckets are coarse. {} without samples."""
+    prefix = histogram + "_bucket{"
+    counts: dict[float, float] = {}
+    for key, value in after.items():
+        if key.startswith(prefix):
+            le = dict(part.split("=", 1) for part in key[len(prefix):-1].split(","))["le"]
+            bound = float(le)
+            counts[bound] = counts.get(bound, 0.0) + value - before.get(key, 0.0)
+    ordered = sorted(counts.items())
+    total = ordered[-1][1] if ordered else 0.0
+    if total <= 0:
+        return {}
+    out = {}
+    for q in quantiles:
+        bound = next(b for b, c in ordered if c >= q * total)
+        out[f"p{q * 100:g}"] = bound * 1000
+    return out
+
+
 def _add(into: dict[str, float], more: dict[str, float]) -> None:
     for k, v in more.items():
         into[k] = into.get(k, 0.0) + v
@@ -353,6 +375,8 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
         m["server_deliveries"] = delta(after, before, "chat_deliveries_total")
         if accepted:  # every process, whole run: includes the gateways' own traffic (load reports, registry)
             m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
+    # where the latency comes from: the server's own part (accept → the last socket write), upper bounds
+    m["server_push_latency_ms_le"] = bucket_quantiles(after, before, "chat_push_latency_seconds")
     deliveries = m.get("server_deliveries") or 0.0
     m["deliveries_per_server_cpu_s"] = deliveries / server_cpu if server_cpu > 0 else None
     m["server_cpu_us_per_message"] = server_cpu / accepted * 1e6 if accepted else None

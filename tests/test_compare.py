@@ -109,3 +109,28 @@ def test_cli_gate_on_the_committed_baseline(tmp_path: Path, capsys: pytest.Captu
     other.write_bytes(orjson.dumps(data))
     assert chatbench_main(["compare", str(files[0]), str(other), *checks]) == 3
     assert "INCOMPARABLE" in capsys.readouterr().out
+
+
+def test_server_histogram_quantiles_are_bucket_bounds_over_the_run() -> None:
+    """From two real /metrics scrapes of a prometheus-client histogram: the run's part only, summed over
+    processes, each quantile reported as the upper bound of its bucket."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from chatbench.runner import bucket_quantiles
+    from chatbench.runner import counters as server_counters
+
+    def scrape(observations: list[float]) -> dict[str, float]:
+        reg = CollectorRegistry()
+        h = Histogram("chat_push_latency_seconds", "x", buckets=(0.001, 0.01, 0.1, 1.0), registry=reg)
+        for v in observations:
+            h.observe(v)
+        return server_counters(generate_latest(reg).decode())
+
+    before = scrape([0.5] * 1000)  # before the run: slow, must not count
+    after = scrape([0.5] * 1000 + [0.0005] * 980 + [0.05] * 20)
+    second = scrape([0.0005] * 1000)  # a second process, all of it during the run
+    both = {k: after[k] + second[k] for k in after}
+    assert bucket_quantiles(after, before, "chat_push_latency_seconds", (0.5, 0.98, 0.99)) == \
+        {"p50": 1.0, "p98": 1.0, "p99": 100.0}
+    assert bucket_quantiles(both, before, "chat_push_latency_seconds", (0.99, 0.999)) == {"p99": 1.0, "p99.9": 100.0}
+    assert bucket_quantiles(before, before, "chat_push_latency_seconds") == {}
