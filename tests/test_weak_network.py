@@ -75,6 +75,22 @@ def client(url: str, uid: int, **kw: object) -> ChatClient:
     return c
 
 
+@pytest.mark.parametrize("kind", ["normal", "uniform", "pareto"])
+def test_jitter_distributions_have_the_documented_shape(kind: str) -> None:
+    """One-way delay = rtt/2 + a jitter sample: normal N(0, j), uniform U(−j, j), pareto with mean +j and a heavy
+    right tail; 20,000 samples each, no sockets."""
+    action = Impair(Profile("t", rtt_ms=200, jitter_ms=20, jitter=kind), rng=random.Random(7))
+    xs = [action.latency(None, 0) * 1000 - 100 for _ in range(20_000)]  # type: ignore[arg-type]
+    mean, sd = statistics.fmean(xs), statistics.pstdev(xs)
+    if kind == "normal":
+        assert abs(mean) < 0.5 and abs(sd - 20) < 0.5
+    elif kind == "uniform":
+        assert min(xs) >= -20 and max(xs) <= 20 and abs(mean) < 0.5 and abs(sd - 20 / 3**0.5) < 0.5
+    else:
+        assert min(xs) >= 0 and abs(mean - 20) < 1.0
+        assert statistics.quantiles(xs, n=1000)[-1] > 5 * mean  # p99.9 far out: the occasional long delay
+
+
 @pytest.mark.integration
 def test_rtt_and_stall(server: ServerProcess) -> None:
     provision(server, 1)
