@@ -5,7 +5,8 @@ bundle plus what only the orchestrator knows: ``config`` (the server modes and t
 ``server`` (schedstat CPU of every server process, counters summed over them) and ``timeseries``.
 
 Two bundles are *comparable* when they ran the same scenario with the same parameters under the same
-``api_version``; their ``config`` (modes, cluster size) is what a comparison is about, so it is not part of that.
+``api_version``; their configuration (modes, cluster size, network profile mix) is what a comparison is about, so
+it is not part of that.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from drivers.deliveries import decode_into, new_histogram
 
 #: scenario options that differ between otherwise identical runs; newer bundles leave them out already
 VOLATILE_PARAMETERS: Final = RUN_SPECIFIC_OPTIONS
-#: the configuration axes, in the order labels show them
-AXES: Final = ("fanout", "storage", "unread", "offline", "cluster")
+#: the configuration axes, in the order labels show them; ``network``: the members' network profile mix
+#: (``--profile-mix``; ``direct`` without one)
+AXES: Final = ("fanout", "storage", "unread", "offline", "cluster", "network")
+#: scenario options that are a configuration axis, not a condition of comparability
+AXIS_PARAMETERS: Final = frozenset({"profile_mix"})
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ MEASURES: Final = (
     Measure("fanout_p50", ("fanout_completion_ms", "p50"), "ms", "time"),
     Measure("fanout_p99", ("fanout_completion_ms", "p99"), "ms", "time"),
     Measure("send_ack_p99", ("send_ack_ms", "p99"), "ms", "time"),
+    # the unimpaired members of a --profile-mix run (weak networks): do the others slow them down?
+    Measure("direct_p50", ("by_profile", "direct", "delivery_latency_ms", "p50"), "ms", "time"),
+    Measure("direct_p99", ("by_profile", "direct", "delivery_latency_ms", "p99"), "ms", "time"),
     Measure("server_cpu_us_per_message", ("server_cpu_us_per_message",), "µs", "time"),
     Measure("deliveries_per_server_cpu_s", ("deliveries_per_server_cpu_s",), "/s", "time", higher_is_better=True),
     Measure("storage_writes_per_message", ("storage_writes_per_message",), "", "count"),
@@ -115,6 +122,7 @@ def config(bundle: dict[str, Any]) -> dict[str, str]:
     out = {axis: str(modes.get(axis, "")) for axis in AXES[:4]}
     gateways = int(cfg.get("cluster_gateways") or 0)
     out["cluster"] = f"{gateways} gateways" if gateways else "embedded"
+    out["network"] = str((bundle.get("parameters") or {}).get("profile_mix") or "direct")
     return out
 
 
@@ -134,12 +142,13 @@ def varying_axes(keys: Iterable[tuple[str, ...]]) -> list[str]:
     """The axes on which these configurations differ (all axes when there is only one)."""
     keys = list(keys)
     axes = [a for i, a in enumerate(AXES) if len({k[i] for k in keys}) > 1]
-    return axes or ([a for a in AXES if a != "cluster"] if keys else [])
+    return axes or ([a for a in AXES if a not in ("cluster", "network")] if keys else [])
 
 
 def comparability(bundle: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two runs to be compared: api version, scenario, its parameters (volatile ones out)."""
-    params = {k: v for k, v in (bundle.get("parameters") or {}).items() if k not in VOLATILE_PARAMETERS}
+    params = {k: v for k, v in (bundle.get("parameters") or {}).items()
+              if k not in VOLATILE_PARAMETERS and k not in AXIS_PARAMETERS}
     out = {"api_version": bundle.get("api_version"), "scenario": bundle.get("scenario"), "parameters": params}
     if "scenario_version" in bundle:
         out["scenario_version"] = bundle["scenario_version"]

@@ -1,7 +1,8 @@
 """``chatbench report RESULTS... -o report.html``: one self-contained HTML page comparing configurations.
 
 Plots (inline SVG, see :mod:`chatbench.svg`; no JavaScript library, no CDN, viewable offline):
-delivery-latency CDF per configuration from the raw HDR histograms merged over its repetitions; fan-out
+delivery-latency CDF per configuration from the raw HDR histograms merged over its repetitions (and per network
+profile of the receiving members, for runs with a profile mix); fan-out
 completion (p50/p99/max, from the merged histogram); cost per message (storage writes, unread writes, bus
 messages, server CPU); deliveries per second over time (first run of each configuration, when the bundle has
 the orchestrator's time series). A short inline script only checks that every plot has data and says so.
@@ -18,6 +19,8 @@ from typing import Any
 from chatbench import bundles, svg
 from chatbench.compare import fmt
 from chatbench.matrix import COLUMNS
+
+PROFILE_HIST = "delivery_latency_us["  # + profile + "]": the per-profile histograms of a --profile-mix run
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:1400px;color:#222;padding:0 16px}
@@ -47,7 +50,8 @@ def build(loaded: list[dict[str, Any]], title: str = "chatbench report") -> str:
     names = [bundles.label(g.key, varying) for g in gs]
     parts = [f"<h1>{escape(title)}</h1>", meta(loaded, gs)]
     parts.append("<h2>Summary (medians over repetitions)</h2>" + summary_html(gs, names))
-    plots = [latency_cdf(gs, names), fanout(gs, names), *costs(gs, names), over_time(gs, names)]
+    plots = [latency_cdf(gs, names), profile_cdf(gs, names), fanout(gs, names), *costs(gs, names),
+             over_time(gs, names)]
     parts.append('<h2>Plots</h2><div class="plots">' + "".join(p for p in plots if p) + "</div>")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>{''.join(parts)}</body></html>")
@@ -85,6 +89,21 @@ def summary_html(gs: list[bundles.Group], names: list[str]) -> str:
 def latency_cdf(gs: list[bundles.Group], names: list[str]) -> str:
     series = [(n, bundles.cdf_points(g.histogram("delivery_latency_us"))) for g, n in zip(gs, names, strict=True)]
     return svg.line_chart("latency-cdf", "Delivery latency CDF (send → receive, HDR, all repetitions)", series,
+                          x_label="latency (ms, log scale)", y_label="fraction of deliveries ≤ x", x_log=True,
+                          y_max=1.0, legend_bottom=True)
+
+
+def profile_cdf(gs: list[bundles.Group], names: list[str]) -> str:
+    """Weak networks: one CDF per (configuration, receiving member's network profile); "" without profile mixes."""
+    series = []
+    for g, n in zip(gs, names, strict=True):
+        profiles = sorted({k[len(PROFILE_HIST):-1] for b in g.bundles for k in (b.get("histograms") or {})
+                           if k.startswith(PROFILE_HIST)})
+        for prof in profiles:
+            series.append((f"{n} · {prof}", bundles.cdf_points(g.histogram(f"{PROFILE_HIST}{prof}]"))))
+    if not series:
+        return ""
+    return svg.line_chart("profile-cdf", "Delivery latency CDF by receiving member's network profile", series,
                           x_label="latency (ms, log scale)", y_label="fraction of deliveries ≤ x", x_log=True,
                           y_max=1.0, legend_bottom=True)
 

@@ -225,6 +225,9 @@ class Totals:
 
     def histograms(self) -> dict[str, str]:
         """The raw HDR histograms (µs), encoded, so runs can be re-merged."""
-        return {"delivery_latency_us": encode(self.latency.h), "send_ack_us": encode(self.send_ack.h),
-                "catchup_us": encode(self.catchup.h), "fanout_completion_us": encode(self.fan_last.h),
-                "fanout_first_us": encode(self.fan_first.h)}
+        out = {"delivery_latency_us": encode(self.latency.h), "send_ack_us": encode(self.send_ack.h),
+               "catchup_us": encode(self.catchup.h), "fanout_completion_us": encode(self.fan_last.h),
+               "fanout_first_us": encode(self.fan_first.h)}
+        for name, prof in sorted(self.profiles.items()):  # --profile-mix runs: the receivers of each profile
+            out[f"delivery_latency_us[{name}]"] = encode(prof["latency"].h)
+        return out

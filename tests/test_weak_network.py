@@ -4,15 +4,19 @@ half-open connection by its heartbeat; a resume after a drop loses nothing (ledg
 from __future__ import annotations
 
 import gc
+import os
 import random
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 
 from chatbench.procs import REPO, SECRET, ServerProcess
@@ -278,26 +282,32 @@ def test_resume_after_drop_loses_nothing(server: ServerProcess) -> None:
     assert counts["delivered"] + counts["catchup_msgs"] == 40 * len(rx)
 
 
+def chatbench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "chatbench.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+@pytest.fixture(scope="module")
+def weak_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """Two short weak_network runs through chatbench: 40 % of the members on subway, and the control (clean:40)."""
+    results = tmp_path_factory.mktemp("weak") / "results"
+    out = ""
+    for mix in ("subway:40", "clean:40"):
+        proc = chatbench("run", "weak_network", "--members", "30", "--senders", "2", "--rate", "10", "--steady-s", "5",
+                         "--tail-s", "1", "--profile-mix", mix, "--results-dir", str(results / mix.split(":")[0]))
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        out += proc.stdout
+    return results / "subway", results / "clean", out
+
+
 @pytest.mark.integration
-def test_weak_network_run_reports_per_profile(tmp_path: Path) -> None:
+def test_weak_network_run_reports_per_profile(weak_runs: tuple[Path, Path, str]) -> None:
     """chatbench run weak_network end to end: members split by the mix, figures per profile in the bundle,
     the proxy's impairment counts beside them, nothing lost."""
-    import os
-    import subprocess
-    import sys
-
-    import orjson
-
-    results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, "-m", "chatbench.cli", "run", "weak_network", "--members", "30", "--senders", "2",
-         "--rate", "10", "--steady-s", "5", "--tail-s", "1", "--profile-mix", "subway:40",
-         "--results-dir", str(results)],
-        cwd=REPO, capture_output=True, text=True, timeout=180, env={**os.environ, "COLUMNS": "200"})
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "profile subway: members / reconnects / dead" in proc.stdout
-    assert "profile subway: proxy did" in proc.stdout
-    (path,) = results.glob("*.json")
+    subway, _, out = weak_runs
+    assert "profile subway: members / reconnects / dead" in out
+    assert "profile subway: proxy did" in out
+    (path,) = subway.glob("*.json")
     bundle = orjson.loads(path.read_bytes())
     by = bundle["metrics"]["by_profile"]
     assert set(by) == {"direct", "subway"}
@@ -307,15 +317,35 @@ def test_weak_network_run_reports_per_profile(tmp_path: Path) -> None:
     assert by["subway"]["injected_connections"] >= by["subway"]["members"]
     assert "injected_connections" not in by["direct"]
     assert by["subway"]["delivery_latency_ms"]["count"] > 0 and by["direct"]["delivery_latency_ms"]["count"] > 0
+    assert set(bundle["histograms"]) >= {"delivery_latency_us[direct]", "delivery_latency_us[subway]"}
     assert bundle["metrics"]["lost"] == 0
+
+
+@pytest.mark.integration
+def test_mix_and_control_compare_and_report_by_profile(weak_runs: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """The profile mix is a configuration axis: the mix and its control are comparable, compared side by side
+    (the direct members' p99 among the measures), and the report draws one latency CDF per profile."""
+    subway, clean, _ = weak_runs
+    proc = chatbench("compare", str(clean), str(subway), "--check", "lost:0")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "incomparable" not in proc.stdout.lower()
+    assert "network=clean:40" in proc.stdout and "network=subway:40" in proc.stdout
+    assert "direct_p99" in proc.stdout
+    report = tmp_path / "report.html"
+    proc = chatbench("report", str(clean), str(subway), "-o", str(report))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    html = report.read_text()
+    plot = html[html.index('data-plot="profile-cdf"'):]
+    plot = plot[:plot.index("</svg>")]
+    for legend in ("network=clean:40 · clean", "network=clean:40 · direct", "network=subway:40 · subway",
+                   "network=subway:40 · direct"):
+        assert legend in plot, legend
+    assert plot.count('class="series') >= 4
 
 
 @pytest.mark.parametrize("mix, reason", [("5g:10", "unknown network profile '5g'"),
                                          ("3g:80,wifi:30", "more than 100 %"), ("3g", "want NAME:PERCENT")])
 def test_a_bad_profile_mix_stops_locust_with_the_reason(mix: str, reason: str) -> None:
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-m", "locust", "-f", str(REPO / "scenarios" / "smoke.py"), "--headless",
                            "-u", "1", "-t", "1s", "--host", "ws://127.0.0.1:9", "--profile-mix", mix],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
