@@ -5,7 +5,9 @@
                                         write one result bundle under results/, print a summary
                                         (--prometheus: and a Prometheus scraping both, its data kept)
     chatbench matrix SCENARIO --storage a,b --unread a,b --repeat R    every combination, a summary table
-    chatbench compare A.json B.json | --baseline DIR RESULTS --check p99:10%    deltas; regression gate
+    chatbench matrix weak_network --network 3g:20,subway:10 --network clean:30 --repeat 4   mix vs control
+    chatbench compare A.json B.json | --baseline DIR RESULTS | RESULTS --against AXIS=VALUE  [--check p99:10%]
+                                        deltas; regression gate
     chatbench report RESULTS... -o report.html    one self-contained HTML page with plots
     chatbench dashboards push --url U   upload the generated Grafana dashboards (create/overwrite, one folder)
 
@@ -65,6 +67,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     from chatbench.matrix import run_matrix, summary_table
 
     axes = {a: [v for v in getattr(args, a).split(",") if v] for a in ("fanout", "storage", "unread", "offline")}
+    if args.network:  # each a whole mix (it has commas of its own)
+        axes["profile_mix"] = list(dict.fromkeys(args.network))
     t0 = time.monotonic()
     paths = run_matrix(run_config(args), axes, args.repeat, console)
     if not paths:
@@ -85,23 +89,36 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from chatbench.compare import Check, compare, print_outcome
 
-    if args.baseline is not None:
-        base_paths, cand_paths = [args.baseline], list(args.results)
-    elif len(args.results) == 2:
-        base_paths, cand_paths = [args.results[0]], [args.results[1]]
-    else:
-        console.print("[red]compare BASE CANDIDATE, or compare --baseline DIR RESULTS...[/]")
-        return 2
+    against: tuple[str, str] | None = None
     try:
         checks = [Check.parse(c) for text in args.check for c in text.split(",") if c.strip()]
-        base, cand = bundles.load_all(base_paths), bundles.load_all(cand_paths)
+        if args.against:
+            axis, sep, value = args.against.partition("=")
+            if not sep or axis not in bundles.AXES:
+                raise ValueError(f"--against wants AXIS=VALUE with AXIS one of {', '.join(bundles.AXES)}, "
+                                 f"got {args.against!r}")
+            if args.baseline is not None or not args.results:
+                raise ValueError("--against splits one set of RESULTS; it takes no --baseline")
+            against = (axis, value)
+            loaded = bundles.load_all(args.results)
+            base = [b for b in loaded if bundles.config(b)[axis] == value]
+            cand = [b for b in loaded if bundles.config(b)[axis] != value]
+        elif args.baseline is not None:
+            base, cand = bundles.load_all([args.baseline]), bundles.load_all(args.results)
+        elif len(args.results) == 2:
+            base, cand = bundles.load_all(args.results[:1]), bundles.load_all(args.results[1:])
+        else:
+            console.print("[red]compare BASE CANDIDATE, compare --baseline DIR RESULTS..., or compare RESULTS... "
+                          "--against AXIS=VALUE[/]")
+            return 2
     except (ValueError, OSError) as e:
         console.print(f"[red]{e}[/]")
         return 2
     if not base or not cand:
-        console.print(f"[red]no result bundles in {'the baseline' if not base else 'the candidates'}[/]")
+        what = f"matching {args.against}" if against else "in the baseline"
+        console.print(f"[red]no result bundles {what if not base else 'in the candidates'}[/]")
         return 2
-    outcome = compare(bundles.groups(base), bundles.groups(cand), checks, alpha=args.alpha)
+    outcome = compare(bundles.groups(base), bundles.groups(cand), checks, alpha=args.alpha, against=against)
     print_outcome(outcome, console)
     for line in outcome.warnings:
         console.print(f"[yellow]{escape(line)}[/]", highlight=False)
@@ -331,12 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     run_options(mx)
     for axis, default in (("fanout", "local"), ("storage", "read"), ("unread", "seq"), ("offline", "pull")):
         mx.add_argument(f"--{axis}", default=default, help=f"comma-separated {axis} modes (default {default})")
+    mx.add_argument("--network", action="append", default=[], metavar="MIX",
+                    help="a network profile mix (--profile-mix of the swarm, e.g. 3g:20,subway:10 or clean:30) as "
+                    "one more axis; repeat for each mix to compare")
     mx.add_argument("--repeat", type=int, default=1, help="repetitions of every combination (interleaved)")
     mx.add_argument("--report", default="", help="also write the HTML report of this matrix to this file")
     cp = sub.add_parser("compare", help="deltas between result bundles; regression checks (non-zero exit)")
     cp.add_argument("results", nargs="*", type=Path,
                     help="BASE CANDIDATE (files or directories); with --baseline: the candidates only")
     cp.add_argument("--baseline", type=Path, default=None, help="baseline bundles (a directory or a file)")
+    cp.add_argument("--against", default="", metavar="AXIS=VALUE",
+                    help="one set of RESULTS: its runs with AXIS=VALUE are the baseline, every other configuration "
+                    "is compared with the one that differs only on AXIS (e.g. network=clean:40, storage=read)")
     cp.add_argument("--check", action="append", default=[], metavar="MEASURE:LIMIT",
                     help="e.g. p99:10%% or storage_writes_per_message:0 (repeatable; comma-separated allowed)")
     cp.add_argument("--alpha", type=float, default=0.05, help="significance level for times (Mann-Whitney U)")

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from chatbench.bundles import MEASURES, Group, Measure, differences, label, measure, varying_axes
+from chatbench.bundles import AXES, MEASURES, Group, Measure, differences, label, measure, varying_axes
 
 ALPHA = 0.05
 
@@ -106,22 +106,29 @@ def mann_whitney_worse(base: list[float], cand: list[float], higher_is_better: b
     return float(mannwhitneyu(cand, base, alternative=alternative, method=method).pvalue)
 
 
-def pair_groups(base: list[Group], cand: list[Group]) -> tuple[list[Pair], list[Group]]:
-    """Same configuration on both sides; or, when each side is one configuration, those two (A vs B)."""
+def pair_groups(base: list[Group], cand: list[Group],
+                against: tuple[str, str] | None = None) -> tuple[list[Pair], list[Group]]:
+    """Same configuration on both sides; or, when each side is one configuration, those two (A vs B); or, with
+    ``against`` = (axis, value), each candidate against the baseline that differs from it only on that axis."""
     by_key = {g.key: g for g in base}
-    if len(base) == 1 and len(cand) == 1 and base[0].key != cand[0].key:
+    if against is None and len(base) == 1 and len(cand) == 1 and base[0].key != cand[0].key:
         return [Pair(base[0], cand[0])], []
     pairs, unpaired = [], []
     for g in cand:
-        if g.key in by_key:
-            pairs.append(Pair(by_key[g.key], g))
+        key = g.key
+        if against is not None:
+            i = AXES.index(against[0])
+            key = (*key[:i], against[1], *key[i + 1:])
+        if key in by_key:
+            pairs.append(Pair(by_key[key], g))
         else:
             unpaired.append(g)
     return pairs, unpaired
 
 
-def compare(base: list[Group], cand: list[Group], checks: list[Check], alpha: float = ALPHA) -> Outcome:
-    pairs, unpaired = pair_groups(base, cand)
+def compare(base: list[Group], cand: list[Group], checks: list[Check], alpha: float = ALPHA,
+            against: tuple[str, str] | None = None) -> Outcome:
+    pairs, unpaired = pair_groups(base, cand, against)
     failures: list[str] = []
     warnings: list[str] = []
     axes = varying_axes([g.key for g in base + cand])

@@ -1,4 +1,5 @@
-"""``chatbench matrix``: every combination of the given modes, each repeated, one bundle per run.
+"""``chatbench matrix``: every combination of the given modes (and network profile mixes), each repeated, one
+bundle per run.
 
 Repetitions are interleaved (round r runs every combination once before round r+1), so a slow drift of the
 machine — other work on the shared cores, thermal limits — spreads over all configurations instead of
@@ -22,7 +23,7 @@ from chatbench import bundles
 from chatbench.compare import fmt
 from chatbench.runner import RunConfig, run_once
 
-AXES = ("fanout", "storage", "unread", "offline")
+AXES = ("fanout", "storage", "unread", "offline", "profile_mix")
 COLUMNS = (  # (header, measure name)
     ("p50 ms", "p50"), ("p99 ms", "p99"), ("fan-out p99 ms", "fanout_p99"),
     ("storage w/msg", "storage_writes_per_message"), ("unread w/msg", "unread_writes_per_message"),
@@ -65,17 +66,25 @@ def run_matrix(base: RunConfig, axes: dict[str, list[str]], repeat: int, console
     return paths
 
 
+def columns(loaded: list[dict[str, Any]]) -> tuple[tuple[str, str], ...]:
+    """The summary's columns; with a network profile mix also the unimpaired (direct) members' p99."""
+    if any(b.get("metrics", {}).get("by_profile") for b in loaded):
+        return (*COLUMNS[:2], ("direct p99 ms", "direct_p99"), *COLUMNS[2:])
+    return COLUMNS
+
+
 def summary_table(loaded: list[dict[str, Any]], title: str) -> Table:
     gs = bundles.groups(loaded)
     varying = bundles.varying_axes([g.key for g in gs])
+    cols = columns(loaded)
     t = Table(title=title, header_style="bold", title_justify="left")
     t.add_column("configuration")
     t.add_column("runs", justify="right")
-    for header, _ in COLUMNS:
+    for header, _ in cols:
         t.add_column(header, justify="right")
     for g in gs:
         cells = []
-        for _, name in COLUMNS:
+        for _, name in cols:
             vals = g.values(bundles.BY_NAME[name])
             cell = fmt(statistics.median(vals)) if vals else "–"
             if len(vals) > 1 and bundles.BY_NAME[name].kind == "time":

@@ -18,7 +18,7 @@ from typing import Any
 
 from chatbench import bundles, svg
 from chatbench.compare import fmt
-from chatbench.matrix import COLUMNS
+from chatbench.matrix import columns
 
 PROFILE_HIST = "delivery_latency_us["  # + profile + "]": the per-profile histograms of a --profile-mix run
 
@@ -75,11 +75,12 @@ def meta(loaded: list[dict[str, Any]], gs: list[bundles.Group]) -> str:
 
 
 def summary_html(gs: list[bundles.Group], names: list[str]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h, _ in COLUMNS)
+    cols = columns([b for g in gs for b in g.bundles])
+    head = "".join(f"<th>{escape(h)}</th>" for h, _ in cols)
     rows = []
     for g, name in zip(gs, names, strict=True):
         cells = []
-        for _, mname in COLUMNS:
+        for _, mname in cols:
             vals = g.values(bundles.BY_NAME[mname])
             cells.append(f"<td>{fmt(statistics.median(vals)) if vals else '–'}</td>")
         rows.append(f"<tr><td>{escape(name)}</td><td>{len(g.bundles)}</td>{''.join(cells)}</tr>")

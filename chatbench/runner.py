@@ -57,6 +57,7 @@ class RunConfig:
     server_args: tuple[str, ...] = ()
     locust_args: tuple[str, ...] = ()
     results_dir: Path = REPO / "results"
+    profile_mix: str = ""  # the members' network profiles (--profile-mix); "": the scenario's own choice
 
     def cluster_fanout(self) -> str:
         return "broadcast" if self.cluster and self.fanout == "local" else self.fanout
@@ -305,6 +306,8 @@ def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path
         cmd += ["--front-url", servers.cluster.front_url]
     if cfg.processes > 1:
         cmd += ["--processes", str(cfg.processes)]
+    if cfg.profile_mix:
+        cmd += ["--profile-mix", cfg.profile_mix]
     return cmd
 
 

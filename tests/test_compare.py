@@ -134,3 +134,21 @@ def test_server_histogram_quantiles_are_bucket_bounds_over_the_run() -> None:
         {"p50": 1.0, "p98": 1.0, "p99": 100.0}
     assert bucket_quantiles(both, before, "chat_push_latency_seconds", (0.99, 0.999)) == {"p99": 1.0, "p99.9": 100.0}
     assert bucket_quantiles(before, before, "chat_push_latency_seconds") == {}
+
+
+def test_against_pairs_each_configuration_with_the_one_that_differs_on_that_axis(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--against storage=read over one result set: write/seq is compared with read/seq and write/per-message with
+    read/per-message (never across unread modes); a bad axis is refused with the reason."""
+    runs = [bundle("read", "seq"), bundle("write", "seq", writes=101.0), bundle("read", "per-message", writes=1.0),
+            bundle("write", "per-message", writes=202.0)]
+    for i, b in enumerate(runs):
+        (tmp_path / f"{i}.json").write_bytes(orjson.dumps(b))
+    assert chatbench_main(["compare", str(tmp_path), "--against", "storage=read",
+                           "--check", "storage_writes_per_message:150"]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long titles
+    assert "storage=read unread=seq (baseline, 1 runs) vs storage=write unread=seq (1 runs)" in out
+    assert "storage=read unread=per-message (baseline, 1 runs) vs storage=write unread=per-message (1 runs)" in out
+    assert "storage_writes_per_message: 1 → 202" in out and "1 check(s) failed" in out  # only 202 − 1 > 150
+    assert chatbench_main(["compare", str(tmp_path), "--against", "colour=red"]) == 2
+    assert "--against wants AXIS=VALUE" in capsys.readouterr().out

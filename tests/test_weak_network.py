@@ -289,26 +289,24 @@ def chatbench(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[s
 
 @pytest.fixture(scope="module")
 def weak_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """Two short weak_network runs through chatbench: 40 % of the members on subway, and the control (clean:40)."""
+    """A matrix of two short weak_network runs: 40 % of the members on subway, and the control (clean:40)."""
     results = tmp_path_factory.mktemp("weak") / "results"
-    out = ""
-    for mix in ("subway:40", "clean:40"):
-        proc = chatbench("run", "weak_network", "--members", "30", "--senders", "2", "--rate", "10", "--steady-s", "5",
-                         "--tail-s", "1", "--profile-mix", mix, "--results-dir", str(results / mix.split(":")[0]))
-        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-        out += proc.stdout
-    return results / "subway", results / "clean", out
+    proc = chatbench("matrix", "weak_network", "--members", "30", "--senders", "2", "--rate", "10", "--steady-s", "5",
+                     "--tail-s", "1", "--network", "subway:40", "--network", "clean:40", "--results-dir", str(results),
+                     timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    by_mix = {orjson.loads(f.read_bytes())["parameters"]["profile_mix"]: f for f in results.glob("*.json")}
+    return by_mix["subway:40"], by_mix["clean:40"], proc.stdout
 
 
 @pytest.mark.integration
 def test_weak_network_run_reports_per_profile(weak_runs: tuple[Path, Path, str]) -> None:
-    """chatbench run weak_network end to end: members split by the mix, figures per profile in the bundle,
-    the proxy's impairment counts beside them, nothing lost."""
+    """weak_network end to end through chatbench: members split by the mix, figures per profile in the bundle, the
+    proxy's impairment counts beside them, nothing lost."""
     subway, _, out = weak_runs
-    assert "profile subway: members / reconnects / dead" in out
-    assert "profile subway: proxy did" in out
-    (path,) = subway.glob("*.json")
-    bundle = orjson.loads(path.read_bytes())
+    # the matrix's summary: one row per mix, with the direct members' p99
+    assert "direct p99 ms" in out and "network=subway:40" in out and "network=clean:40" in out
+    bundle = orjson.loads(subway.read_bytes())
     by = bundle["metrics"]["by_profile"]
     assert set(by) == {"direct", "subway"}
     assert by["direct"]["members"] + by["subway"]["members"] == 30
@@ -323,10 +321,11 @@ def test_weak_network_run_reports_per_profile(weak_runs: tuple[Path, Path, str])
 
 @pytest.mark.integration
 def test_mix_and_control_compare_and_report_by_profile(weak_runs: tuple[Path, Path, str], tmp_path: Path) -> None:
-    """The profile mix is a configuration axis: the mix and its control are comparable, compared side by side
-    (the direct members' p99 among the measures), and the report draws one latency CDF per profile."""
+    """The profile mix is a configuration axis: the matrix's mix and its control are comparable, compared side by
+    side (--against the control; the direct members' p99 among the measures), and the report draws one latency CDF
+    per profile."""
     subway, clean, _ = weak_runs
-    proc = chatbench("compare", str(clean), str(subway), "--check", "lost:0")
+    proc = chatbench("compare", str(subway.parent), "--against", "network=clean:40", "--check", "lost:0")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "incomparable" not in proc.stdout.lower()
     assert "network=clean:40" in proc.stdout and "network=subway:40" in proc.stdout
@@ -341,6 +340,19 @@ def test_mix_and_control_compare_and_report_by_profile(weak_runs: tuple[Path, Pa
                    "network=subway:40 · direct"):
         assert legend in plot, legend
     assert plot.count('class="series') >= 4
+
+
+@pytest.mark.integration
+def test_any_scenario_runs_with_a_profile_mix(tmp_path: Path) -> None:
+    """`chatbench run SCENARIO --profile-mix ...` for a scenario that knows nothing of profiles: the summary has a
+    row per profile and what the proxy did."""
+    proc = chatbench("run", "smoke", "-u", "8", "-r", "8", "-t", "5s", "--profile-mix", "wifi:50",
+                     "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    for row in ("profile direct: members / reconnects / dead", "profile wifi: members / reconnects / dead",
+                "profile wifi: latency p50 / p99", "profile wifi: proxy did"):
+        assert row in proc.stdout, row
+    assert "profile direct: proxy did" not in proc.stdout
 
 
 @pytest.mark.parametrize("mix, reason", [("5g:10", "unknown network profile '5g'"),
