@@ -28,6 +28,7 @@ from reference_server.logic import ChatLogic
 from reference_server.metrics import ServerMetrics
 from reference_server.protocol import CloseCode
 from reference_server.store import Store
+from reference_server.unread.counters import RedisCounters
 
 log = logging.getLogger("chat.server")
 
@@ -62,9 +63,12 @@ class ChatServer:
         self.loop = loop
         self.metrics = metrics or new_metrics(config)
         st = storage.create(config.storage, config)
+        counting = unread.create(config.unread, st, config)
+        if config.role == "logic":  # the cluster's counter store is Redis
+            counting.counters = RedisCounters(config.redis_url, on_reconnect=self.metrics.redis_reconnects.inc)
         self.store = Store(
             config.db_path, synchronous=config.sqlite_synchronous, max_batch=config.max_batch, storage=st,
-            unread=unread.create(config.unread, st, config), offline=offline.create(config.offline, config),
+            unread=counting, offline=offline.create(config.offline, config),
             metrics=self.metrics, unread_repair=config.unread_repair,
         )
         self.logic = ChatLogic(config, self.metrics, self.store)

@@ -155,6 +155,8 @@ class Store:
             metrics.unread_writes.inc(rows)
             log.warning("unread repair: %d counters rebuilt from seqs (total error %d) in %.2f s", rows, error,
                         time.perf_counter() - t0)
+        if unread.needs_receivers:  # a counter store kept elsewhere (Redis) is rebuilt from seqs if it lost them
+            unread.counters.start(self.reader, self.directory, storage.countable)
         metrics.track_unread_pending(lambda: float(unread.pending()))
         unread.request_flush = lambda: self.submit(UnreadFlushJob())
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -249,6 +251,7 @@ class Store:
             w.members_now.clear()
             w.read_now.clear()
             self.unread.rolled_back()
+            self.unread.counters.rolled_back()
             self.offline.load(w.db)
             for job in batch:
                 job.error = ProtocolError(ErrorCode.UNAVAILABLE, f"storage failure: {exc}", job.rid)
@@ -261,6 +264,7 @@ class Store:
         w.members_now.clear()
         w.read_now.clear()
         self.unread.committed()
+        self.unread.counters.committed(w.db, self.directory, self.storage.countable)  # before the acks go out
         m, t = self.metrics, w.tally
         for kind, n in t.storage.items():
             m.storage_writes.labels(kind).inc(n)

@@ -17,6 +17,7 @@ from reference_server.directory import Directory, Group
 from reference_server.protocol import Message
 from reference_server.storage import Storage
 from reference_server.tally import Tally
+from reference_server.unread.counters import SqliteCounters
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
@@ -38,6 +39,8 @@ class UnreadCounter(ABC):
     def __init__(self, storage: Storage, config: ServerConfig | None = None) -> None:
         self.storage = storage
         self.config = config
+        #: where the counter modes keep their counters: SQLite (embedded), Redis (cluster: set by the server)
+        self.counters: SqliteCounters = SqliteCounters()
         #: set by the store: ask the writer for a flush job (thread-safe)
         self.request_flush: Callable[[], None] = lambda: None
 

@@ -69,13 +69,13 @@ class MergedUnread(UnreadCounter):
     def on_leave(self, db: sqlite3.Connection, tally: Tally, uid: int, gid: int) -> None:
         self._staged.append((gid, (uid,), None))
         self._left.add((uid, gid))
-        tally.unread += counters.drop(db, uid, gid)
+        tally.unread += self.counters.drop(db, uid, gid)
 
     def flush(self, db: sqlite3.Connection, tally: Tally) -> int:
         """Write every merged counter once (writer thread, in the flush job's transaction); returns rows."""
         self._flush_requested = False
         taken = {k: v for k, v in self._pending.items() if v and k not in self._left}
-        rows = counters.add(db, ((u, g, v) for (u, g), v in taken.items()))
+        rows = self.counters.add(db, ((u, g, v) for (u, g), v in taken.items()))
         tally.unread += rows
         self._taken = taken
         return rows
@@ -130,7 +130,7 @@ class MergedUnread(UnreadCounter):
 
     # -- reads (loop)
     def count(self, db: sqlite3.Connection, uid: int, group: Group) -> int:
-        return counters.stored(db, uid, group.gid) + self._pending.get((uid, group.gid), 0)
+        return self.counters.stored(db, uid, group.gid) + self._pending.get((uid, group.gid), 0)
 
     def repair(self, db: sqlite3.Connection, directory: Directory) -> tuple[int, int]:
-        return counters.rebuild(db, directory, self.storage.countable)
+        return self.counters.rebuild(db, directory, self.storage.countable)

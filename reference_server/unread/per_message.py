@@ -21,21 +21,21 @@ class PerMessageUnread(UnreadCounter):
 
     def on_message(self, db: sqlite3.Connection, tally: Tally, msg: Message, receivers: Sequence[int]) -> None:
         gid = msg.gid
-        tally.unread += counters.add(db, ((u, gid, 1) for u in receivers))
+        tally.unread += self.counters.add(db, ((u, gid, 1) for u in receivers))
 
     def on_change(self, db: sqlite3.Connection, tally: Tally, gid: int, uids: Sequence[int], delta: int) -> None:
-        tally.unread += counters.add(db, ((u, gid, delta) for u in uids))
+        tally.unread += self.counters.add(db, ((u, gid, delta) for u in uids))
 
     def on_read(self, db: sqlite3.Connection, tally: Tally, uid: int, gid: int, old: int, new: int) -> None:
         k = self.storage.countable(db, uid, gid, old, new)
         if k:
-            tally.unread += counters.add(db, ((uid, gid, -k),))
+            tally.unread += self.counters.add(db, ((uid, gid, -k),))
 
     def on_leave(self, db: sqlite3.Connection, tally: Tally, uid: int, gid: int) -> None:
-        tally.unread += counters.drop(db, uid, gid)
+        tally.unread += self.counters.drop(db, uid, gid)
 
     def count(self, db: sqlite3.Connection, uid: int, group: Group) -> int:
-        return counters.stored(db, uid, group.gid)
+        return self.counters.stored(db, uid, group.gid)
 
     def repair(self, db: sqlite3.Connection, directory: Directory) -> tuple[int, int]:
-        return counters.rebuild(db, directory, self.storage.countable)
+        return self.counters.rebuild(db, directory, self.storage.countable)
