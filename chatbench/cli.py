@@ -284,7 +284,7 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     push = m.get("server_push_latency_ms_le") or {}
     if push:
         t.add_row("server push latency (accept → write) p50 / p99 / p99.9",
-                  " / ".join(f"≤ {v:g}" for v in push.values()) + " ms")
+                  " / ".join("above the last bucket" if v is None else f"≤ {v:g}" for v in push.values()) + " ms")
     for k, v in m["fanout_completion_ms"].items():
         if k != "count":
             t.add_row(f"fan-out completion {k}", f"{v:.3f} ms")

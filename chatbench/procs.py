@@ -62,7 +62,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: SIGTERM this child when the thread that started it ends (Linux PR_SET_PDEATHSIG)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -117,7 +117,7 @@ class ServerProcess:
         log = self.log_path.open("a")
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env,
-            start_new_session=self.new_session, preexec_fn=_die_with_parent if self.die_with_parent else None,
+            start_new_session=self.new_session, preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         log.close()
         ready = threading.Event()

@@ -19,8 +19,7 @@ from typing import Any
 from chatbench import bundles, svg
 from chatbench.compare import fmt
 from chatbench.matrix import columns
-
-PROFILE_HIST = "delivery_latency_us["  # + profile + "]": the per-profile histograms of a --profile-mix run
+from drivers.totals import profile_histogram
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px auto;max-width:1400px;color:#222;padding:0 16px}
@@ -98,10 +97,9 @@ def profile_cdf(gs: list[bundles.Group], names: list[str]) -> str:
     """Weak networks: one CDF per (configuration, receiving member's network profile); "" without profile mixes."""
     series = []
     for g, n in zip(gs, names, strict=True):
-        profiles = sorted({k[len(PROFILE_HIST):-1] for b in g.bundles for k in (b.get("histograms") or {})
-                           if k.startswith(PROFILE_HIST)})
+        profiles = sorted({prof for b in g.bundles for prof in b.get("metrics", {}).get("by_profile", {})})
         for prof in profiles:
-            series.append((f"{n} · {prof}", bundles.cdf_points(g.histogram(f"{PROFILE_HIST}{prof}]"))))
+            series.append((f"{n} · {prof}", bundles.cdf_points(g.histogram(profile_histogram(prof)))))
     if not series:
         return ""
     return svg.line_chart("profile-cdf", "Delivery latency CDF by receiving member's network profile", series,

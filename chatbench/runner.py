@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import itertools
+import math
 import subprocess
 import sys
 import tempfile
@@ -107,9 +108,10 @@ def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> flo
 
 
 def bucket_quantiles(after: dict[str, float], before: dict[str, float], histogram: str,
-                     quantiles: tuple[float, ...] = (0.5, 0.99, 0.999)) -> dict[str, float]:
+                     quantiles: tuple[float, ...] = (0.5, 0.99, 0.999)) -> dict[str, float | None]:
     """Upper bounds (ms) of the quantiles of a server histogram over the run, from its bucket counts summed over
-    every process: "p99 ≤ 25 ms". Bounds, not interpolated values: the buckets are coarse. {} without samples."""
+    every process: "p99 ≤ 25 ms". Bounds, not interpolated values: the buckets are coarse. None: above the largest
+    finite bucket (no bound known). {} without samples."""
     prefix = histogram + "_bucket{"
     counts: dict[float, float] = {}
     for key, value in after.items():
@@ -121,10 +123,10 @@ def bucket_quantiles(after: dict[str, float], before: dict[str, float], histogra
     total = ordered[-1][1] if ordered else 0.0
     if total <= 0:
         return {}
-    out = {}
+    out: dict[str, float | None] = {}
     for q in quantiles:
         bound = next(b for b, c in ordered if c >= q * total)
-        out[f"p{q * 100:g}"] = bound * 1000
+        out[f"p{q * 100:g}"] = bound * 1000 if math.isfinite(bound) else None
     return out
 
 

@@ -21,6 +21,12 @@ def urlopen_direct(req: str | urllib.request.Request, timeout: float) -> HTTPRes
     return resp
 
 
+def front_gateway(front_url: str, timeout: float) -> str:
+    """The ws:// URL of the gateway a cluster front hands out now (GET front → {"gateway": id, "url": ...})."""
+    with urlopen_direct(front_url, timeout=timeout) as resp:
+        return str(orjson.loads(resp.read())["url"])
+
+
 class AdminError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"admin request failed with HTTP {status}: {message}")

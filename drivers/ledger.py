@@ -96,8 +96,9 @@ class ReceiverLedger:
         self.repairing = False  # a repair is in flight (the repair loop starts one at a time)
         self.profile: str | None = None  # network profile (weak networks): its figures are also kept apart
 
-    def _fault(self, key: str) -> None:
-        """Count a delivery fault (lost, duplicated, reordered) for the run and for this member's profile."""
+    def count(self, key: str) -> None:
+        """Count ``key`` for the run and for this member's profile (delivery faults, reconnects, ...). Looked up
+        at each call: a take() (worker report) swaps the ledger's dicts."""
         self.ledger.counts[key] += 1
         if self.profile is not None:
             self.ledger.profile(self.profile)["counts"][key] += 1
@@ -163,7 +164,7 @@ class ReceiverLedger:
             ledger.holey.add(self)
         elif seq in gl.holes:
             del gl.holes[seq]
-            self._fault("reordered")
+            self.count("reordered")
         elif seq <= gl.live_from:
             ledger.counts["overlap"] += 1
             return
@@ -172,7 +173,7 @@ class ReceiverLedger:
             ledger.counts["late_after_repair"] += 1
             return
         else:
-            self._fault("duplicated")
+            self.count("duplicated")
             return
         ledger.delivered += 1
         prof = None if self.profile is None else ledger.profile(self.profile)
@@ -308,7 +309,7 @@ class ReceiverLedger:
                 elif tail_cutoff is not None and m["sts"] > tail_cutoff:
                     counts["in_flight_at_stop"] += 1
                 else:
-                    self._fault("lost")
+                    self.count("lost")
                     counts["repaired"] += 1
                     gl.repaired.add(s)
             if nxt > gl.last:

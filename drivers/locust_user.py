@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import gevent
-import orjson
 
 from drivers import netproxy, swarm
-from drivers.admin import AdminClient, urlopen_direct
+from drivers.admin import AdminClient, front_gateway
 from drivers.client import ChatClient, ChatClientError
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
@@ -220,8 +219,7 @@ class ChatUser(User):
             return netproxy.url(self.environment, self.profile)
         front = swarm.option(self.environment, "front_url", "")
         if front:
-            with urlopen_direct(front, timeout=self.connect_timeout) as resp:
-                return str(orjson.loads(resp.read())["url"])
+            return front_gateway(front, self.connect_timeout)
         assert self.host is not None
         return self.host
 
@@ -262,7 +260,7 @@ class ChatUser(User):
         and the catch-up figures.
         """
         if self.client is not None and self.client.dead:
-            self._count("dead_connections")
+            self.ledger.count("dead_connections")
         self._close()
         started = now_us()
         for attempt in range(self.reconnect_attempts):
@@ -277,9 +275,9 @@ class ChatUser(User):
                 if not backoff:
                     gevent.sleep(random.uniform(0, self.reconnect_base_s))
         else:
-            self._count("reconnect_failures")
+            self.ledger.count("reconnect_failures")
             return False
-        self._count("reconnects")
+        self.ledger.count("reconnects")
         self.offline = False
         t0 = time.perf_counter()
         ok = self.ledger.catch_up(self.timed_sync, started)
@@ -289,13 +287,6 @@ class ChatUser(User):
             context={"uid": self.uid, "sync_s": time.perf_counter() - t0},
         )
         return ok
-
-    def _count(self, key: str) -> None:
-        """Count in the process's ledger and the member's profile, looked up now: a take() (worker report) may
-        have swapped the dicts while this member slept in a backoff."""
-        swarm.ledger.counts[key] += 1
-        if self.ledger.profile is not None:
-            swarm.ledger.profile(self.profile)["counts"][key] += 1
 
     def ensure_connected(self) -> None:
         """Reconnect (with catch-up) if the connection dropped by itself and ``auto_reconnect`` is set."""

@@ -15,7 +15,6 @@ from locust import events
 from locust.env import Environment
 
 import atexit
-import contextlib
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from chatbench.procs import die_with_parent, stop_process
 from drivers import swarm
 from drivers.profiles import DIRECT, parse_mix
 
@@ -42,14 +42,6 @@ def mix(env: Environment) -> dict[str, float]:
     return _mix[spec]
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def url(env: Environment, profile: str) -> str:
     """The ws:// URL of ``profile``'s proxy in this process (started on first use)."""
     global _proc
@@ -62,7 +54,7 @@ def url(env: Environment, profile: str) -> str:
                    "--upstream-front", str(swarm.option(env, "front_url", "") or "")]
             for n in names:
                 cmd += ["--profile", n]
-            _proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, preexec_fn=_die_with_parent)
+            _proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, preexec_fn=die_with_parent)
             assert _proc.stdout is not None
             line = _proc.stdout.readline()
             if not line:
@@ -92,12 +84,7 @@ def stop(**_: Any) -> None:
     global _proc
     proc, _proc = _proc, None
     _urls.clear()
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
-        if proc.poll() is None:
-            proc.kill()
+    stop_process(proc, 5.0)
 
 
 events.quitting.add_listener(stop)

@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from drivers.admin import urlopen_direct
+from drivers.admin import front_gateway
 from drivers.profiles import PROFILES, Profile
 
 _HEADER_END = b"\r\n\r\n"
@@ -455,12 +455,7 @@ class Proxy:
         """The server for a new connection: the front's pick (asked off the loop), or the fixed upstream."""
         if not self.front_url:
             return self.upstream_host, self.upstream_port
-
-        def ask() -> bytes:
-            with urlopen_direct(self.front_url, timeout=10) as resp:
-                return bytes(resp.read())
-
-        return _host_port(str(orjson.loads(await asyncio.to_thread(ask))["url"]))
+        return _host_port(await asyncio.to_thread(front_gateway, self.front_url, 10.0))
 
     async def serve(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port, backlog=4096)

@@ -50,6 +50,11 @@ class _Presence:
         return self.cum[i - 1] if i else 0
 
 
+def profile_histogram(profile: str) -> str:
+    """The bundle's name of a profile's delivery-latency histogram (``histograms`` of a --profile-mix run)."""
+    return f"delivery_latency_us[{profile}]"
+
+
 class Totals:
     def __init__(self) -> None:
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
@@ -229,5 +234,5 @@ class Totals:
                "catchup_us": encode(self.catchup.h), "fanout_completion_us": encode(self.fan_last.h),
                "fanout_first_us": encode(self.fan_first.h)}
         for name, prof in sorted(self.profiles.items()):  # --profile-mix runs: the receivers of each profile
-            out[f"delivery_latency_us[{name}]"] = encode(prof["latency"].h)
+            out[profile_histogram(name)] = encode(prof["latency"].h)
         return out

@@ -134,6 +134,8 @@ def test_server_histogram_quantiles_are_bucket_bounds_over_the_run() -> None:
         {"p50": 1.0, "p98": 1.0, "p99": 100.0}
     assert bucket_quantiles(both, before, "chat_push_latency_seconds", (0.99, 0.999)) == {"p99": 1.0, "p99.9": 100.0}
     assert bucket_quantiles(before, before, "chat_push_latency_seconds") == {}
+    slow = scrape([0.5] * 1000 + [5.0] * 20)  # beyond the largest bucket (1 s): no bound, not "≤ inf"
+    assert bucket_quantiles(slow, before, "chat_push_latency_seconds", (0.99,)) == {"p99": None}
 
 
 def test_against_pairs_each_configuration_with_the_one_that_differs_on_that_axis(

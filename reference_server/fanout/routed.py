@@ -5,6 +5,7 @@ registry churn on logins/logouts and on members added or removed while online (`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from reference_server.cluster import wire
@@ -26,11 +27,10 @@ class RoutedFanout(Fanout):
         node = self.node
         if msg.kind == Kind.JOIN and msg.uids:  # the newcomers' gateways hear their join and what follows
             node.route_members(msg.gid, msg.uids, +1)
-        gateways = set(node.group_gateways.get(msg.gid, ()))
+        gateways: Iterable[int] = node.group_gateways.get(msg.gid, ())
         if msg.kind == Kind.LEAVE and msg.uids:  # the removed members' gateways hear the leave, then no more
-            gateways |= node.route_members(msg.gid, msg.uids, -1)
-        if gateways:
-            data = wire.for_group(msg, frame)
-            for gw in sorted(gateways):
-                node.bus.publish(wire.gateway_channel(gw), data)
+            gateways = {*gateways, *node.route_members(msg.gid, msg.uids, -1)}
+        data = wire.for_group(msg, frame)
+        for gw in gateways:
+            node.bus.publish(wire.gateway_channel(gw), data)
         return 0

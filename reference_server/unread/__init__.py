@@ -17,7 +17,7 @@ from reference_server.directory import Directory, Group
 from reference_server.protocol import Message
 from reference_server.storage import Storage
 from reference_server.tally import Tally
-from reference_server.unread.counters import SqliteCounters
+from reference_server.unread.counters import CounterStore, SqliteCounters
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
@@ -40,7 +40,7 @@ class UnreadCounter(ABC):
         self.storage = storage
         self.config = config
         #: where the counter modes keep their counters: SQLite (embedded), Redis (cluster: set by the server)
-        self.counters: SqliteCounters = SqliteCounters()
+        self.counters: CounterStore = SqliteCounters()
         #: set by the store: ask the writer for a flush job (thread-safe)
         self.request_flush: Callable[[], None] = lambda: None
 

@@ -10,6 +10,7 @@ import itertools
 import logging
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 
 import redis
@@ -37,8 +38,41 @@ def truths(db: sqlite3.Connection, directory: Directory, countable: Countable) -
             for gid, group in directory.groups.items() for uid in group.members}
 
 
-class SqliteCounters:
-    """The ``unread_counts`` table, written inside the writer's transaction."""
+class CounterStore(ABC):
+    """Where the counter modes keep their counters. Writes come from the writer thread inside its transaction,
+    ``stored`` from the loop."""
+
+    @abstractmethod
+    def add(self, db: sqlite3.Connection, changes: Iterable[tuple[int, int, int]]) -> int:
+        """Apply (uid, gid, delta) changes; returns the counter writes (one per change)."""
+
+    @abstractmethod
+    def drop(self, db: sqlite3.Connection, uid: int, gid: int) -> int:
+        """Forget uid's counter in gid (it left); returns the writes."""
+
+    @abstractmethod
+    def stored(self, db: sqlite3.Connection, uid: int, gid: int) -> int:
+        """uid's stored counter in gid."""
+
+    @abstractmethod
+    def rebuild(self, db: sqlite3.Connection, directory: Directory, countable: Countable) -> tuple[int, int]:
+        """Set every member's counter to the seq-derived truth; returns (counters rewritten, total absolute
+        error)."""
+
+    # -- the writer's transaction: stores outside it apply or drop what the batch staged
+    def start(self, db: sqlite3.Connection, directory: Directory, countable: Countable) -> None:  # noqa: B027
+        """Before the writer runs (start-up)."""
+
+    def committed(self, db: sqlite3.Connection, directory: Directory,  # noqa: B027
+                  countable: Countable) -> None:
+        """The batch committed (writer thread, before its acks go out)."""
+
+    def rolled_back(self) -> None:  # noqa: B027
+        """The batch rolled back."""
+
+
+class SqliteCounters(CounterStore):
+    """The ``unread_counts`` table, written inside the writer's transaction (nothing to do at commit)."""
 
     def add(self, db: sqlite3.Connection, changes: Iterable[tuple[int, int, int]]) -> int:
         """Apply (uid, gid, delta) changes, one row write each; returns the rows written."""
@@ -54,7 +88,6 @@ class SqliteCounters:
         return int(row[0]) if row is not None else 0
 
     def rebuild(self, db: sqlite3.Connection, directory: Directory, countable: Countable) -> tuple[int, int]:
-        """Set every member's counter to the seq-derived truth; returns (rows rewritten, total absolute error)."""
         have = {(u, g): n for u, g, n in db.execute("SELECT uid, gid, n FROM unread_counts")}
         fixes = [(u, g, n) for (u, g), n in truths(db, directory, countable).items() if have.get((u, g), 0) != n]
         error = sum(abs(have.get((u, g), 0) - n) for u, g, n in fixes)
@@ -63,18 +96,8 @@ class SqliteCounters:
         db.execute("COMMIT")
         return len(fixes), error
 
-    # -- the writer's transaction (SQLite writes are part of it: nothing to do)
-    def start(self, db: sqlite3.Connection, directory: Directory, countable: Countable) -> None:
-        pass
 
-    def committed(self, db: sqlite3.Connection, directory: Directory, countable: Countable) -> None:
-        pass
-
-    def rolled_back(self) -> None:
-        pass
-
-
-class RedisCounters(SqliteCounters):
+class RedisCounters(CounterStore):
     """Cluster mode: counters in Redis, a hash per group (``chat:unread:<gid>``, field uid).
 
     Changes are staged in the writer's transaction and applied after it commits — before the acks go out — in
