@@ -5,7 +5,7 @@
 
 What it does:
 
-1. starts ``python -m reference_server`` (:class:`chatbench.procs.ServerProcess`) on loopback ports it binds
+1. starts ``python -m reference_server`` (:class:`harness.procs.ServerProcess`) on loopback ports it binds
    itself, with a fresh database in a temp dir, ``--send-rate 0 --idle-timeout-s 600``, pinned to core 0
    (``--server-core``), in its own session, SIGTERMed by the kernel should this process die;
 2. provisions users 1..N+1 and group 1 holding all of them (N receivers + the sender, uid N+1);
@@ -24,7 +24,7 @@ What it does:
    The window of each run is exactly the broadcast: the server's CPU and the receiver's CPU are read right
    before the first send and right after the last delivery arrived; connection set-up is outside it. Server
    CPU is user+sys of the whole process from /proc/PID/stat (psutil; 10 ms ticks) and, for the headline
-   figure, :func:`chatbench.machine.process_cpu_seconds` (the threads' schedstat on-CPU nanoseconds: the same
+   figure, :func:`record.machine.process_cpu_seconds` (the threads' schedstat on-CPU nanoseconds: the same
    quantity, exact; psutil's figure is used when schedstat is missing). Both are in the JSON; a warning says
    if they disagree by more than 10%.
 5. after each run the receiver verifies every connection received exactly the messages sent so far and the
@@ -38,7 +38,7 @@ Cluster mode (docs/cluster.md), the same measurement over a real redis-server, o
     python -m benchmarks.fanout --cluster 2 --fanout per-user,broadcast,routed --members 10000 --messages 100
     python -m benchmarks.fanout --cluster 3 --empty-gateways 1 --fanout broadcast,routed
 
-* ``--cluster K`` starts a :class:`chatbench.cluster.Cluster` per ``--fanout`` mode (repeatable or a comma
+* ``--cluster K`` starts a :class:`harness.cluster.Cluster` per ``--fanout`` mode (repeatable or a comma
   list; default all three) instead of the embedded server. The N receivers are split over gateways 1..K-E
   (``--empty-gateways E`` leaves the last E without any), one receiver process per gateway holding its share of
   connections to that gateway; the sender is on gateway 1. Nothing is pinned by default (1 + K + 1 server
@@ -88,14 +88,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from chatbench.cli import delta, server_counters
-from chatbench.cluster import Cluster
-from chatbench.machine import git_info, machine_info, process_cpu_seconds
-from chatbench.procs import SECRET, ServerProcess, ServerStartError
 from drivers.admin import AdminClient, AdminError
 from drivers.bundle import write_new
 from drivers.client import ChatClient, ChatClientError
 from drivers.fast_receiver import FastReceiver
+from harness.cluster import Cluster
+from harness.procs import SECRET, ServerProcess, ServerStartError
+from record.machine import git_info, machine_info, process_cpu_seconds
+from record.promtext import counters as server_counters
+from record.promtext import delta
 from reference_server.protocol import user_token
 
 GID: Final = 1
@@ -125,7 +126,7 @@ FAILURES: Final = (BenchError, ServerStartError, AdminError, ChatClientError)
 class CpuSample:
     user: float
     sys: float
-    sched: float  # chatbench.machine.process_cpu_seconds (schedstat, ns precision; 0.0 where missing)
+    sched: float  # record.machine.process_cpu_seconds (schedstat, ns precision; 0.0 where missing)
 
     @property
     def total(self) -> float:

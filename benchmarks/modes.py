@@ -4,11 +4,11 @@
     python -m benchmarks.modes --members 1000 --messages 5 --repeat 1     # smoke run
 
 For each configuration (the default ``read/seq/pull`` and each other mode with the rest at default) it starts
-``python -m reference_server`` (:class:`chatbench.procs.ServerProcess`, pinned to ``--server-core``), provisions
+``python -m reference_server`` (:class:`harness.procs.ServerProcess`, pinned to ``--server-core``), provisions
 N users in one group, connects only the sender (uid 1; the N − 1 others are offline, so the offline modes buffer
 for every one of them and fan-out is a walk over the members with nobody to push to), sends a few unmeasured
 messages, then ``--repeat`` windows of ``--messages`` paced sends (each waits for its ack). A window's server CPU
-is :func:`chatbench.machine.process_cpu_seconds` (schedstat, all threads) from before the first send until the
+is :func:`record.machine.process_cpu_seconds` (schedstat, all threads) from before the first send until the
 last ack — and, in the merged unread mode, until its flush has written every pending change
 (``chat_unread_pending`` back to 0; the flush timer is set to 100 ms). Rows per message come from the server's
 exact counters (``chat_storage_writes_total{kind}``, ``chat_unread_writes_total``, ``chat_offline_writes_total``).
@@ -35,11 +35,12 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from chatbench.cli import delta, server_counters
-from chatbench.machine import git_info, machine_info, process_cpu_seconds
-from chatbench.procs import SECRET, ServerProcess
 from drivers.bundle import write_new
 from drivers.client import ChatClient
+from harness.procs import SECRET, ServerProcess
+from record.machine import git_info, machine_info, process_cpu_seconds
+from record.promtext import counters as server_counters
+from record.promtext import delta
 from reference_server.protocol import user_token
 
 GID: Final = 1

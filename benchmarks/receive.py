@@ -109,10 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="", help="result JSON (default results/bench-receive-<UTC>.json)")
     args = p.parse_args(argv)
 
-    from chatbench.machine import git_info, machine_info
-    from chatbench.procs import SECRET, ServerProcess
     from drivers.bundle import write_new
     from drivers.client import ChatClient
+    from harness.procs import SECRET, ServerProcess
+    from record.machine import git_info, machine_info
     from reference_server.protocol import user_token
 
     n = args.receivers

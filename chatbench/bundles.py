@@ -1,8 +1,7 @@
-"""Result bundles as the CLI reads them: load, write (append-only), group by configuration, tell comparable apart.
+"""Result records as the CLI compares them: group by configuration, tell comparable apart, read measures.
 
-A bundle is one JSON file per run (fields: DESIGN.md "Result bundle"). ``chatbench run`` writes the swarm's
-bundle plus what only the orchestrator knows: ``config`` (the server modes and the process layout),
-``server`` (schedstat CPU of every server process, counters summed over them) and ``timeseries``.
+A record (a "bundle") is one JSON file per run; its schema is record/schema.py (docs/results.md), read and
+written through :mod:`record.store`. Swarm records and benchmark records are compared the same way.
 
 Two bundles are *comparable* when they ran the same scenario with the same parameters under the same
 ``api_version``; their configuration (modes, cluster size, network profile mix) is what a comparison is about, so
@@ -14,13 +13,13 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal
 
-import orjson
-
-from drivers.bundle import RUN_SPECIFIC_OPTIONS, write_new
+from drivers.bundle import RUN_SPECIFIC_OPTIONS
 from drivers.deliveries import decode_into, new_histogram
+from record.store import load, load_all, write
+
+__all__ = ["AXES", "MEASURES", "Group", "Measure", "config", "groups", "label", "load", "load_all", "write"]
 
 #: scenario options that differ between otherwise identical runs; newer bundles leave them out already
 VOLATILE_PARAMETERS: Final = RUN_SPECIFIC_OPTIONS
@@ -83,36 +82,6 @@ def measure(name: str) -> Measure:
     if not name or any(not part.isidentifier() for part in name.split(".")):
         raise ValueError(f"not a measure name: {name!r}")
     return Measure(name, tuple(name.split(".")), "", "count")
-
-
-def load(path: Path) -> dict[str, Any]:
-    data = orjson.loads(path.read_bytes())
-    if not isinstance(data, dict) or "metrics" not in data or "api_version" not in data:
-        raise ValueError(f"{path}: not a chatbench result bundle (no api_version/metrics)")
-    data.setdefault("_path", str(path))
-    return data
-
-
-def load_all(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    """Bundles from files and directories (every ``*.json`` in a directory that is a bundle; others skipped)."""
-    out = []
-    for path in paths:
-        if path.is_dir():
-            for f in sorted(path.glob("*.json")):
-                try:
-                    out.append(load(f))
-                except ValueError:
-                    continue
-        else:
-            out.append(load(path))
-    return out
-
-
-def write(directory: Path, bundle: dict[str, Any], stem: str) -> Path:
-    """Write under ``directory`` with a name that does not exist yet: results are never overwritten."""
-    data = orjson.dumps({k: v for k, v in bundle.items() if not k.startswith("_")},
-                        option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    return write_new(directory, stem, data)
 
 
 def config(bundle: dict[str, Any]) -> dict[str, str]:

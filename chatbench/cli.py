@@ -36,13 +36,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from chatbench import bundles
-from chatbench.cluster import Cluster
-from chatbench.procs import free_port
-from chatbench.prom import SERVER_JOB, SWARM_JOB, PrometheusProcess
-from chatbench.runner import RunConfig, RunOutcome, bundle_stem, delta, execute, scenario_path, started
-from chatbench.runner import counters as server_counters
+from chatbench.prom import PrometheusProcess
+from chatbench.runner import RunConfig, RunOutcome, bundle_stem, execute, scenario_path, started
+from dashboards.promql import SERVER_JOB, SWARM_JOB
+from drivers.subprocs import free_port
+from harness.cluster import Cluster
+from record.promtext import delta
 
-__all__ = ["delta", "main", "scenario_path", "server_counters"]  # benchmarks and tests import these from here
 ROOT = Path(__file__).resolve().parent.parent
 # logs and pipes get wide tables too (rich assumes 80 columns when stdout is not a terminal)
 console = Console(width=int(os.environ.get("COLUMNS", "0") or 0) or (None if sys.stdout.isatty() else 160))
@@ -302,9 +302,9 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
         injected = {k.removeprefix("injected_"): v for k, v in prof.items() if k.startswith("injected_")}
         if injected:  # what the impairing proxy did to this profile's connections
             t.add_row(f"profile {name}: proxy did", ", ".join(f"{k} {v:,}" for k, v in sorted(injected.items())))
-    t.add_row("server CPU (schedstat, all processes)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
-    if cpu > 0 and deliveries:
-        t.add_row("deliveries per server CPU-second", f"{deliveries / cpu:,.0f}")
+    t.add_row("server CPU (schedstat, all processes, traffic window)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
+    if m.get("deliveries_per_server_cpu_s"):
+        t.add_row("deliveries per server CPU-second", f"{m['deliveries_per_server_cpu_s']:,.0f}")
     for kind, n in writes.items():
         if n:
             t.add_row(f"storage writes: {kind}", f"{n:,.0f}" + (f" ({n / messages:.2f}/msg)" if messages else ""))

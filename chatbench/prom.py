@@ -26,12 +26,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from chatbench.procs import free_port, log_tail, stop_process
 from drivers.admin import urlopen_direct
+from drivers.subprocs import free_port, log_tail, stop_process
 
 # Job names: the dashboards and dashboards/prometheus.yml use the same ones.
-SERVER_JOB = "chat_server"  # each gateway's admin port (/metrics)
-SWARM_JOB = "chatbench_swarm"  # the Locust master's --metrics-port
 BINARY = "prometheus"
 # Kept results are looked at long after the run: never let retention delete them on reopen.
 RETENTION = "10y"

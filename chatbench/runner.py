@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import itertools
-import math
 import subprocess
 import sys
 import tempfile
@@ -32,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
+import record
 from chatbench import bundles
-from chatbench.cluster import Cluster
-from chatbench.machine import process_cpu_seconds
-from chatbench.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess
 from drivers.admin import AdminClient
+from harness.cluster import Cluster
+from harness.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess
+from record.machine import process_cpu_seconds
+from record.promtext import add, bucket_quantiles, counters, delta
 
 SCENARIOS = REPO / "scenarios"
 
@@ -90,49 +90,6 @@ def scenario_path(name: str) -> Path:
         known = sorted(p.stem for p in SCENARIOS.glob("*.py") if not p.stem.startswith("_"))
         raise SystemExit(f"no scenario {name!r}; known: {', '.join(known)}")
     return path
-
-
-def counters(text: str) -> dict[str, float]:
-    """Flatten /metrics text into name{labels} -> value."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
-def delta(after: dict[str, float], before: dict[str, float], prefix: str) -> float:
-    """Sum of after − before over the series ``prefix`` and ``prefix{...}``."""
-    return sum(v - before.get(k, 0.0) for k, v in after.items() if k == prefix or k.startswith(prefix + "{"))
-
-
-def bucket_quantiles(after: dict[str, float], before: dict[str, float], histogram: str,
-                     quantiles: tuple[float, ...] = (0.5, 0.99, 0.999)) -> dict[str, float | None]:
-    """Upper bounds (ms) of the quantiles of a server histogram over the run, from its bucket counts summed over
-    every process: "p99 ≤ 25 ms". Bounds, not interpolated values: the buckets are coarse. None: above the largest
-    finite bucket (no bound known). {} without samples."""
-    prefix = histogram + "_bucket{"
-    counts: dict[float, float] = {}
-    for key, value in after.items():
-        if key.startswith(prefix):
-            le = dict(part.split("=", 1) for part in key[len(prefix):-1].split(","))["le"]
-            bound = float(le)
-            counts[bound] = counts.get(bound, 0.0) + value - before.get(key, 0.0)
-    ordered = sorted(counts.items())
-    total = ordered[-1][1] if ordered else 0.0
-    if total <= 0:
-        return {}
-    out: dict[str, float | None] = {}
-    for q in quantiles:
-        bound = next(b for b, c in ordered if c >= q * total)
-        out[f"p{q * 100:g}"] = bound * 1000 if math.isfinite(bound) else None
-    return out
-
-
-def _add(into: dict[str, float], more: dict[str, float]) -> None:
-    for k, v in more.items():
-        into[k] = into.get(k, 0.0) + v
 
 
 class Servers:
@@ -191,7 +148,7 @@ class Servers:
 
     @property
     def ws_url(self) -> str:
-        # the drivers take one --host: in a cluster every user connects to gateway 1 (drivers have no front yet)
+        # Locust's --host; in a cluster users ask --front-url for a gateway at every (re)connect, this is a fallback
         procs = self.processes()
         return procs[1][1].ws_url if self.cluster is not None else procs[0][1].ws_url
 
@@ -215,7 +172,7 @@ class Servers:
         for role, srv in self.processes():
             assert srv.admin is not None
             with contextlib.suppress(Exception):
-                _add(total, counters(srv.admin.metrics_text()))
+                add(total, counters(srv.admin.metrics_text()))
             cpu[role] = process_cpu_seconds(srv.pid)
         if self.cluster is not None and self.cluster.redis is not None and self.cluster.redis.proc is not None:
             cpu["redis"] = process_cpu_seconds(self.cluster.redis.proc.pid)
@@ -357,8 +314,7 @@ def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str]
 def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: dict[str, float],
              after: dict[str, float], cpu0: dict[str, float], cpu1: dict[str, float],
              sampler: Sampler) -> dict[str, Any]:
-    bundle = {k: v for k, v in swarm.items()
-              if k not in ("delivered", "delivery_latency_ms", "latency_clamped", "bundle_path")}
+    bundle = dict(swarm)
     bundle["config"] = cfg.record()
     bundle["scenario"] = swarm.get("scenario") or scenario_path(cfg.scenario).stem
     m = bundle["metrics"]
@@ -382,9 +338,7 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
             m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
     # where the latency comes from: the server's own part (accept → the last socket write), upper bounds
     m["server_push_latency_ms_le"] = bucket_quantiles(after, before, "chat_push_latency_seconds")
-    deliveries = m.get("server_deliveries") or 0.0
-    m["deliveries_per_server_cpu_s"] = deliveries / server_cpu if server_cpu > 0 else None
-    m["server_cpu_us_per_message"] = server_cpu / accepted * 1e6 if accepted else None
+    m["server_messages_accepted"] = accepted
     procs = [{"role": role, "pid": srv.pid, "cpu_s": cpu.get(role, 0.0)} for role, srv in servers.processes()]
     names = ("chat_messages_accepted_total", "chat_deliveries_total", "chat_storage_writes_total",
              "chat_unread_writes_total", "chat_offline_writes_total", "chat_offline_dropped_total",
@@ -393,7 +347,7 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
     bundle["server"] = {"processes": procs, "redis_cpu_s": cpu.get("redis"),
                         "counters": {n: delta(after, before, n) for n in names}}
     bundle["timeseries"] = sampler.series()
-    return bundle
+    return record.finish(bundle)
 
 
 def bundle_stem(bundle: dict[str, Any]) -> str:

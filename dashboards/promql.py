@@ -12,7 +12,10 @@ Grafana variables used here: ``$run_id``, ``$fanout``, ``$storage``, ``$unread``
 
 from __future__ import annotations
 
-from chatbench.prom import SERVER_JOB
+#: the Prometheus job names of the scrape targets (dashboards query by them; chatbench run --prometheus and
+#: dashboards/prometheus.yml name their jobs so)
+SERVER_JOB = "chat_server"  # each server process's admin port (/metrics)
+SWARM_JOB = "chatbench_swarm"  # the Locust master's --metrics-port
 
 MODES = ("fanout", "storage", "unread", "offline")
 MODE_LABELS = ", ".join(MODES)

@@ -1,4 +1,5 @@
-"""The result bundle: one JSON file per run, append-only under ``--results-dir`` (fields: DESIGN.md "Result bundle").
+"""The swarm's result record (schema: record/schema.py, docs/results.md), one JSON file per run, append-only under
+``--results-dir``.
 
 Written by the coordinator at the end of a run, after every worker's final data arrived (see drivers/swarm.py).
 Server-side costs come from the server's ``/metrics`` (admin plane) read at test start and when the run begins
@@ -9,29 +10,19 @@ they are exact only when nothing else loads it meanwhile. ``process_cpu_seconds_
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-from prometheus_client.parser import text_string_to_metric_families
-
+import record
 from drivers.admin import AdminClient
 from drivers.totals import Totals
+from record.promtext import counters, delta
 
 if TYPE_CHECKING:  # no locust import at run time: importing locust monkey-patches the process with gevent
     from locust.env import Environment
 
     from drivers.swarm import RunState
-
-API_VERSION: Final = 1
-_SERVER_SERIES: Final = (
-    "chat_messages_accepted_total", "chat_deliveries_total", "chat_storage_writes_total", "chat_unread_writes_total",
-    "chat_bus_messages_total", "chat_offline_dropped_total", "chat_offline_writes_total",
-    "chat_slow_consumer_disconnects_total", "chat_sync_requests_total", "process_cpu_seconds_total",
-)
-
 
 def _admin(env: Environment) -> AdminClient | None:
     opts = env.parsed_options
@@ -40,20 +31,14 @@ def _admin(env: Environment) -> AdminClient | None:
 
 
 def server_counters(env: Environment) -> dict[str, float]:
-    """Sums of the server's cost counters (over labels), or {} if the admin plane cannot be read."""
+    """The server's /metrics, flattened (``record.promtext.counters``), or {} if the admin plane cannot be read."""
     admin = _admin(env)
-    out: dict[str, float] = {}
     if admin is None:
-        return out
+        return {}
     try:
-        text = admin.metrics_text()
+        return counters(admin.metrics_text())
     except Exception:
-        return out
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in _SERVER_SERIES:
-                out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
+        return {}
 
 
 def _server_modes(env: Environment) -> dict[str, Any]:
@@ -84,62 +69,30 @@ def scenario_parameters(env: Environment) -> dict[str, Any]:
 
 
 def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
-    from chatbench.machine import git_info, machine_info
-
     opts = env.parsed_options
-    # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation
-    before, after = run.server_before, run.server_after or server_counters(env)
-    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _SERVER_SERIES} if before and after else {}
     from drivers.shapes import PhasedShape
 
     if isinstance(env.shape_class, PhasedShape) and opts is not None:
         totals.set_measure_from(env.shape_class.measured_from(opts))
-    metrics = totals.metrics()
-    accepted = d.get("chat_messages_accepted_total", 0.0)
-    cpu = d.get("process_cpu_seconds_total")
-    server_deliveries = d.get("chat_deliveries_total", 0.0)
-
-    def per_message(key: str) -> float | None:
-        return d[key] / accepted if d and accepted else None
-
-    metrics.update({
-        "server_cpu_s": cpu,
-        "server_deliveries": server_deliveries if d else None,
-        "server_messages_accepted": accepted if d else None,
-        "deliveries_per_server_cpu_s": server_deliveries / cpu if cpu else None,
-        "storage_writes_per_message": per_message("chat_storage_writes_total"),
-        "unread_writes_per_message": per_message("chat_unread_writes_total"),
-        "bus_messages_per_message": per_message("chat_bus_messages_total"),
-        "offline_dropped": d.get("chat_offline_dropped_total") if d else None,
-        "slow_consumer_disconnects": d.get("chat_slow_consumer_disconnects_total") if d else None,
-        "sync_requests": d.get("chat_sync_requests_total") if d else None,
-    })
+    out = record.new("swarm", getattr(opts, "chatbench_scenario", "") or _scenario_name(env),
+                     scenario_parameters(env), run_id=run.run_id, started_s=run.started_us / 1e6,
+                     server_modes=_server_modes(env))
+    metrics = out["metrics"]
+    metrics.update(totals.metrics())
+    # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation
+    metrics.update(record.server_figures(run.server_after or server_counters(env), run.server_before))
     invalid = list(metrics["generator_saturated_reasons"])
     if run.finals_missing:
         invalid.append(f"no final data from workers {run.finals_missing}")
     if metrics["latency_clamped"]:
         invalid.append(f"{metrics['latency_clamped']} latencies outside the HDR range (clock skew?)")
-    metrics["valid"] = not invalid
-    metrics["invalid_reasons"] = invalid
     requests = {}
     for (name, method), entry in env.stats.entries.items():
         requests[name if method != "HDR" else f"{name} [HDR]"] = {
             "type": method, "count": entry.num_requests, "failures": entry.num_failures,
             "p50_ms": entry.get_response_time_percentile(0.5), "p99_ms": entry.get_response_time_percentile(0.99),
         }
-    git = git_info()
-    return {
-        "api_version": API_VERSION,
-        "run_id": run.run_id,
-        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(run.started_us / 1e6)),
-        "duration_s": (time.time_ns() // 1000 - run.started_us) / 1e6,
-        "commit": git["commit"],
-        "dirty": git["dirty"],
-        "machine": machine_info(),
-        "scenario": getattr(opts, "chatbench_scenario", "") or _scenario_name(env),
-        "parameters": scenario_parameters(env),
-        "server_modes": _server_modes(env),
+    out.update({
         "generator": {
             "host": env.host,
             "workers": run.workers,
@@ -149,11 +102,11 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
             "users": getattr(opts, "num_users", None),
             "spawn_rate": getattr(opts, "spawn_rate", None),
         },
-        "metrics": metrics,
         "scenario_results": dict(run.scenario_results),
         "requests": requests,
         "histograms": totals.histograms(),
-    }
+    })
+    return record.finish(out, invalid)
 
 
 def _scenario_name(env: Environment) -> str:
@@ -161,34 +114,15 @@ def _scenario_name(env: Environment) -> str:
     return Path(str(files).split(",")[0]).stem
 
 
-def write_new(directory: Path, stem: str, data: bytes) -> Path:
-    """Write ``stem.json`` (or ``stem-N.json``) under directory, a name that does not exist yet (O_EXCL): result
-    files are append-only, never overwritten."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for i in range(1000):
-        path = directory / (f"{stem}.json" if i == 0 else f"{stem}-{i}.json")
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            continue
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        return path
-    raise FileExistsError(f"{directory}/{stem}*.json: too many files of that name")
-
-
 def write(env: Environment, result: dict[str, Any]) -> Path:
-    """Write the bundle under ``--results-dir`` (never overwriting); also to ``--chatbench-out``."""
+    """Write the record under ``--results-dir`` (never overwriting); also to ``--chatbench-out`` (the CLI's
+    hand-off file, the same record)."""
     opts = env.parsed_options
     directory = Path(getattr(opts, "results_dir", "results") or "results")
-    data = orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
-    path = write_new(directory, f"swarm-{result['scenario']}-{result['run_id']}", data)
+    path = record.write(directory, result, f"swarm-{result['scenario']}-{result['run_id']}")
     out = getattr(opts, "chatbench_out", "")
-    if out:  # the CLI's hand-off file (chatbench run): the bundle plus the keys it reads at the top level
-        m = result["metrics"]
-        legacy = {**result, "delivered": m["delivered"], "delivery_latency_ms": m["delivery_latency_ms"],
-                  "latency_clamped": m["latency_clamped"], "bundle_path": str(path)}
-        Path(out).write_bytes(orjson.dumps(legacy, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS))
+    if out:
+        Path(out).write_bytes(record.dumps(result))
     return path
 
 
@@ -238,7 +172,7 @@ class ServerSampler:
             dt = max(t - t_prev, 1e-9)
             if cur and prev:
                 def rate(key: str, cur: dict[str, float] = cur, prev: dict[str, float] = prev, dt: float = dt) -> float:
-                    return (cur.get(key, 0.0) - prev.get(key, 0.0)) / dt
+                    return delta(cur, prev, key) / dt
 
                 self.samples.append({"t": t, "cpu_ratio": rate("process_cpu_seconds_total"),
                                      "sync_per_s": rate("chat_sync_requests_total"),

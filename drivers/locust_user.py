@@ -54,9 +54,9 @@ def _options(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("chatbench")
     g.add_argument("--admin-url", env_var="CHATBENCH_ADMIN_URL", default="http://127.0.0.1:8766",
                    help="the server's admin plane")
-    g.add_argument("--admin-token", env_var="CHATBENCH_ADMIN_TOKEN", default="chatbench-dev-admin",
+    g.add_argument("--admin-token", env_var="CHATBENCH_ADMIN_TOKEN", default=protocol.DEV_ADMIN_TOKEN,
                    help="bearer token of the admin plane")
-    g.add_argument("--chat-secret", env_var="CHATBENCH_SECRET", default="chatbench-dev-secret",
+    g.add_argument("--chat-secret", env_var="CHATBENCH_SECRET", default=protocol.DEV_SECRET,
                    help="server secret the user tokens are derived from")
     g.add_argument("--results-dir", env_var="CHATBENCH_RESULTS_DIR", default="results",
                    help="where the result bundle (JSON, append-only) is written at the end of a run")
@@ -182,7 +182,7 @@ class ChatUser(User):
             raise ValueError(f"ChatUser needs --host ws://HOST:PORT (the server's WebSocket URL), got {self.host!r}")
         index = next(_local_index)
         self.uid = worker_index(environment) * UID_BLOCK + index + 1
-        secret = swarm.option(environment, "chat_secret", "chatbench-dev-secret")
+        secret = swarm.option(environment, "chat_secret", protocol.DEV_SECRET)
         self.token = protocol.user_token(secret, self.uid)
         self.ledger: ReceiverLedger = swarm.ledger.receiver(self.uid)
         # the run's options override the scenario's class defaults

@@ -22,9 +22,9 @@ from typing import IO, Any, Final
 
 import orjson
 
-from chatbench.procs import die_with_parent, stop_process
 from drivers import swarm
 from drivers.profiles import DIRECT, parse_mix
+from drivers.subprocs import die_with_parent, stop_process
 
 REPORT_S: Final = 1.0  # how often the proxy child reports its impairment counts
 

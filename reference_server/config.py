@@ -10,8 +10,8 @@ from typing import Any
 
 from reference_server import protocol
 
-DEV_SECRET = "chatbench-dev-secret"
-DEV_ADMIN_TOKEN = "chatbench-dev-admin"
+DEV_SECRET = protocol.DEV_SECRET
+DEV_ADMIN_TOKEN = protocol.DEV_ADMIN_TOKEN
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

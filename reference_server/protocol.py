@@ -32,6 +32,10 @@ GroupId = NewType("GroupId", int)
 Seq = NewType("Seq", int)
 
 MAX_ID: Final = 2**63 - 1
+#: the default user-token secret and admin token: loopback benchmarking only (the server and every client of this
+#: toolkit default to them; set CHAT_SECRET / CHAT_ADMIN_TOKEN anywhere else)
+DEV_SECRET: Final = "chatbench-dev-secret"
+DEV_ADMIN_TOKEN: Final = "chatbench-dev-admin"
 #: Default limits; the server's may be stricter (it announces them in ``hello``).
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
 DEFAULT_MAX_BODY_CHARS: Final = 4096

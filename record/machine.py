@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]  # the checkout whose commit a record names
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -1,6 +1,6 @@
 """The cost model, exactly: rows written per message for N = 10, 1,000 and 10,000 members, read from the
 server's own counters (published by the writer after each commit). In-process, no sockets
-(tests/modes_harness.py): the real Store and writer thread, fake connections for the online members."""
+(tests/unit/modes_harness.py): the real Store and writer thread, fake connections for the online members."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from reference_server import protocol
-from tests.modes_harness import Harness
+from tests.unit.modes_harness import Harness
 
 GID = 1
 SIZES = [10, 1_000, 10_000]

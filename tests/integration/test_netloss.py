@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from chatbench.procs import SECRET, ServerProcess
 from drivers.netloss import LossyLink, unavailable
+from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import user_token
-from tests.conftest import provision
+from tests.integration.conftest import provision
 
 pytestmark = pytest.mark.integration
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from chatbench.procs import ADMIN_TOKEN, SECRET, ServerProcess
+from harness.procs import ADMIN_TOKEN, SECRET, ServerProcess
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_scenario(server: ServerProcess, tmp_path: Path, *args: str, timeout: float = 150) -> dict[str, object]:

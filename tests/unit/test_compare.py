@@ -14,7 +14,7 @@ from chatbench import bundles
 from chatbench.cli import main as chatbench_main
 from chatbench.compare import Check, compare, mann_whitney_worse
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASELINE = REPO / "benchmarks" / "baseline"
 
 
@@ -116,8 +116,8 @@ def test_server_histogram_quantiles_are_bucket_bounds_over_the_run() -> None:
     processes, each quantile reported as the upper bound of its bucket."""
     from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    from chatbench.runner import bucket_quantiles
-    from chatbench.runner import counters as server_counters
+    from record.promtext import bucket_quantiles
+    from record.promtext import counters as server_counters
 
     def scrape(observations: list[float]) -> dict[str, float]:
         reg = CollectorRegistry()

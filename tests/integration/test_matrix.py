@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCENARIO = ["large_group_burst", "--members", "60", "--senders", "3", "--rate", "10", "--burst-s", "2",
             "--settle-s", "1", "--tail-s", "1", "--connect-rate", "300"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

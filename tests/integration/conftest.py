@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chatbench.procs import SECRET, ServerProcess
 from drivers.admin import AdminClient
 from drivers.client import ChatClient
+from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import user_token
 
 

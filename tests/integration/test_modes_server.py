@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from chatbench.cli import server_counters
-from chatbench.procs import ServerProcess
 from drivers.client import ChatClient, ServerError
-from tests.conftest import admin, provision
+from harness.procs import ServerProcess
+from record.promtext import counters as server_counters
+from tests.integration.conftest import admin, provision
 
 pytestmark = pytest.mark.integration
 
@@ -99,7 +99,7 @@ def test_mode_end_to_end(server_factory: Callable[..., ServerProcess], flags: tu
 
 
 def _token(uid: int) -> str:
-    from chatbench.procs import SECRET
+    from harness.procs import SECRET
     from reference_server.protocol import user_token
 
     return user_token(SECRET, uid)

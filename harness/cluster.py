@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-from chatbench.procs import RedisProcess, ServerProcess
 from drivers.admin import AdminClient
+from harness.procs import RedisProcess, ServerProcess
 
 
 class Cluster:

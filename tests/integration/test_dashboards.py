@@ -19,9 +19,10 @@ import pytest
 import dashboards
 from chatbench.cli import main as chatbench_main
 from chatbench.grafana import push
-from chatbench.procs import REPO
-from chatbench.prom import SERVER_JOB, SWARM_JOB, PrometheusProcess, available, scrape_config
+from chatbench.prom import PrometheusProcess, available, scrape_config
 from dashboards.__main__ import main as dashboards_main
+from dashboards.promql import SERVER_JOB, SWARM_JOB
+from harness.procs import REPO
 
 GRAFANA_BUILTINS = {"__rate_interval", "__range", "__interval"}
 

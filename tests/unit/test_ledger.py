@@ -322,10 +322,12 @@ def test_faults_are_counted_per_receiving_profile() -> None:
 def test_bundle_files_are_never_overwritten(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    import record
     from drivers import bundle
 
     env: Any = SimpleNamespace(parsed_options=SimpleNamespace(results_dir=str(tmp_path), chatbench_out=""))
-    result = {"scenario": "s", "run_id": "r", "metrics": {}}
+    result = record.finish(record.new("swarm", "s", {}, run_id="r"))
     first = bundle.write(env, result)
     second = bundle.write(env, result)
     assert first != second and first.exists() and second.exists()
+    assert record.load(first)["run_id"] == record.load(second)["run_id"] == "r"

@@ -8,14 +8,14 @@ from contextlib import contextmanager
 
 import pytest
 
-from chatbench.procs import SECRET, ServerProcess
 from drivers.client import ChatClient
 from drivers.deliveries import Recorder
 from drivers.ledger import Ledger, now_us
 from drivers.proxy import Delay, Faults, FrameAction, Pipe, Proxy
 from drivers.totals import Totals
+from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import user_token
-from tests.conftest import admin, provision
+from tests.integration.conftest import admin, provision
 
 pytestmark = pytest.mark.integration
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import websocket
 
-from chatbench.procs import SECRET, ServerProcess
 from drivers.admin import AdminError
 from drivers.client import ChatClient, ConnectionClosed, ConnectRefused, ServerError
+from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import CloseCode, user_token
-from tests.conftest import admin, provision
+from tests.integration.conftest import admin, provision
 
 pytestmark = pytest.mark.integration
 

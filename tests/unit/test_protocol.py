@@ -270,7 +270,7 @@ def test_protocol_error_carries_code_message_rid() -> None:
 # Tokens
 
 
-SECRET = "chatbench-dev-secret"
+SECRET = protocol.DEV_SECRET
 
 
 def test_token_is_hex_hmac_sha256_of_decimal_uid() -> None:

@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 
-from chatbench.cli import server_counters
-from chatbench.cluster import Cluster
-from chatbench.procs import SECRET, RedisProcess
 from drivers.client import ChatClient, ChatClientError
+from harness.cluster import Cluster
+from harness.procs import SECRET, RedisProcess
+from record.promtext import counters as server_counters
 from reference_server.protocol import user_token
 
 pytestmark = pytest.mark.integration

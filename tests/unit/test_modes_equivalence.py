@@ -1,7 +1,7 @@
 """Every storage × unread × offline combination gives the same user-visible results.
 
 Unit level, no sockets: the real ChatLogic, Store (writer thread, SQLite) and LocalFanout in this process,
-with fake connections that capture the frames they get (tests/modes_harness.py). Hypothesis generates
+with fake connections that capture the frames they get (tests/unit/modes_harness.py). Hypothesis generates
 conversations — sends (public and private), deletes, reads, recalls, members going offline and online, members
 added and removed — and each is replayed against all 27 combinations. Compared: every reply (acks, seqs,
 errors), every user's full history, unread counts (after a merged flush). Checked against independent facts:
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_server import protocol
-from tests.modes_harness import Harness
+from tests.unit.modes_harness import Harness
 
 STORAGE = ("read", "write", "hybrid")
 UNREAD = ("seq", "per-message", "merged")

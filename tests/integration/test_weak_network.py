@@ -19,13 +19,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from chatbench.procs import REPO, SECRET, ServerProcess
 from drivers.client import ChatClient
 from drivers.ledger import Ledger, now_us
 from drivers.profiles import DIRECT, PROFILES, Profile, assign, parse_mix
 from drivers.proxy import Impair, Pipe, Proxy
+from harness.procs import REPO, SECRET, ServerProcess
 from reference_server.protocol import user_token
-from tests.conftest import provision
+from tests.integration.conftest import provision
 
 
 @pytest.fixture(autouse=True)

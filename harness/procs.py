@@ -1,12 +1,9 @@
-"""Start and stop the reference server as a child process (used by the CLI, tests and benchmarks).
-
-Only processes started here are ever signalled, always by PID.
+"""Start and stop the system under test as child processes: the reference server (used by the CLI, tests and
+benchmarks) and a throwaway Redis. Only processes started here are ever signalled, always by PID.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -20,52 +17,23 @@ import time
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from drivers.admin import AdminClient
+from drivers.subprocs import die_with_parent, free_port, log_tail, stop_process
+from reference_server.protocol import DEV_ADMIN_TOKEN, DEV_SECRET
 
 READY = re.compile(r"chatbench server ready ws=(\S+) admin=(\S+)")
-ADMIN_TOKEN = "chatbench-dev-admin"
-SECRET = "chatbench-dev-secret"
+#: the server's defaults (loopback benchmarking only), which the servers started here keep
+ADMIN_TOKEN = DEV_ADMIN_TOKEN
+SECRET = DEV_SECRET
 REPO = Path(__file__).resolve().parents[1]
-_PR_SET_PDEATHSIG = 1
 
-
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> int | None:
-    """SIGTERM a child we started, SIGKILL it after ``timeout``; returns its exit code (None: never started)."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+__all__ = ["ADMIN_TOKEN", "REPO", "SECRET", "RedisProcess", "ServerProcess", "ServerStartError", "die_with_parent",
+           "free_port", "log_tail", "stop_process"]
 
 
 class ServerStartError(RuntimeError):
     """The server exited or did not print its ready line in time."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def die_with_parent() -> None:
-    """preexec_fn: SIGTERM this child when the thread that started it ends (Linux PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class ServerProcess:

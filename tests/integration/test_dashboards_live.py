@@ -27,10 +27,11 @@ from typing import Any
 import pytest
 
 import dashboards
-from chatbench.cluster import Cluster
-from chatbench.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess, free_port
-from chatbench.prom import SERVER_JOB, SWARM_JOB, PrometheusError, PrometheusProcess, available
+from chatbench.prom import PrometheusError, PrometheusProcess, available
+from dashboards.promql import SERVER_JOB, SWARM_JOB
 from drivers.client import ChatClient, ConnectRefused, ServerError
+from harness.cluster import Cluster
+from harness.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess, free_port
 from reference_server.protocol import user_token
 
 pytestmark = [

@@ -1,0 +1,98 @@
+"""The result record: one schema, one builder, one reader; the documentation is the schema's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+import record
+from record import schema
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_docs_are_generated_from_the_schema() -> None:
+    assert (REPO / "docs" / "results.md").read_text() == schema.markdown(), \
+        "docs/results.md is stale: python -m record --doc > docs/results.md"
+
+
+def test_every_documented_field_is_unique_and_typed() -> None:
+    paths = [f.path for f in schema.FIELDS]
+    assert len(paths) == len(set(paths))
+    assert all(f.type and f.doc for f in schema.FIELDS)
+
+
+def test_builder_output_passes_and_derives_once() -> None:
+    r = record.new("benchmark", "bench-x", {"members": 10})
+    r["metrics"].update({"server_cpu_s": 2.0, "server_deliveries": 1000.0, "server_messages_accepted": 10.0})
+    record.finish(r)
+    assert record.problems(r) == []
+    m = r["metrics"]
+    assert m["deliveries_per_server_cpu_s"] == 500.0
+    assert m["server_cpu_us_per_message"] == pytest.approx(200_000.0)
+    assert m["valid"] is True and m["invalid_reasons"] == []
+
+
+def test_reasons_make_a_record_invalid() -> None:
+    r = record.finish(record.new("swarm", "s", {}), ["nothing was sent"])
+    assert r["metrics"]["valid"] is False
+    assert r["metrics"]["invalid_reasons"] == ["nothing was sent"]
+
+
+def test_server_figures_come_from_counter_deltas() -> None:
+    before = {"chat_messages_accepted_total": 5.0, "chat_storage_writes_total{kind=body}": 5.0,
+              "chat_storage_writes_total{kind=index}": 50.0, "process_cpu_seconds_total": 1.0}
+    after = {"chat_messages_accepted_total": 15.0, "chat_storage_writes_total{kind=body}": 15.0,
+             "chat_storage_writes_total{kind=index}": 150.0, "process_cpu_seconds_total": 1.5,
+             "chat_deliveries_total": 900.0}
+    r = record.new("swarm", "s", {})
+    r["metrics"].update(record.server_figures(after, before))
+    record.finish(r)
+    m = r["metrics"]
+    assert m["storage_writes_per_message"] == 11.0  # (10 body + 100 index) / 10 messages
+    assert m["deliveries_per_server_cpu_s"] == 1800.0
+    assert record.problems(r) == []
+
+
+def test_a_writer_cannot_add_an_undocumented_field(tmp_path: Path) -> None:
+    r = record.finish(record.new("swarm", "s", {}))
+    r["metrics"]["made_up_figure"] = 1
+    with pytest.raises(record.RecordError, match="undocumented field metrics.made_up_figure"):
+        record.write(tmp_path, r, "x")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_missing_fields_and_bad_kinds_are_named() -> None:
+    r = record.finish(record.new("swarm", "s", {}))
+    del r["run_id"]
+    r["kind"] = "other"
+    found = record.problems(r)
+    assert "missing field run_id" in found
+    assert any("kind 'other'" in p for p in found)
+
+
+def test_runtime_keys_match_their_placeholders() -> None:
+    assert schema.schema_path("metrics.by_profile.3g.lost") == "metrics.by_profile.<profile>.lost"
+    assert schema.schema_path("metrics.by_profile.3g.injected_stalls") == "metrics.by_profile.<profile>.injected_<fault>"
+    assert schema.schema_path("histograms.delivery_latency_us@wifi") == "histograms.<name>"
+    assert schema.schema_path("metrics.by_profile.3g.made_up") is None
+    assert schema.schema_path("metrics.ledger.made_up") is None
+
+
+def test_the_reader_refuses_what_is_not_a_record(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_bytes(b"[1, 2]")
+    (tmp_path / "b.json").write_bytes(b"{not json")
+    for name in ("a.json", "b.json"):
+        with pytest.raises(record.RecordError):
+            record.load(tmp_path / name)
+    assert record.load_all([tmp_path]) == []  # a directory skips what is not a record
+
+
+def test_committed_baseline_records_are_valid_records() -> None:
+    files = sorted((REPO / "benchmarks" / "baseline").glob("*.json"))
+    assert files
+    for f in files:
+        data = orjson.loads(f.read_bytes())
+        assert record.problems(data) == [], f.name
