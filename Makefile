@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint types check bench bench-modes bench-check baseline dashboards clean
+.PHONY: demo test test-unit system-deps lint types check bench bench-modes bench-check baseline dashboards clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "chatbench needs Python >= 3.11"'
@@ -26,7 +26,7 @@ BENCH_CI := large_group_burst --members 100 --senders 4 --rate 10 --burst-s 2 --
 	--connect-rate 500 --storage write,read --unread per-message,seq
 BENCH_CHECKS := --check storage_writes_per_message:0,unread_writes_per_message:0,bus_messages_per_message:0 \
 	--check lost:0,duplicated:0,reordered:0,unread_mismatches:0
-bench-check: $(STAMP)
+bench-check: $(STAMP) system-deps
 	rm -rf var/bench-check
 	$(BIN)/chatbench matrix $(BENCH_CI) --results-dir var/bench-check
 	$(BIN)/chatbench compare --baseline benchmarks/baseline var/bench-check $(BENCH_CHECKS)
@@ -37,9 +37,18 @@ baseline: $(STAMP)
 	$(BIN)/chatbench matrix $(BENCH_CI) --results-dir var/baseline
 	rm -f benchmarks/baseline/*.json && mkdir -p benchmarks/baseline && cp var/baseline/*.json benchmarks/baseline/
 
-## test: unit and integration tests (real server processes, real clients)
-test: $(STAMP)
+## system-deps: the system programs the tests use (redis-server, prometheus, chromium, faketime, nftables, ...):
+## installed as root, otherwise named with the command that installs them (scripts/system-deps; .ci/run uses it too)
+system-deps:
+	@scripts/system-deps
+
+## test: unit and integration tests (real server processes, real clients, real Redis and Prometheus)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q
+
+## test-unit: the unit tests only (no sockets, no system programs; seconds)
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -85,9 +85,10 @@ def measure(name: str) -> Measure:
 
 
 def config(bundle: dict[str, Any]) -> dict[str, str]:
-    """The configuration a bundle measured: server modes and the cluster size ("" = embedded)."""
+    """The configuration a bundle measured: the server's modes (as it reported them; else as asked for), the
+    cluster size, the members' network profile mix."""
     cfg = bundle.get("config") or {}
-    modes = {**bundle.get("server_modes", {}), **{k: v for k, v in cfg.items() if k in AXES[:4]}}
+    modes = {**{k: v for k, v in cfg.items() if k in AXES[:4] and v}, **(bundle.get("server_modes") or {})}
     out = {axis: str(modes.get(axis, "")) for axis in AXES[:4]}
     gateways = int(cfg.get("cluster_gateways") or 0)
     out["cluster"] = f"{gateways} gateways" if gateways else "embedded"

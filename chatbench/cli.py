@@ -40,7 +40,7 @@ from chatbench.prom import PrometheusProcess
 from chatbench.runner import RunConfig, RunOutcome, bundle_stem, execute, scenario_path, started
 from dashboards.promql import SERVER_JOB, SWARM_JOB
 from drivers.subprocs import free_port
-from harness.cluster import Cluster
+from harness.cluster import DEFAULT_FANOUT, Cluster
 from record.promtext import delta
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +66,10 @@ def run_options(r: argparse.ArgumentParser) -> None:
 def cmd_matrix(args: argparse.Namespace) -> int:
     from chatbench.matrix import run_matrix, summary_table
 
-    axes = {a: [v for v in getattr(args, a).split(",") if v] for a in ("fanout", "storage", "unread", "offline")}
+    axes: dict[str, list[str | None]] = {a: [v for v in getattr(args, a).split(",") if v]
+                                         for a in ("fanout", "storage", "unread", "offline") if getattr(args, a)}
     if args.network:  # each a whole mix (it has commas of its own)
-        axes["profile_mix"] = list(dict.fromkeys(args.network))
+        axes["network"] = list(dict.fromkeys(args.network))
     t0 = time.monotonic()
     paths = run_matrix(run_config(args), axes, args.repeat, console)
     if not paths:
@@ -151,7 +152,7 @@ def cmd_serve(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="chatbench serve --cluster", add_help=True)
     p.add_argument("--cluster", action="store_true")
     p.add_argument("--gateways", type=int, default=2, help="gateway processes (each holds <= ~19,990 sockets)")
-    p.add_argument("--fanout", default="broadcast", choices=["per-user", "broadcast", "routed"])
+    p.add_argument("--fanout", default=DEFAULT_FANOUT, choices=["per-user", "broadcast", "routed"])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--start-redis", action="store_true", help="start a redis-server for the cluster (default)")
     g.add_argument("--redis-url", default=None, help="use this Redis instead")
@@ -335,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serve", help="run the reference server (flags: python -m reference_server --help)")
     r = sub.add_parser("run", help="start a server, run a scenario against it, write one result bundle, summarize")
     run_options(r)
-    r.add_argument("--storage", default="read")
-    r.add_argument("--unread", default="seq")
-    r.add_argument("--offline", default="pull")
-    r.add_argument("--fanout", default="local", help="local (embedded); per-user, broadcast or routed (--cluster)")
+    r.add_argument("--storage", default=None, help="storage mode (default: the server's)")
+    r.add_argument("--unread", default=None, help="unread mode (default: the server's)")
+    r.add_argument("--offline", default=None, help="offline mode (default: the server's)")
+    r.add_argument("--fanout", default=None, help="local (embedded); per-user, broadcast or routed (--cluster); "
+                   "default: the server's (embedded), broadcast (--cluster)")
     r.add_argument("--json", default="", help="also write the summary as JSON to this file")
     r.add_argument("--prometheus", action="store_true",
                    help="also run a Prometheus (the `prometheus` binary) scraping the server (and the swarm) every "
@@ -346,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
                         "results/RUN_ID.prometheus/)")
     mx = sub.add_parser("matrix", help="run every combination of modes, repeated; a summary table at the end")
     run_options(mx)
-    for axis, default in (("fanout", "local"), ("storage", "read"), ("unread", "seq"), ("offline", "pull")):
-        mx.add_argument(f"--{axis}", default=default, help=f"comma-separated {axis} modes (default {default})")
+    for axis in ("fanout", "storage", "unread", "offline"):
+        mx.add_argument(f"--{axis}", default="", help=f"comma-separated {axis} modes (default: the server's)")
     mx.add_argument("--network", action="append", default=[], metavar="MIX",
                     help="a network profile mix (--profile-mix of the swarm, e.g. 3g:20,subway:10 or clean:30) as "
                     "one more axis; repeat for each mix to compare")

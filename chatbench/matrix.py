@@ -23,7 +23,7 @@ from chatbench import bundles
 from chatbench.compare import fmt
 from chatbench.runner import RunConfig, run_once
 
-AXES = ("fanout", "storage", "unread", "offline", "profile_mix")
+AXES = ("fanout", "storage", "unread", "offline", "network")
 COLUMNS = (  # (header, measure name)
     ("p50 ms", "p50"), ("p99 ms", "p99"), ("fan-out p99 ms", "fanout_p99"),
     ("storage w/msg", "storage_writes_per_message"), ("unread w/msg", "unread_writes_per_message"),
@@ -32,14 +32,14 @@ COLUMNS = (  # (header, measure name)
 )
 
 
-def combinations(base: RunConfig, axes: dict[str, list[str]]) -> list[RunConfig]:
+def combinations(base: RunConfig, axes: dict[str, list[str | None]]) -> list[RunConfig]:
     names = [a for a in AXES if axes.get(a)]
     changes: list[dict[str, Any]] = [dict(zip(names, values, strict=True))
                                      for values in itertools.product(*(axes[a] for a in names))]
     return [replace(base, **c) for c in changes]
 
 
-def run_matrix(base: RunConfig, axes: dict[str, list[str]], repeat: int, console: Console) -> list[Path]:
+def run_matrix(base: RunConfig, axes: dict[str, list[str | None]], repeat: int, console: Console) -> list[Path]:
     combos = combinations(base, axes)
     plan = [(r, cfg) for r in range(repeat) for cfg in combos]
     paths: list[Path] = []

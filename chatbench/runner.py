@@ -35,7 +35,7 @@ import orjson
 import record
 from chatbench import bundles
 from drivers.admin import AdminClient
-from harness.cluster import Cluster
+from harness.cluster import DEFAULT_FANOUT, Cluster
 from harness.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess
 from record.machine import process_cpu_seconds
 from record.promtext import add, bucket_quantiles, counters, delta
@@ -46,10 +46,11 @@ SCENARIOS = REPO / "scenarios"
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     scenario: str
-    fanout: str = "local"
-    storage: str = "read"
-    unread: str = "seq"
-    offline: str = "pull"
+    # modes: None = the server's default (defined once, in reference_server/config.py; a cluster: broadcast)
+    fanout: str | None = None
+    storage: str | None = None
+    unread: str | None = None
+    offline: str | None = None
     cluster: int = 0  # gateways; 0 = the embedded server
     users: int = 300
     spawn_rate: float = 200
@@ -58,10 +59,18 @@ class RunConfig:
     server_args: tuple[str, ...] = ()
     locust_args: tuple[str, ...] = ()
     results_dir: Path = REPO / "results"
-    profile_mix: str = ""  # the members' network profiles (--profile-mix); "": the scenario's own choice
+    network: str = ""  # the members' network profile mix (the swarm's --profile-mix); "": the scenario's own
 
-    def cluster_fanout(self) -> str:
-        return "broadcast" if self.cluster and self.fanout == "local" else self.fanout
+    def cluster_fanout(self) -> str | None:
+        """The fan-out mode to ask for: a cluster has no ``local`` mode (None: the default of the layout)."""
+        return None if self.cluster and self.fanout == "local" else self.fanout
+
+    def mode_flags(self) -> list[str]:
+        """Server flags for the modes asked for; the others stay the server's defaults."""
+        modes = {"storage": self.storage, "unread": self.unread, "offline": self.offline}
+        if not self.cluster:
+            modes["fanout"] = self.fanout
+        return [arg for name, value in modes.items() if value for arg in (f"--{name}", value)]
 
     def record(self) -> dict[str, Any]:
         return {"fanout": self.cluster_fanout(), "storage": self.storage, "unread": self.unread,
@@ -96,14 +105,14 @@ class Servers:
     """The system under test for one run: one embedded server, or Redis + logic node + K gateways."""
 
     def __init__(self, cfg: RunConfig, tmp: Path) -> None:
-        modes = ["--storage", cfg.storage, "--unread", cfg.unread, "--offline", cfg.offline]
+        modes = cfg.mode_flags()
         self.cluster: Cluster | None = None
         self.embedded: ServerProcess | None = None
         if cfg.cluster:
-            self.cluster = Cluster(cfg.cluster, *modes, *cfg.server_args, fanout=cfg.cluster_fanout(),
-                                   db_path=tmp / "chat.db")
+            self.cluster = Cluster(cfg.cluster, *modes, *cfg.server_args, db_path=tmp / "chat.db",
+                                   fanout=cfg.cluster_fanout() or DEFAULT_FANOUT)
         else:
-            self.embedded = ServerProcess(*modes, "--fanout", cfg.fanout, *cfg.server_args, db_path=tmp / "chat.db",
+            self.embedded = ServerProcess(*modes, *cfg.server_args, db_path=tmp / "chat.db",
                                           new_session=True, die_with_parent=True)
 
     def __enter__(self) -> Servers:
@@ -156,14 +165,7 @@ class Servers:
         deadline = time.monotonic() + timeout
         for _role, srv in self.processes():
             assert srv.admin is not None
-            while True:
-                try:
-                    srv.admin.health()
-                    break
-                except Exception:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            srv.admin.wait_healthy(max(deadline - time.monotonic(), 0.1))
 
     def read(self) -> tuple[dict[str, float], dict[str, float]]:
         """(counters summed over every server process, schedstat CPU seconds per role)."""
@@ -265,8 +267,8 @@ def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path
         cmd += ["--front-url", servers.cluster.front_url]
     if cfg.processes > 1:
         cmd += ["--processes", str(cfg.processes)]
-    if cfg.profile_mix:
-        cmd += ["--profile-mix", cfg.profile_mix]
+    if cfg.network:
+        cmd += ["--profile-mix", cfg.network]
     return cmd
 
 

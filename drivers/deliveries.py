@@ -2,8 +2,7 @@
 
 Each load-generator process records into its own histograms; workers ship encoded snapshots with their Locust
 worker reports and the master merges them, so ``--processes N`` and workers on other hosts give one true
-distribution. :class:`DeliveryRecorder` is the smallest user of these helpers (delivery latency and a count);
-the full per-delivery bookkeeping (ledger, fan-out, catch-up) is :mod:`drivers.ledger`.
+distribution. The per-delivery bookkeeping that uses them (ledger, fan-out, catch-up) is :mod:`drivers.ledger`.
 
 Also here: :class:`LogBuckets`, a tiny mergeable histogram (1 % relative resolution) used per message for
 fan-out completion, where one HDR histogram per message would cost too much memory.
@@ -12,7 +11,6 @@ fan-out completion, where one HDR histogram per message would cost too much memo
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -162,42 +160,3 @@ class LogBuckets:
                 value = self.RATIO ** (i + 0.5)
                 return float(min(max(value, self.min), self.max))
         return float(self.max)
-
-
-class DeliveryRecorder:
-    """Delivery latency (receive time − sender's cts) and counts for one process (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._latency = Recorder()
-        self.delivered = 0
-
-    @property
-    def latency(self) -> HdrHistogram:
-        return self._latency.h
-
-    @property
-    def clamped(self) -> int:
-        return self._latency.clamped
-
-    def record(self, latency_us: int) -> None:
-        with self._lock:
-            self.delivered += 1
-            self._latency.record(latency_us)
-
-    def snapshot_and_reset(self) -> dict[str, Any]:
-        """What a worker ships with a report: everything since its previous report."""
-        with self._lock:
-            data = self._latency.take()
-            data["delivered"] = self.delivered
-            self.delivered = 0
-        return data
-
-    def merge(self, data: dict[str, Any]) -> None:
-        with self._lock:
-            self._latency.merge(data)
-            self.delivered += int(data["delivered"])
-
-    def summary_ms(self) -> dict[str, float]:
-        with self._lock:
-            return summary_ms(self._latency.h)

@@ -1,4 +1,4 @@
-"""Every ``chatbench_`` generator metric, defined once, for Prometheus (names: DESIGN.md, metric catalog).
+"""Every ``chatbench_`` generator metric, defined once, for Prometheus (names and meanings: docs/metrics.md).
 
 The Locust master (or the only process) serves them from ``--metrics-port``. They are read from the
 coordinator's :class:`drivers.totals.Totals` at scrape time by a custom collector — the hot path never touches

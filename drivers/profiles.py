@@ -41,10 +41,6 @@ class Profile:
     retransmit_pct: float = 0.0
     retransmit_ms: float = 200.0
 
-    @property
-    def impaired(self) -> bool:
-        return self != Profile(self.name, self.doc)
-
 
 PROFILES: Final[dict[str, Profile]] = {p.name: p for p in (
     Profile("clean", "Through the proxy, not impaired: the control run for a mix (the same members pay the same "

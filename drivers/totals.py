@@ -194,7 +194,7 @@ class Totals:
         return out
 
     def metrics(self) -> dict[str, Any]:
-        """The generator's part of a result bundle's ``metrics`` (DESIGN.md, "Result bundle")."""
+        """The generator's part of a result bundle's ``metrics`` (record/schema.py, docs/results.md)."""
         c = self.counts
         fc = self.fan_counts
         fan = summary_ms(self.fan_last.h, (50, 99))

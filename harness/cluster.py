@@ -14,9 +14,12 @@ from types import TracebackType
 from drivers.admin import AdminClient
 from harness.procs import RedisProcess, ServerProcess
 
+#: a cluster's fan-out mode unless one is asked for (it has no ``local`` mode): the lesson's answer
+DEFAULT_FANOUT = "broadcast"
+
 
 class Cluster:
-    def __init__(self, gateways: int, *server_args: str, fanout: str = "broadcast", redis_url: str | None = None,
+    def __init__(self, gateways: int, *server_args: str, fanout: str = DEFAULT_FANOUT, redis_url: str | None = None,
                  db_path: Path | None = None, cpus: list[int] | None = None) -> None:
         if gateways < 1:
             raise ValueError("a cluster needs at least one gateway")
