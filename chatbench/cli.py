@@ -61,6 +61,9 @@ def run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
     r.add_argument("--locust-arg", action="append", default=[], help="extra locust flag (repeatable)")
     r.add_argument("--results-dir", default=str(ROOT / "results"), help="where result bundles go (append-only)")
+    r.add_argument("--accept-invalid", action="store_true",
+                   help="exit 0 even when a run is invalid (it did not do its planned work, or the generator was the "
+                   "limit); the bundle says why either way")
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -84,7 +87,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         report.write(paths, Path(args.report), f"chatbench matrix: {args.scenario}")
         console.print(f"report: {args.report}")
     combos = args.repeat * len(list(itertools.product(*axes.values())))
-    return 0 if len(paths) == combos else 1
+    invalid = [b for b in loaded if not b["metrics"].get("valid")]
+    for b in invalid:
+        console.print(f"[red]invalid run {b['run_id']}: {'; '.join(b['metrics'].get('invalid_reasons', []))}[/]")
+    if len(paths) != combos:
+        return 1
+    return 1 if invalid and not args.accept_invalid else 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -223,6 +231,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"result bundle: {outcome.path}")
     if args.json:
         Path(args.json).write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    m = outcome.bundle["metrics"]
+    if not m.get("valid"):
+        console.print(f"[bold red]RUN INVALID[/]: {'; '.join(m.get('invalid_reasons', []))}"
+                      + (" (accepted: --accept-invalid)" if args.accept_invalid else ""))
+        if not args.accept_invalid:
+            return 1
     return 0 if outcome.locust_rc == 0 else 1
 
 

@@ -81,23 +81,20 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
     metrics.update(totals.metrics())
     # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation
     metrics.update(record.server_figures(run.server_after or server_counters(env), run.server_before))
-    invalid = list(metrics["generator_saturated_reasons"])
-    if run.finals_missing:
-        invalid.append(f"no final data from workers {run.finals_missing}")
-    if metrics["latency_clamped"]:
-        invalid.append(f"{metrics['latency_clamped']} latencies outside the HDR range (clock skew?)")
     requests = {}
     for (name, method), entry in env.stats.entries.items():
         requests[name if method != "HDR" else f"{name} [HDR]"] = {
             "type": method, "count": entry.num_requests, "failures": entry.num_failures,
             "p50_ms": entry.get_response_time_percentile(0.5), "p99_ms": entry.get_response_time_percentile(0.99),
         }
+    invalid = planned_work_reasons(metrics, requests, run, float(getattr(opts, "max_connect_failures", 0.001)))
     out.update({
         "generator": {
             "host": env.host,
             "workers": run.workers,
             "worker_ids": sorted(totals.health),
             "finals_missing": run.finals_missing,
+            "workers_lost": run.workers_lost,
             "final_report_deliveries": totals.final_delivered,
             "users": getattr(opts, "num_users", None),
             "spawn_rate": getattr(opts, "spawn_rate", None),
@@ -107,6 +104,29 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
         "histograms": totals.histograms(),
     })
     return record.finish(out, invalid)
+
+
+def planned_work_reasons(metrics: dict[str, Any], requests: dict[str, dict[str, Any]], run: RunState,
+                         max_connect_failures: float) -> list[str]:
+    """Why the run did not do the work it planned, or the generator was the limit (empty: valid)."""
+    out = list(metrics["generator_saturated_reasons"])
+    connect = requests.get("connect", {"count": 0, "failures": 0})
+    attempts = int(connect["count"])  # Locust counts every request, failed ones too
+    if attempts == 0:
+        out.append("no user connected (no connect attempt recorded)")
+    elif connect["failures"] > max_connect_failures * attempts:
+        out.append(f"{connect['failures']} of {attempts} connects failed (> {max_connect_failures:.1%})")
+    if metrics["sent"] == 0:
+        out.append("nothing was sent")
+    if metrics["expected_deliveries"] == 0 and metrics["delivered"] == 0:
+        out.append("no delivery was expected")
+    if run.workers_lost:
+        out.append(f"workers lost mid-run (missed heartbeats): {run.workers_lost}")
+    if run.finals_missing:
+        out.append(f"no final data from workers {run.finals_missing}")
+    if metrics["latency_clamped"]:
+        out.append(f"{metrics['latency_clamped']} latencies outside the HDR range (clock skew?)")
+    return out
 
 
 def _scenario_name(env: Environment) -> str:

@@ -73,6 +73,11 @@ def _options(parser: ArgumentParser) -> None:
                    help="at the end: seconds between stopping the senders and reconciling the ledgers")
     g.add_argument("--repair-grace-s", type=float, env_var="CHATBENCH_REPAIR_GRACE_S", default=1.0,
                    help="a seq hole older than this is repaired with sync (a reordered push fills it sooner)")
+    g.add_argument("--fanout-settle-s", type=float, env_var="CHATBENCH_FANOUT_SETTLE_S", default=30.0,
+                   help="a message's fan-out is completed this long after its send (parts arriving later are "
+                   "counted as late_parts); the same rule whether or not anyone scrapes the metrics")
+    g.add_argument("--max-connect-failures", type=float, env_var="CHATBENCH_MAX_CONNECT_FAILURES", default=0.001,
+                   help="a run whose initial connects failed more often than this fraction is invalid")
     g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
                    help="how long the master waits for the workers' final data at the end of a run")
     g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="", type=_profile_mix,

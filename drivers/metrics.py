@@ -8,7 +8,8 @@ receiving member: ``direct`` without impairment, or a name from :mod:`drivers.pr
 :data:`BY_PROFILE` — one series per profile of a ``--profile-mix`` run, else one ``direct`` series. Latency
 histograms come from the HDR histograms with the explicit buckets :data:`drivers.deliveries.PROMETHEUS_BUCKETS_S`.
 
-Fan-out completion counts messages settled so far (a message settles ``SETTLE_S`` after its send).
+Observer-neutral: a scrape only reads. Fan-out completion counts the messages settled so far; the coordinator
+settles a message ``--fanout-settle-s`` after its send on its own timer (drivers/swarm.py), scraped or not.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from prometheus_client.registry import Collector
 from drivers.deliveries import PROMETHEUS_BUCKETS_S, cumulative_counts
 from drivers.profiles import DIRECT
 from drivers.totals import Totals
-
-SETTLE_S: Final = 5.0
 
 #: counter name (without ``chatbench_`` and ``_total``) -> ledger count
 COUNTERS: Final = {
@@ -66,7 +65,6 @@ class GeneratorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         t = self.totals
-        t.settle(SETTLE_S)
         labels = ["run_id", "scenario"]
         values = [self.run_id(), self.scenario]
         profiles = sorted(t.profiles.items())

@@ -52,6 +52,8 @@ class RunState:
         self.sending_stopped_us = 0
         self.flushed = False
         self.finals_missing: list[str] = []
+        self.workers_seen: set[str] = set()  # every worker that connected during the run (the master's view)
+        self.workers_lost: list[str] = []  # workers that went missing (no heartbeats) before the end
         self.workers = 1  # generator processes at the end of the run
         self.server_before: dict[str, float] = {}
         self.server_after: dict[str, float] = {}
@@ -176,6 +178,14 @@ def _repair_loop(env: Environment) -> None:
             pool.spawn(rl.repair, user.timed_sync, due)
 
 
+def _settle_loop(env: Environment) -> None:
+    """Complete fan-out of messages older than --fanout-settle-s: one rule, whoever watches (metrics only read)."""
+    after = float(option(env, "fanout_settle_s", 30.0))
+    while not run.flushed:
+        gevent.sleep(1.0)
+        totals.settle(after)
+
+
 def _local_merge_loop(env: Environment) -> None:
     while True:
         gevent.sleep(1.0)  # a LocalRunner's live figures (Prometheus, the UI rows) move every second
@@ -215,6 +225,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
         runner.register_message("chatbench_flush", _on_flush, concurrent=True)
     elif isinstance(runner, MasterRunner):
         runner.register_message("chatbench_final", _on_final)
+        environment.events.worker_connect.add_listener(lambda client_id, **_: run.workers_seen.add(client_id))
 
 
 def _on_test_start(environment: Environment, **_: Any) -> None:
@@ -223,6 +234,9 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     _background.clear()
     run.stopping = run.flushed = False
     run.finals_missing = []
+    run.workers_lost = []
+    if isinstance(environment.runner, MasterRunner):
+        run.workers_seen = {c.id for c in environment.runner.clients.all}
     run.workers = 1
     ledger.frozen = False
     ledger.take()  # a new run starts from zero (users of an earlier run in the web UI are gone)
@@ -241,6 +255,7 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         from drivers import bundle
 
         run.server_before = bundle.server_counters(environment)
+        _background.append(gevent.spawn(_settle_loop, environment))
     if not isinstance(environment.runner, MasterRunner):
         run.health.start()
         _background.append(gevent.spawn(_repair_loop, environment))
@@ -281,7 +296,11 @@ def _on_test_stopping(environment: Environment, **_: Any) -> None:
     run.server_after = bundle.server_counters(environment)  # before the reconciliation's own requests
     runner = environment.runner
     if isinstance(runner, MasterRunner):
-        workers = {c.id for c in runner.clients.all}
+        present = {c.id for c in runner.clients.all if c.state != "missing"}
+        workers = run.workers_seen | present
+        # a worker removed after missing heartbeats is no longer among the clients: it was lost mid-run
+        run.workers_lost = sorted(workers - present)
+        workers = present
         run.workers = len(workers)
         totals.finals.clear()
         runner.send_message("chatbench_flush", {"quiet_s": quiet})

@@ -170,6 +170,7 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("generator.workers", "int", "", "Locust worker processes (1 without --processes)"),
     _f("generator.worker_ids", "list", "", "ids of the processes that reported"),
     _f("generator.finals_missing", "list", "", "workers whose final data never arrived"),
+    _f("generator.workers_lost", "list", "", "workers that went missing (no heartbeats) before the end"),
     _f("generator.final_report_deliveries", "int", "", "deliveries carried in the workers' final reports"),
     _f("generator.users", "int", "", "-u"),
     _f("generator.spawn_rate", "float", "1/s", "-r"),
