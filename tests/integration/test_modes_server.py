@@ -89,10 +89,13 @@ def test_mode_end_to_end(server_factory: Callable[..., ServerProcess], flags: tu
         assert len(info_series) == 1 and f"{flags[0][2:]}={flags[1]}" in info_series[0]
         if flags[1] in ("write", "hybrid"):  # write: 4 + 2 (private: sender and 3) + 4 + 4 (recall) + 3 (leave)
             assert m.get("chat_storage_writes_total{kind=index}", 0) == 17  # hybrid: 4 members < 5
-        if flags[1] == "per-message":  # 3 + 1 + 3 increments, −2 by the recall, −1 delete, −1 read; −0 leave
-            assert m["chat_unread_writes_total"] >= 7
-        if flags[1] == "buffer":
-            assert m["chat_offline_writes_total"] > 0
+        if flags[1] == "per-message":  # one counter row written per change: +1 for each receiver of seqs 1 (2, 3, 4),
+            # 2 (3) and 3 (2, 3, 4); −1 for each of them still unread by the recall of 3; 4's row dropped at its
+            # leave; −1 by 2's delete of unread seq 1; −1 by 3's read of seq 1
+            assert m["chat_unread_writes_total"] == 3 + 1 + 3 + 3 + 1 + 1 + 1
+        if flags[1] == "buffer":  # one entry per offline receiver (3 and 4) of each entry: seqs 1 (3, 4), 2 (private
+            # to 3), 3 (3, 4), the recall 4 (3, 4) and the leave 5 (3, and the removed 4)
+            assert m["chat_offline_writes_total"] == 2 + 1 + 2 + 2 + 2
     finally:
         for cl in clients:
             cl.close()
