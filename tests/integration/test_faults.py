@@ -16,6 +16,7 @@ from drivers.totals import Totals
 from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import user_token
 from tests.integration.conftest import admin, provision
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -60,8 +61,11 @@ def test_ledger_counts_equal_injected_faults(server: ServerProcess) -> None:
             ack = sender.send(5, f"m{i}", cts=cts, to=[faulty[3]] if private else None)
             assert ack["seq"] == i
             ledger.on_ack(sender_uid, ack, cts, private)
-            time.sleep(0.01)
-        time.sleep(0.5)
+        # every receiver's stream has reached its last seq that is not dropped (30; 29 where 30 is): duplicates and
+        # held (reordered) frames go out before the frame after them, so everything else is in by then
+        last = {uid: 29 if (uid, 30) in drop else 30 for uid in rx}
+        wait_until(lambda: {uid: ledger.receivers[uid].groups[5].last for uid in rx} == last, 10,
+                   "every receiver's push stream to reach its last seq")
         cutoff = now_us()
         for c in [*clients, sender]:
             rl = ledger.receivers[c.uid]
@@ -128,8 +132,9 @@ def test_latency_shifts_by_injected_delay(server: ServerProcess) -> None:
         sender.connect()
         for i in range(100):
             sender.send(9, f"m{i}")
-            time.sleep(0.01)
-        time.sleep(0.5)
+            time.sleep(0.01)  # a paced stream (part of the measurement): no push queues behind the previous one
+        wait_until(lambda: [r.h.get_total_count() for r in per_set.values()] == [2000, 2000], 10,
+                   "100 pushes to each of the 20 delayed and 20 direct receivers")
         for c in [*clients, sender]:
             c.close()
     assert admin(server).group(9)["max_seq"] == 100
