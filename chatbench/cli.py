@@ -331,6 +331,10 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
             t.add_row(f"scenario: {key}", str(v))
         elif isinstance(v, int | float):
             t.add_row(f"scenario: {key}", f"{v:,.0f}" if float(v).is_integer() else f"{v:,.3f}")
+    clock = m.get("clock") or {}
+    for worker, c in (clock.get("workers") or {}).items():
+        t.add_row(f"clock offset {worker} (to the master)", f"{c['offset_ms']:+.3f} ms ±{c['bound_ms']:.3f}, "
+                  f"drift {c['drift_ms']:.3f}" + ("" if clock.get("corrected", True) else ", not corrected"))
     t.add_row("run valid", "yes" if m.get("valid") else "NO: " + "; ".join(m.get("invalid_reasons", [])))
     t.add_row("locust exit code", str(outcome.locust_rc))
     console.print(t)

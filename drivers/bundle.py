@@ -88,6 +88,9 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
             "p50_ms": entry.get_response_time_percentile(0.5), "p99_ms": entry.get_response_time_percentile(0.99),
         }
     invalid = planned_work_reasons(metrics, requests, run, float(getattr(opts, "max_connect_failures", 0.001)))
+    invalid += clock_reasons(metrics["clock"], env.runner, float(getattr(opts, "clock_bound_ms", 1.0)),
+                             bool(getattr(opts, "no_clock_correction", False)))
+    metrics["clock"]["corrected"] = not getattr(opts, "no_clock_correction", False)
     out.update({
         "generator": {
             "host": env.host,
@@ -125,7 +128,26 @@ def planned_work_reasons(metrics: dict[str, Any], requests: dict[str, dict[str, 
     if run.finals_missing:
         out.append(f"no final data from workers {run.finals_missing}")
     if metrics["latency_clamped"]:
-        out.append(f"{metrics['latency_clamped']} latencies outside the HDR range (clock skew?)")
+        out.append(f"{metrics['latency_clamped']} latencies outside the HDR range (negative after clock "
+                   "correction, or longer than the histogram holds)")
+    return out
+
+
+def clock_reasons(clock: dict[str, Any], runner: Any, bound_ms: float, uncorrected: bool) -> list[str]:
+    """Why cross-process latencies cannot be trusted to ``bound_ms`` (empty: they can)."""
+    from locust.runners import MasterRunner
+
+    out = []
+    if isinstance(runner, MasterRunner) and runner.clients.all and not clock["workers"]:
+        out.append("no clock offset estimate from any worker")
+    for worker, c in clock["workers"].items():
+        if c["bound_ms"] > bound_ms:
+            out.append(f"{worker}: clock offset known only to ±{c['bound_ms']:.3f} ms > {bound_ms:g} ms")
+        if c["drift_ms"] > bound_ms:
+            out.append(f"{worker}: clock offset drifted {c['drift_ms']:.3f} ms > {bound_ms:g} ms during the run")
+        if uncorrected and abs(c["offset_ms"]) > bound_ms:
+            out.append(f"{worker}: clock {c['offset_ms']:+.3f} ms off the master's and latencies not corrected "
+                       "(--no-clock-correction)")
     return out
 
 
@@ -158,6 +180,9 @@ def print_summary(result: dict[str, Any], path: str) -> None:
         "  fan-out completion ms: " + "  ".join(f"{k}={v:.3f}" for k, v in fan.items() if k != "count")
         + f"  (complete {m['fanout']['complete']}/{m['fanout']['messages']})",
         f"  generator CPU max {m['generator_cpu_ratio']:.0%}; bundle {path}",
+        "  clocks: " + (", ".join(f"{w} {c['offset_ms']:+.3f} ms ±{c['bound_ms']:.3f} (drift {c['drift_ms']:.3f})"
+                                  for w, c in m["clock"]["workers"].items()) or m["clock"]["reference"])
+        + ("" if m["clock"].get("corrected", True) else " — NOT corrected"),
         "  RUN VALID" if m["valid"] else "  RUN INVALID: " + "; ".join(m["invalid_reasons"]),
     ]
     print("\n".join(lines), flush=True)

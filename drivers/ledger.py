@@ -38,10 +38,10 @@ exact once receiving is quiet; a :meth:`Ledger.take` racing a receive thread may
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from drivers.clock import CLOCK
 from drivers.deliveries import LogBuckets, Recorder
 
 Frame = dict[str, Any]
@@ -64,7 +64,8 @@ PROFILE_COUNTERS: Final = ("members", "reconnects", "reconnect_failures", "dead_
 
 
 def now_us() -> int:
-    return time.time_ns() // 1000
+    """The reference clock (drivers/clock.py), µs: every timestamp of the swarm."""
+    return CLOCK.now_us()
 
 
 class GroupLedger:
@@ -146,7 +147,7 @@ class ReceiverLedger:
         ledger = self.ledger
         if ledger.frozen:
             return
-        t = time.time_ns() // 1000
+        t = CLOCK.now_us()
         gid = frame["gid"]
         seq = frame["seq"]
         gl = self.groups.get(gid)

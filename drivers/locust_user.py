@@ -36,6 +36,7 @@ import gevent
 from drivers import netproxy, swarm
 from drivers.admin import AdminClient, front_gateway
 from drivers.client import ChatClient, ChatClientError
+from drivers.clock import CLOCK
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
 from drivers.schedule import Schedule
@@ -78,6 +79,12 @@ def _options(parser: ArgumentParser) -> None:
                    "counted as late_parts); the same rule whether or not anyone scrapes the metrics")
     g.add_argument("--max-connect-failures", type=float, env_var="CHATBENCH_MAX_CONNECT_FAILURES", default=0.001,
                    help="a run whose initial connects failed more often than this fraction is invalid")
+    g.add_argument("--clock-interval-s", type=float, env_var="CHATBENCH_CLOCK_INTERVAL_S", default=5.0,
+                   help="workers re-estimate their clock offset to the master this often (drivers/clock.py)")
+    g.add_argument("--clock-bound-ms", type=float, env_var="CHATBENCH_CLOCK_BOUND_MS", default=1.0,
+                   help="a run whose clock offsets are known less precisely than this, or drift more, is invalid")
+    g.add_argument("--no-clock-correction", action="store_true", env_var="CHATBENCH_NO_CLOCK_CORRECTION",
+                   help="measure and report the workers' clock offsets but do not correct timestamps by them")
     g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
                    help="how long the master waits for the workers' final data at the end of a run")
     g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="", type=_profile_mix,
@@ -361,11 +368,11 @@ class ChatUser(User):
             while True:
                 if swarm.run.stopping:
                     return
-                wait = slot_us / 1e6 - time.time()
+                wait = slot_us / 1e6 - CLOCK.time()
                 if wait <= 0:
                     break
                 gevent.sleep(min(wait, 0.5))
-            late_s = time.time() - slot_us / 1e6
+            late_s = CLOCK.time() - slot_us / 1e6
             if late_s > schedule.tolerance_s:
                 counts["missed_send_slots"] += burst
                 continue

@@ -51,7 +51,8 @@ BY_PROFILE: Final = frozenset({"messages_delivered", "messages_lost", "messages_
                                "reconnects", "dead_connections", "delivery_latency_seconds", "catchup_seconds"})
 METRIC_NAMES: Final = (
     *(f"chatbench_{n}_total" for n in COUNTERS), *(f"chatbench_{n}" for n in HISTOGRAMS),
-    "chatbench_generator_cpu_ratio", "chatbench_profile_members", "chatbench_phase",
+    "chatbench_generator_cpu_ratio", "chatbench_clock_offset_seconds", "chatbench_clock_offset_bound_seconds",
+    "chatbench_profile_members", "chatbench_phase",
 )
 
 
@@ -99,6 +100,17 @@ class GeneratorCollector(Collector):
         for worker, health in sorted(t.health.items()):
             g.add_metric([*values, worker], health["cpu_last"])
         yield g
+        offset = GaugeMetricFamily("chatbench_clock_offset_seconds", "Each worker's clock offset to the master "
+                                   "(reference − worker), last estimate", labels=[*labels, "worker"])
+        bound = GaugeMetricFamily("chatbench_clock_offset_bound_seconds", "Error bound (±) of that offset: half the "
+                                  "lowest round trip of its probe burst", labels=[*labels, "worker"])
+        for worker, est in sorted(t.clock.items()):
+            applied = [e for e in est if e[3]]
+            if applied:
+                offset.add_metric([*values, worker], applied[-1][1] / 1e6)
+                bound.add_metric([*values, worker], applied[-1][2] / 1e6)
+        yield offset
+        yield bound
         g = GaugeMetricFamily("chatbench_profile_members", "Members that connected through each network profile",
                               labels=[*labels, "profile"])
         for prof, part in profiles:

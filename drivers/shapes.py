@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from locust import LoadTestShape
 
-import time
 from argparse import Namespace
 from typing import ClassVar, NamedTuple
+
+from drivers.clock import CLOCK
 
 
 class Phase(NamedTuple):
@@ -21,7 +22,7 @@ class Phase(NamedTuple):
 
 def window(phases: list[Phase], opts: Namespace, name: str) -> tuple[float, float]:
     """(start, end) epoch seconds of the named phase."""
-    t = float(getattr(opts, "chatbench_t0", 0.0) or time.time())
+    t = float(getattr(opts, "chatbench_t0", 0.0) or CLOCK.time())
     for ph in phases:
         if ph.name == name:
             return t, t + ph.seconds

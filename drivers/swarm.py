@@ -21,6 +21,7 @@ from locust.env import Environment
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
+import itertools
 import logging
 import time
 import uuid
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.pool import Pool
 
+from drivers import clock
+from drivers.clock import CLOCK
 from drivers.deliveries import decode_into, new_histogram
 from drivers.ledger import Ledger, now_us
 from drivers.totals import Totals
@@ -87,7 +90,7 @@ class Health:
         while True:
             gevent.sleep(self.INTERVAL_S)
             wall1, cpu1 = time.monotonic(), time.process_time()
-            self.cpu.append((time.time(), (cpu1 - cpu0) / max(wall1 - wall0, 1e-9)))
+            self.cpu.append((CLOCK.time(), (cpu1 - cpu0) / max(wall1 - wall0, 1e-9)))
             wall0, cpu0 = wall1, cpu1
 
     def _lag_loop(self) -> None:
@@ -99,7 +102,7 @@ class Health:
             late = (time.monotonic() - t0 - self.TICK_S) * 1000
             worst = max(worst, late)
             if time.monotonic() - last_ship >= self.INTERVAL_S:
-                self.lag_ms.append((time.time(), worst))
+                self.lag_ms.append((CLOCK.time(), worst))
                 worst = 0.0
                 last_ship = time.monotonic()
 
@@ -127,6 +130,7 @@ def option(env: Environment, name: str, default: Any = None) -> Any:
 def ship(env: Environment) -> dict[str, Any]:
     data = ledger.take()
     data["health"] = run.health.take()
+    data["clock"] = CLOCK.take()
     return data
 
 
@@ -186,6 +190,45 @@ def _settle_loop(env: Environment) -> None:
         totals.settle(after)
 
 
+_probes: dict[int, tuple[int, int, int, int]] = {}  # probe id -> (t1, t2, t3, t4), this burst
+
+
+def _clock_loop(env: Environment) -> None:
+    """A worker: estimate the offset to the master's clock now and every --clock-interval-s (drivers/clock.py)."""
+    runner = env.runner
+    assert isinstance(runner, WorkerRunner)
+    interval = float(option(env, "clock_interval_s", 5.0))
+    good_enough_us = int(float(option(env, "clock_bound_ms", 1.0)) * 1000)
+    CLOCK.correct = not option(env, "no_clock_correction", False)
+    ids = itertools.count()
+    while not run.flushed:
+        _probes.clear()
+        for _ in range(clock.BURST):
+            runner.send_message("chatbench_clock_ping", {"id": next(ids), "t1": clock.local_us()})
+            gevent.sleep(clock.SPACING_S)
+        deadline = time.monotonic() + clock.BURST_TIMEOUT_S
+        while len(_probes) < clock.BURST and time.monotonic() < deadline:
+            gevent.sleep(0.005)
+        found = clock.estimate(_probes.values())
+        if found is not None:
+            CLOCK.update(*found, good_enough_us)
+        gevent.sleep(interval)
+
+
+def _on_clock_ping(environment: Environment, msg: Any, **_: Any) -> None:
+    """The master: answer a worker's probe at once with its own clock (the reference: never corrected)."""
+    t = clock.local_us()
+    assert environment.runner is not None
+    environment.runner.send_message("chatbench_clock_pong", {**msg.data, "t2": t, "t3": clock.local_us()},
+                                    client_id=msg.node_id)
+
+
+def _on_clock_pong(environment: Environment, msg: Any, **_: Any) -> None:
+    t4 = clock.local_us()
+    d = msg.data
+    _probes[int(d["id"])] = (int(d["t1"]), int(d["t2"]), int(d["t3"]), t4)
+
+
 def _local_merge_loop(env: Environment) -> None:
     while True:
         gevent.sleep(1.0)  # a LocalRunner's live figures (Prometheus, the UI rows) move every second
@@ -223,8 +266,10 @@ def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.register_message("chatbench_flush", _on_flush, concurrent=True)
+        runner.register_message("chatbench_clock_pong", _on_clock_pong)
     elif isinstance(runner, MasterRunner):
         runner.register_message("chatbench_final", _on_final)
+        runner.register_message("chatbench_clock_ping", _on_clock_ping)
         environment.events.worker_connect.add_listener(lambda client_id, **_: run.workers_seen.add(client_id))
 
 
@@ -250,12 +295,15 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         run.scenario_results = {}
         run.bundle_path = ""
         if environment.parsed_options is not None:  # phase clock of the scenario; travels to the workers
-            environment.parsed_options.chatbench_t0 = time.time()
+            environment.parsed_options.chatbench_t0 = CLOCK.time()
         totals.__init__()  # type: ignore[misc]
         from drivers import bundle
 
         run.server_before = bundle.server_counters(environment)
         _background.append(gevent.spawn(_settle_loop, environment))
+    if isinstance(environment.runner, WorkerRunner):
+        CLOCK.reset()
+        _background.append(gevent.spawn(_clock_loop, environment))
     if not isinstance(environment.runner, MasterRunner):
         run.health.start()
         _background.append(gevent.spawn(_repair_loop, environment))

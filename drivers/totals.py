@@ -74,6 +74,7 @@ class Totals:
         self.health: dict[str, dict[str, float]] = {}  # worker -> {cpu_max, cpu_last, lag_max_ms, samples}
         self._health_samples: dict[str, dict[str, list[tuple[float, float]]]] = {}
         self.measure_from = 0.0  # epoch s; health samples before it (connect phase) are not judged
+        self.clock: dict[str, list[tuple[float, int, int, bool]]] = {}  # worker -> (t, offset µs, bound µs, applied)
         self.reports = 0
         self.final_delivered = 0  # deliveries that reached the coordinator only with a worker's final data
         self.finals: set[str] = set()  # workers whose final data arrived
@@ -116,6 +117,9 @@ class Totals:
             p.add(t, delta)
         if "health" in wire:
             self.merge_health(worker, wire["health"])
+        if wire.get("clock"):
+            self.clock.setdefault(worker, []).extend((float(t), int(o), int(b), bool(a))
+                                                     for t, o, b, a in wire["clock"])
 
     def merge_health(self, worker: str, h: dict[str, Any]) -> None:
         """Samples are (epoch s, value) pairs: CPU ratio and event-loop lateness (ms)."""
@@ -223,9 +227,27 @@ class Totals:
             "generator_health_from": self.measure_from,
             "generator_saturated": bool(reasons),
             "generator_saturated_reasons": reasons,
+            "clock": self.clock_summary(),
             "by_profile": {name: {"delivery_latency_ms": summary_ms(p["latency"].h, (50, 90, 99, 99.9)),
                                   "catchup_ms": summary_ms(p["catchup"].h, (50, 99)), **p["counts"]}
                            for name, p in sorted(self.profiles.items())},
+        }
+
+    def clock_summary(self) -> dict[str, Any]:
+        """Each worker's clock offset to the master (the reference): last estimate, worst bound, drift (ms)."""
+        workers = {}
+        for worker, every in sorted(self.clock.items()):
+            est = [e for e in every if e[3]] or every  # the estimates applied (a worker applies its first)
+            offsets = [o for _, o, _, _ in est]
+            workers[worker] = {"offset_ms": offsets[-1] / 1000, "bound_ms": max(b for _, _, b, _ in est) / 1000,
+                               "drift_ms": (max(offsets) - min(offsets)) / 1000, "estimates": len(est),
+                               "rejected": len(every) - len(est)}
+        return {
+            "reference": "master" if workers else "single process",
+            "workers": workers,
+            "max_abs_offset_ms": max((abs(w["offset_ms"]) for w in workers.values()), default=0.0),
+            "max_bound_ms": max((w["bound_ms"] for w in workers.values()), default=0.0),
+            "max_drift_ms": max((w["drift_ms"] for w in workers.values()), default=0.0),
         }
 
     def histograms(self) -> dict[str, str]:

@@ -85,10 +85,14 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.send_ack_ms", _SUMMARY, "ms", "intended send time (open model) → the server's ack"),
     _f("metrics.catchup_ms", _SUMMARY, "ms", "reconnect → the receiver has every message it missed"),
     _f("metrics.sent", "int", "", "messages the swarm sent and the server acked"),
-    _f("metrics.delivered", "int", "", "deliveries the swarm received (each seq once per receiver)"),
-    _f("metrics.expected_deliveries", "int", "", "deliveries the swarm should have received"),
-    _f("metrics.lost", "int", "", "expected deliveries never received, even by sync"),
-    _f("metrics.duplicated", "int", "", "seqs received more than once by one receiver"),
+    _f("metrics.delivered", "int", "", "deliveries the swarm received (each seq once per receiver; benchmarks: "
+       "summed over the windows)"),
+    _f("metrics.expected_deliveries", "int", "", "deliveries the swarm (benchmarks: every window) should have "
+       "received"),
+    _f("metrics.lost", "int", "", "expected deliveries never received, even by sync (benchmarks: summed over the "
+       "windows)"),
+    _f("metrics.duplicated", "int", "", "seqs received more than once by one receiver (fan-out benchmarks: frames "
+       "beyond the expected ones)"),
     _f("metrics.reordered", "int", "", "seqs received after a higher seq of the same group"),
     _f("metrics.unread_mismatches", "int", "", "server unread counts that differ from the client's truth"),
     _f("metrics.latency_clamped", "int", "", "latencies outside the HDR range (negative: clock skew)"),
@@ -124,6 +128,21 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.generator_health_from", "float", "epoch s", "start of the measured phase (after connecting)"),
     _f("metrics.generator_saturated", "bool", "", "a generator process was the limit"),
     _f("metrics.generator_saturated_reasons", "list", "", "why"),
+    _f("metrics.clock", "dict", "", "generator clocks against one reference (the Locust master's; drivers/clock.py)"),
+    _f("metrics.clock.reference", "str", "", "`master`, or `single process` (one clock: nothing to correct)"),
+    _f("metrics.clock.corrected", "bool", "", "timestamps were corrected by the offsets (not: --no-clock-correction)"),
+    _f("metrics.clock.workers", "dict", "", "per worker"),
+    _f("metrics.clock.workers.<worker>", "dict", "", "one worker's clock"),
+    _f("metrics.clock.workers.<worker>.offset_ms", "float", "ms", "reference − worker clock, last estimate"),
+    _f("metrics.clock.workers.<worker>.bound_ms", "float", "ms", "worst error bound (± half the round trip) of "
+       "the estimates applied"),
+    _f("metrics.clock.workers.<worker>.drift_ms", "float", "ms", "largest − smallest offset over the run"),
+    _f("metrics.clock.workers.<worker>.estimates", "int", "", "estimates applied"),
+    _f("metrics.clock.workers.<worker>.rejected", "int", "", "estimates not applied: less precise than the one "
+       "in use and than --clock-bound-ms (taken while an event loop was busy)"),
+    _f("metrics.clock.max_abs_offset_ms", "float", "ms", "largest |offset| of any worker"),
+    _f("metrics.clock.max_bound_ms", "float", "ms", "largest bound of any worker"),
+    _f("metrics.clock.max_drift_ms", "float", "ms", "largest drift of any worker"),
     _f("metrics.by_profile", "dict", "", "receivers split by network profile (--profile-mix runs)"),
     _f("metrics.by_profile.<profile>", "dict", "", "one network profile's receivers"),
     _f("metrics.by_profile.<profile>.delivery_latency_ms", _SUMMARY, "ms", "the profile's delivery latency"),
@@ -153,17 +172,40 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.sync_requests", "float", "", "sync requests the server answered"),
     _f("metrics.server_push_latency_ms_le", "dict", "ms", "upper bounds of the server's accept → socket write "
        "quantiles (p50, p99, p99.9; null: above the last bucket)"),
-    # -- benchmarks
-    _f("metrics.frames_per_cpu_s", "float", "1/CPU s", "frames received per generator CPU-second (receive)"),
-    _f("metrics.server_cpu_us_per_delivery", "float", "CPU µs", "server CPU per delivery (fan-out)"),
-    _f("metrics.receiver_cpu_share", "float", "", "receiver CPU / server CPU (fan-out)"),
-    _f("metrics.complete", "bool", "", "every expected frame arrived (benchmarks)"),
-    _f("metrics.frames", "int", "", "frames received (benchmarks)"),
-    _f("metrics.wall_s", "float", "s", "wall time of the measured window (benchmarks)"),
-    _f("metrics.<counter>_per_message", "float", "", "rows written per message by kind (modes benchmark: "
-       "storage, index, unread, offline, offline_dropped)"),
-    _f("metrics.bus_<counter>_per_message", "float", "", "bus/registry counters per group message (cluster "
+    # -- benchmarks (docs: each benchmark's docstring; server figures there are medians over the windows)
+    _f("metrics.frames_per_cpu_s", "float", "1/CPU s", "push frames received per receiver CPU-second (receive: "
+       "a window's frames / the median receiver CPU)"),
+    _f("metrics.server_cpu_us_per_delivery", "float", "CPU µs", "server CPU / server deliveries (fan-out)"),
+    _f("metrics.receiver_cpu_s", "float", "CPU s", "the receiver processes' CPU over a window (fan-out, receive)"),
+    _f("metrics.receiver_cpu_share", "float", "cores", "the busiest receiver process's CPU / the window's wall time "
+       "(fan-out; near 1: the receiver may be the limit)"),
+    _f("metrics.complete", "bool", "", "every expected delivery arrived, in every window (benchmarks)"),
+    _f("metrics.wall_s", "float", "s", "wall time of a measured window (benchmarks)"),
+    _f("metrics.index_writes_per_message", "float", "", "inbox index rows per message "
+       "(chat_storage_writes_total{kind=index}; modes benchmark)"),
+    _f("metrics.offline_writes_per_message", "float", "", "offline-buffer rows per message (modes benchmark)"),
+    _f("metrics.offline_dropped_per_message", "float", "", "offline-buffer copies dropped per message (modes "
+       "benchmark)"),
+    _f("metrics.deliveries_per_message", "float", "", "deliveries per group message, every gateway (cluster "
        "fan-out benchmark)"),
+    _f("metrics.gateway_filtered_per_message", "float", "", "members the gateways checked but do not hold, per "
+       "group message (cluster fan-out benchmark)"),
+    *(_f(f"metrics.bus_{name}_per_message", "float", "", f"{doc} per group message (cluster fan-out benchmark)")
+      for name, doc in (
+        ("published_push", "push bus messages the logic node published"),
+        ("published_group", "group bus messages the logic node published"),
+        ("published_reply", "reply bus messages the logic node published"),
+        ("published_request", "request bus messages the gateways published"),
+        ("received_push", "push bus messages the gateways received"),
+        ("received_group", "group bus messages the gateways received"),
+        ("registry_reads", "registry reads at the logic node"))),
+    _f("metrics.processes", "dict", "", "each server process (cluster fan-out benchmark: logic, gateway<i>, redis)"),
+    _f("metrics.processes.<process>", "dict", "", "one server process"),
+    _f("metrics.processes.<process>.cpu_s", "float", "CPU s", "its CPU over a window (schedstat)"),
+    _f("metrics.processes.<process>.cpu_us_per_delivery", "float", "CPU µs", "its CPU / the cluster's deliveries"),
+    *(_f(f"metrics.processes.<process>.{name}_per_message", "float", "", f"{doc} per group message (gateways)")
+      for name, doc in (("deliveries", "its deliveries"), ("gateway_filtered", "members it checked but does not "
+                        "hold"), ("bus_received_group", "group bus messages it received"))),
     # -- swarm extras
     _f("generator", "dict", "", "the load generator (swarm records)"),
     _f("generator.host", "str", "", "the ws:// URL the users were given"),
@@ -187,7 +229,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("histograms.<name>", "str", "", "delivery_latency_us, send_ack_us, catchup_us, fanout_completion_us, "
        "fanout_first_us, delivery_latency_us@<profile>"),
     # -- what chatbench run adds
-    _f("config", "dict", "", "the configuration chatbench ran (chatbench run/matrix)"),
+    _f("config", "dict", "", "the configuration that ran (chatbench run/matrix; benchmarks: server_args, "
+       "cluster_gateways)"),
     *(_f(f"config.{name}", t, "", doc) for name, t, doc in (
         ("fanout", "str", "fan-out mode asked for"), ("storage", "str", "storage mode asked for"),
         ("unread", "str", "unread mode asked for"), ("offline", "str", "offline mode asked for"),

@@ -331,3 +331,77 @@ def test_bundle_files_are_never_overwritten(tmp_path: Path) -> None:
     second = bundle.write(env, result)
     assert first != second and first.exists() and second.exists()
     assert record.load(first)["run_id"] == record.load(second)["run_id"] == "r"
+
+
+def _feed(scrape: bool) -> Totals:
+    """The same recorded worker data — a sender, a worker, and a late worker part — merged with or without a
+    Prometheus scrape between the reports."""
+    from prometheus_client import generate_latest
+
+    sender = Ledger()
+    sender.receiver(100).on_connect(hello(0, sts=T0 - 1000))
+    for s in range(1, 4):
+        sender.on_ack(100, {"gid": GID, "seq": s, "sts": T0 + s}, cts=T0 + s, private=False)
+    totals = Totals()
+    registry = build_registry(totals, lambda: "r", "s")
+    totals.merge(sender.take(), "w2")
+    totals.merge(_worker([1, 2, 3], set(), 3), "w0")
+    if scrape:
+        generate_latest(registry)
+    totals.merge(_worker([4, 5], set(), 3), "w1")  # a reconnecting receiver's parts, long after the sends
+    if scrape:
+        generate_latest(registry)
+    totals.settle()
+    return totals
+
+
+def test_scraping_changes_nothing() -> None:
+    quiet, watched = _feed(scrape=False), _feed(scrape=True)
+    assert watched.fan_counts == quiet.fan_counts
+    assert quiet.fan_counts["late_parts"] == 0 and quiet.fan_counts["complete"] == 3
+    assert watched.metrics() == quiet.metrics()
+    assert watched.histograms() == quiet.histograms()
+
+
+def test_clock_estimate_takes_the_lowest_round_trip() -> None:
+    from drivers.clock import estimate
+
+    # reference = local + 50 ms; the second probe waited 8 ms in a busy loop on the way back
+    off = 50_000
+    fast = (1_000, 1_000 + off + 200, 1_000 + off + 210, 1_420)  # rtt 410 µs
+    slow = (2_000, 2_000 + off + 200, 2_000 + off + 210, 10_420)
+    offset, bound = estimate([slow, fast])  # type: ignore[misc]
+    assert abs(offset - off) <= bound and bound == 205
+    assert estimate([]) is None
+    assert estimate([(5, 0, 0, 4)]) is None  # a clock step mid-probe gives no information
+
+
+def test_clock_keeps_a_precise_estimate_over_a_busy_one() -> None:
+    from drivers.clock import Clock
+
+    c = Clock()
+    assert c.update(-50_000, 400, good_enough_us=1000)
+    assert not c.update(-47_000, 9_000, good_enough_us=1000)  # taken while a loop was busy: reported, not applied
+    assert (c.offset_us, c.bound_us) == (-50_000, 400)
+    assert c.update(-50_100, 300, good_enough_us=1000)
+    assert [applied for *_, applied in c.take()] == [True, False, True]
+    assert c.take() == []
+
+
+def test_clock_summary_and_validity() -> None:
+    from types import SimpleNamespace
+
+    from drivers.bundle import clock_reasons
+
+    totals = Totals()
+    totals.merge({**_worker([1], set(), 1), "clock": [(1.0, -50_000, 300, True), (6.0, -50_200, 400, True),
+                                                      (11.0, -40_000, 9_000, False)]}, "w1")
+    c = totals.clock_summary()
+    w = c["workers"]["w1"]
+    assert (w["offset_ms"], w["bound_ms"], w["drift_ms"], w["estimates"], w["rejected"]) == (-50.2, 0.4, 0.2, 2, 1)
+    runner = SimpleNamespace(clients=SimpleNamespace(all=[]))
+    assert clock_reasons(c, runner, 1.0, uncorrected=False) == []
+    assert clock_reasons(c, runner, 0.3, uncorrected=False) == [
+        "w1: clock offset known only to ±0.400 ms > 0.3 ms"]
+    assert clock_reasons(c, runner, 1.0, uncorrected=True) == [
+        "w1: clock -50.200 ms off the master's and latencies not corrected (--no-clock-correction)"]
