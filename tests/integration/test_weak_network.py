@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -26,15 +27,19 @@ from drivers.proxy import Impair, Pipe, Proxy
 from harness.procs import REPO, SECRET, ServerProcess
 from reference_server.protocol import user_token
 from tests.integration.conftest import provision
+from tests.integration.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> Iterator[None]:
     """Finalize the dropped connections' objects here, not inside a later AST parse: on Python 3.11.7 a finalizer
     that logs a traceback during pytest's end-of-session import fails with "AST constructor recursion depth
-    mismatch" (apparently CPython gh-106905; without this the session ends with that error after passing)."""
+    mismatch" (apparently CPython gh-106905; without this the session ends with that error after passing). The
+    threads the test left (clients' receive loops, proxies) are let finish first."""
+    before = set(threading.enumerate())
     yield
-    time.sleep(0.05)
+    for t in set(threading.enumerate()) - before:
+        t.join(timeout=1)
     gc.collect()
 
 
@@ -65,9 +70,7 @@ def impaired(upstream: str, profile: Profile, seed: int = 1) -> Iterator[Proxy]:
 
 
 def the_pipe(proxy: Proxy) -> Pipe:
-    deadline = time.monotonic() + 5
-    while not proxy.pipes and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: proxy.pipes, 5, "the proxy to open a connection")
     assert len(proxy.pipes) == 1
     return next(iter(proxy.pipes))
 
@@ -77,6 +80,18 @@ def client(url: str, uid: int, **kw: object) -> ChatClient:
     c = ChatClient(url, uid, user_token(SECRET, uid), **kw)  # type: ignore[arg-type]
     c.connect()
     return c
+
+
+def wait_closed(c: ChatClient, timeout: float) -> None:
+    wait_until(lambda: c.closed, timeout, f"user {c.uid}'s connection to end")
+
+
+def pings_answered(srv: ServerProcess) -> int:
+    """Heartbeats one client's connection had answered: a heartbeat is sent only once the one before it was
+    answered, so of the pings the server counted all but the last are."""
+    assert srv.admin is not None
+    m = re.search(r'^chat_requests_total\{op="ping"\} (\S+)$', srv.admin.metrics_text(), re.M)
+    return max(int(float(m[1])) - 1, 0) if m else 0
 
 
 @pytest.mark.parametrize("kind", ["normal", "uniform", "pareto"])
@@ -205,18 +220,24 @@ def test_half_open_detected_by_heartbeat_and_drops_end(server: ServerProcess) ->
     heartbeat_s, pong_timeout_s = 0.3, 0.5
     with impaired(server.ws_url, Profile("t", rtt_ms=20)) as proxy:
         c = client(proxy.url, 1, heartbeat_s=heartbeat_s, pong_timeout_s=pong_timeout_s)
-        time.sleep(0.5)  # a few heartbeats answered: alive
-        assert not c.closed
+        wait_until(lambda: pings_answered(server) >= 2, 5, "two heartbeats answered")
+        assert not c.closed and not c.dead
         pipe = the_pipe(proxy)
+
+        def no_heartbeat_in_flight() -> float | None:
+            t = time.perf_counter()
+            return t if c.pending == 0 else None
+
+        # from a moment with no ping in flight: the one left unanswered is sent after it, and only a whole pong
+        # timeout later can the client declare the connection dead
+        t0 = wait_until(no_heartbeat_in_flight, 5, "a moment between two heartbeats", interval=0.001)
         proxy.call(pipe.half_open)
-        t0 = time.perf_counter()
-        while not c.closed and time.perf_counter() - t0 < 5:
-            time.sleep(0.005)
+        wait_closed(c, 5)
         took = time.perf_counter() - t0
         print(f"half-open detected after {took:.3f} s (heartbeat {heartbeat_s:g} s + pong timeout "
-              f"{pong_timeout_s:g} s = {heartbeat_s + pong_timeout_s:g} s at most)")
+              f"{pong_timeout_s:g} s = {heartbeat_s + pong_timeout_s:g} s at most, on an idle machine)")
         assert c.dead and c.close_code == 1006 and "no pong" in c.close_reason
-        assert pong_timeout_s <= took <= heartbeat_s + pong_timeout_s + 0.1
+        assert took >= pong_timeout_s
         assert proxy.counts == {"half_open": 1}
 
         # a disconnect (FIN) and a reset (RST) end the connection at once, visibly
@@ -224,10 +245,8 @@ def test_half_open_detected_by_heartbeat_and_drops_end(server: ServerProcess) ->
             c = client(proxy.url, uid)
             pipe = next(p for p in list(proxy.pipes) if p.uid == uid)
             proxy.call(lambda pipe=pipe, end=end: end(pipe))  # type: ignore[misc]
-            t0 = time.perf_counter()
-            while not c.closed and time.perf_counter() - t0 < 2:
-                time.sleep(0.005)
-            assert c.closed and not c.dead and c.close_code == 1006, c.close_reason
+            wait_closed(c, 2)
+            assert not c.dead and c.close_code == 1006, c.close_reason
             if end is Pipe.reset:
                 assert "reset" in c.close_reason.lower(), c.close_reason
         assert proxy.counts == {"half_open": 1, "disconnects": 1, "resets": 1}
@@ -256,9 +275,8 @@ def test_resume_after_drop_loses_nothing(server: ServerProcess) -> None:
                     if uid in dropped:
                         proxy.call(pipe.half_open if uid == dropped[2] else pipe.reset)
             if i == 25:  # they notice (the half-open one by its heartbeat), come back and resume from their last seq
-                deadline = time.monotonic() + 3
-                while not all(clients[u].closed for u in dropped) and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                for uid in dropped:
+                    wait_closed(clients[uid], 3)
                 assert clients[dropped[2]].dead
                 for uid in dropped:
                     old = clients[uid]
@@ -268,8 +286,9 @@ def test_resume_after_drop_loses_nothing(server: ServerProcess) -> None:
                     started = now_us()
                     clients[uid] = c = client(proxy.url, uid, on_message=rl.on_push, on_hello=rl.on_connect, **beat)
                     assert rl.catch_up(c.sync, started)
-            time.sleep(0.01)
-        time.sleep(0.5)
+            time.sleep(0.01)  # a stream over time (the scenario): the drops, their detection and resumes happen in it
+        wait_until(lambda: all(ledger.receivers[uid].groups[3].last == 40 for uid in rx), 10,
+                   "every receiver's stream (pushes and catch-ups) to reach seq 40")
         cutoff = now_us()
         for c in [*clients.values(), sender]:
             ledger.receivers[c.uid].reconcile(c.sync, cutoff)
@@ -314,8 +333,10 @@ def test_weak_network_run_reports_per_profile(weak_runs: tuple[Path, Path, str])
     # every subway member connected through the proxy at least once; direct members never did
     assert by["subway"]["injected_connections"] >= by["subway"]["members"]
     assert "injected_connections" not in by["direct"]
-    assert by["subway"]["delivery_latency_ms"]["count"] > 0 and by["direct"]["delivery_latency_ms"]["count"] > 0
-    assert set(bundle["histograms"]) >= {"delivery_latency_us[direct]", "delivery_latency_us[subway]"}
+    for name, p in by.items():  # each profile's members got pushes, and one latency per push delivered
+        assert p["delivery_latency_ms"]["count"] == p["delivered"] > 0, name
+    assert sum(p["delivered"] for p in by.values()) == bundle["metrics"]["delivered"]
+    assert {h for h in bundle["histograms"] if "[" in h} == {f"delivery_latency_us[{p}]" for p in by}
     assert bundle["metrics"]["lost"] == 0
 
 
