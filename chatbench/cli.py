@@ -320,6 +320,12 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     t.add_row("server CPU (schedstat, all processes, traffic window)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
     if m.get("deliveries_per_server_cpu_s"):
         t.add_row("deliveries per server CPU-second", f"{m['deliveries_per_server_cpu_s']:,.0f}")
+    if m.get("generator_cpu_us_per_delivery") is not None and m.get("server_cpu_us_per_delivery") is not None:
+        t.add_row("CPU µs per delivery: server / swarm (same window)",
+                  f"{m['server_cpu_us_per_delivery']:.2f} / {m['generator_cpu_us_per_delivery']:.2f}")
+    if m.get("limit_side"):
+        t.add_row("closer to its limit", f"{m['limit_side']} (server {m['server_cpu_ratio']:.0%} of a core per "
+                  f"process, swarm's busiest process {m['generator_cpu_ratio']:.0%})")
     for kind, n in writes.items():
         if n:
             t.add_row(f"storage writes: {kind}", f"{n:,.0f}" + (f" ({n / messages:.2f}/msg)" if messages else ""))

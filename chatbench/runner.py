@@ -331,7 +331,11 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
     if t0 and t1 and t1 > t0:
         server_cpu = sampler.cpu_at(t1) - sampler.cpu_at(t0)
         m["server_cpu_window_s"] = [t0, t1]
+        record.generator_cpu(m, t0, t1)  # the swarm's CPU over the same window
+    m["server_processes"] = len(servers.processes())
     m["server_cpu_s"] = server_cpu
+    if not (t0 and t1 and t1 > t0):
+        m.pop("server_cpu_window_s", None)
     m["server_cpu_source"] = ("schedstat, every server process, " +
                               ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
     if cfg.cluster:  # the swarm read only the logic node: deliveries happen on the gateways

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import record
 from drivers.admin import AdminClient
+from drivers.ledger import now_us
 from drivers.totals import Totals
 from record.promtext import counters, delta
 
@@ -81,6 +82,10 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
     metrics.update(totals.metrics())
     # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation
     metrics.update(record.server_figures(run.server_after or server_counters(env), run.server_before))
+    # the swarm's CPU over the window of the server figures: from the test start until it began stopping
+    t1 = (run.sending_stopped_us or now_us()) / 1e6
+    metrics["server_cpu_window_s"] = [run.started_us / 1e6, t1]
+    record.generator_cpu(metrics, run.started_us / 1e6, t1)
     requests = {}
     for (name, method), entry in env.stats.entries.items():
         requests[name if method != "HDR" else f"{name} [HDR]"] = {
@@ -179,7 +184,10 @@ def print_summary(result: dict[str, Any], path: str) -> None:
         "  delivery latency ms: " + "  ".join(f"{k}={v:.3f}" for k, v in lat.items() if k != "count"),
         "  fan-out completion ms: " + "  ".join(f"{k}={v:.3f}" for k, v in fan.items() if k != "count")
         + f"  (complete {m['fanout']['complete']}/{m['fanout']['messages']})",
-        f"  generator CPU max {m['generator_cpu_ratio']:.0%}; bundle {path}",
+        f"  generator CPU max {m['generator_cpu_ratio']:.0%}"
+        + (f"; CPU µs per delivery: server {m['server_cpu_us_per_delivery']:.2f}, swarm "
+           f"{m['generator_cpu_us_per_delivery']:.2f}" if m.get("generator_cpu_us_per_delivery") is not None
+           and m.get("server_cpu_us_per_delivery") is not None else "") + f"; bundle {path}",
         "  clocks: " + (", ".join(f"{w} {c['offset_ms']:+.3f} ms ±{c['bound_ms']:.3f} (drift {c['drift_ms']:.3f})"
                                   for w, c in m["clock"]["workers"].items()) or m["clock"]["reference"])
         + ("" if m["clock"].get("corrected", True) else " — NOT corrected"),

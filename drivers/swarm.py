@@ -73,6 +73,7 @@ class Health:
 
     def __init__(self) -> None:
         self.cpu: list[tuple[float, float]] = []  # (epoch s, ratio)
+        self.cpu_s: list[tuple[float, float]] = []  # (epoch s, this process's CPU seconds so far)
         self.lag_ms: list[tuple[float, float]] = []  # (epoch s, worst lateness in the interval)
         self._greenlets: list[gevent.Greenlet] = []
 
@@ -91,6 +92,7 @@ class Health:
             gevent.sleep(self.INTERVAL_S)
             wall1, cpu1 = time.monotonic(), time.process_time()
             self.cpu.append((CLOCK.time(), (cpu1 - cpu0) / max(wall1 - wall0, 1e-9)))
+            self.cpu_s.append((CLOCK.time(), cpu1))
             wall0, cpu0 = wall1, cpu1
 
     def _lag_loop(self) -> None:
@@ -107,8 +109,8 @@ class Health:
                 last_ship = time.monotonic()
 
     def take(self) -> dict[str, list[tuple[float, float]]]:
-        data = {"cpu": self.cpu, "lag_ms": self.lag_ms}
-        self.cpu, self.lag_ms = [], []
+        data = {"cpu": self.cpu, "lag_ms": self.lag_ms, "cpu_s": [*self.cpu_s, (CLOCK.time(), time.process_time())]}
+        self.cpu, self.lag_ms, self.cpu_s = [], [], []
         return data
 
 

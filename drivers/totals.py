@@ -124,7 +124,8 @@ class Totals:
     def merge_health(self, worker: str, h: dict[str, Any]) -> None:
         """Samples are (epoch s, value) pairs: CPU ratio and event-loop lateness (ms)."""
         cur = self.health.setdefault(worker, {"cpu_max": 0.0, "cpu_last": 0.0, "lag_max_ms": 0.0, "samples": 0})
-        samples = self._health_samples.setdefault(worker, {"cpu": [], "lag_ms": []})
+        samples = self._health_samples.setdefault(worker, {"cpu": [], "lag_ms": [], "cpu_s": []})
+        samples["cpu_s"].extend((float(t), float(c)) for t, c in h.get("cpu_s", ()))
         for t, cpu in h.get("cpu", ()):
             samples["cpu"].append((float(t), float(cpu)))
             cur["cpu_last"] = float(cpu)
@@ -138,6 +139,10 @@ class Totals:
             cur = self.health[worker]
             cur["cpu_max"] = max((v for t, v in samples["cpu"] if t >= self.measure_from), default=0.0)
             cur["lag_max_ms"] = max((v for t, v in samples["lag_ms"] if t >= self.measure_from), default=0.0)
+
+    def cpu_samples(self) -> dict[str, list[tuple[float, float]]]:
+        """Per generator process: (reference epoch s, CPU seconds so far), to take its CPU over any window."""
+        return {w: sorted(s["cpu_s"]) for w, s in sorted(self._health_samples.items()) if s["cpu_s"]}
 
     def set_measure_from(self, t: float) -> None:
         """Judge the generator's health only from epoch second ``t`` on (e.g. after the connect phase)."""
@@ -225,6 +230,7 @@ class Totals:
             "generator_cpu_ratio": cpu,
             "generator_health": {w: dict(h) for w, h in sorted(self.health.items())},
             "generator_health_from": self.measure_from,
+            "generator_cpu_samples": self.cpu_samples(),
             "generator_saturated": bool(reasons),
             "generator_saturated_reasons": reasons,
             "clock": self.clock_summary(),

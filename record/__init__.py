@@ -5,9 +5,21 @@ A leaf package: it imports nothing else of this project, so the server's tools, 
 the CLI all build and read records the same way.
 """
 
-from record.build import SERVER_COUNTERS, derive, finish, new, new_run_id, server_figures
+from record.build import (
+    SERVER_COUNTERS,
+    cpu_in_window,
+    derive,
+    finish,
+    generator_cpu,
+    new,
+    new_run_id,
+    server_figures,
+)
 from record.schema import API_VERSION, FIELDS, KINDS, Field, problems
 from record.store import RecordError, dumps, load, load_all, write, write_new
 
-__all__ = ["API_VERSION", "FIELDS", "KINDS", "SERVER_COUNTERS", "Field", "RecordError", "derive", "dumps", "finish",
-           "load", "load_all", "new", "new_run_id", "problems", "server_figures", "write", "write_new"]
+__all__ = [
+    "API_VERSION", "FIELDS", "KINDS", "SERVER_COUNTERS", "Field", "RecordError", "cpu_in_window", "derive", "dumps",
+    "finish", "generator_cpu", "load", "load_all", "new", "new_run_id", "problems", "server_figures", "write",
+    "write_new",
+]

@@ -7,6 +7,7 @@ the raw ones (so each derived figure has one definition) and judges validity.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from typing import Any, Final
@@ -71,18 +72,57 @@ def server_figures(after: dict[str, float], before: dict[str, float]) -> dict[st
     }
 
 
+def cpu_in_window(samples: list[tuple[float, float]] | list[list[float]], t0: float, t1: float) -> float:
+    """CPU seconds spent between t0 and t1 from (epoch s, cumulative CPU s) samples, linear between samples and
+    clipped to the samples' span."""
+    pts = sorted((float(t), float(c)) for t, c in samples)
+    if not pts or t1 <= t0:
+        return 0.0
+
+    def at(t: float) -> float:
+        if t <= pts[0][0]:
+            return pts[0][1]
+        for (ta, ca), (tb, cb) in itertools.pairwise(pts):
+            if ta <= t <= tb:
+                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+        return pts[-1][1]
+
+    return at(t1) - at(t0)
+
+
+def generator_cpu(metrics: dict[str, Any], t0: float, t1: float) -> None:
+    """The swarm's CPU over [t0, t1] (every generator process), beside the server's over the same window."""
+    samples = metrics.get("generator_cpu_samples") or {}
+    metrics["generator_cpu_s"] = sum(cpu_in_window(s, t0, t1) for s in samples.values()) if samples else None
+    metrics["generator_cpu_window_s"] = [t0, t1]
+
+
 def derive(metrics: dict[str, Any]) -> None:
     """The derived figures, from the raw ones in ``metrics`` (the one definition of each):
 
     * ``deliveries_per_server_cpu_s`` = ``server_deliveries`` / ``server_cpu_s``
     * ``server_cpu_us_per_message`` = ``server_cpu_s`` / ``server_messages_accepted`` × 10⁶
     * ``*_per_message`` = the counter's delta / ``server_messages_accepted``
+    * ``server_cpu_us_per_delivery`` = ``server_cpu_s`` / ``server_deliveries`` × 10⁶, and
+      ``generator_cpu_us_per_delivery`` = ``generator_cpu_s`` / ``delivered`` × 10⁶: who pays more per delivery
+    * ``limit_side``: the side closer to its limit — ``server`` or ``generator`` (CPU ratio of a core over the
+      window: the server is one event loop, so one core is its limit; the swarm's is its busiest process)
     """
     cpu = metrics.get("server_cpu_s")
     accepted = metrics.get("server_messages_accepted")
     deliveries = metrics.get("server_deliveries")
     metrics["deliveries_per_server_cpu_s"] = deliveries / cpu if cpu and deliveries is not None else None
     metrics["server_cpu_us_per_message"] = cpu / accepted * 1e6 if cpu is not None and accepted else None
+    gen_cpu, delivered = metrics.get("generator_cpu_s"), metrics.get("delivered")
+    if "generator_cpu_s" in metrics or "server_cpu_us_per_delivery" in metrics:
+        metrics["server_cpu_us_per_delivery"] = cpu / deliveries * 1e6 if cpu is not None and deliveries else None
+        metrics["generator_cpu_us_per_delivery"] = gen_cpu / delivered * 1e6 if gen_cpu is not None and delivered \
+            else None
+    window = metrics.get("server_cpu_window_s") or metrics.get("generator_cpu_window_s")
+    if cpu is not None and window and window[1] > window[0] and "generator_cpu_ratio" in metrics:
+        server_ratio = cpu / (window[1] - window[0]) / max(1, int(metrics.get("server_processes") or 1))
+        metrics["server_cpu_ratio"] = server_ratio
+        metrics["limit_side"] = "server" if server_ratio >= metrics["generator_cpu_ratio"] else "generator"
     for key, counter in _PER_MESSAGE.items():
         raw = metrics.pop(f"_{counter}", None)
         if raw is not None or key not in metrics:

@@ -170,6 +170,16 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.offline_dropped", "float", "", "offline-buffer entries dropped (rate-limited mode)"),
     _f("metrics.slow_consumer_disconnects", "float", "", "connections closed 4001 (send queue over its bound)"),
     _f("metrics.sync_requests", "float", "", "sync requests the server answered"),
+    _f("metrics.server_processes", "int", "", "server processes whose CPU server_cpu_s sums (chatbench run)"),
+    _f("metrics.server_cpu_ratio", "float", "cores", "server CPU / window / server processes: how busy one "
+       "server event loop was (its limit is 1)"),
+    _f("metrics.generator_cpu_samples", "dict", "", "per generator process: [[reference epoch s, CPU s so far]]"),
+    _f("metrics.generator_cpu_samples.<worker>", "list", "", "one process's cumulative CPU samples"),
+    _f("metrics.generator_cpu_s", "float", "CPU s", "CPU of every generator process over generator_cpu_window_s"),
+    _f("metrics.generator_cpu_window_s", "list", "epoch s", "[start, end]: the server CPU's window"),
+    _f("metrics.generator_cpu_us_per_delivery", "float", "CPU µs", "generator CPU / deliveries received: beside "
+       "server_cpu_us_per_delivery, who pays more per delivery"),
+    _f("metrics.limit_side", "str", "", "`server` or `generator`: the side whose CPU was closer to its limit"),
     _f("metrics.server_push_latency_ms_le", "dict", "ms", "upper bounds of the server's accept → socket write "
        "quantiles (p50, p99, p99.9; null: above the last bucket)"),
     # -- benchmarks (docs: each benchmark's docstring; server figures there are medians over the windows)
