@@ -14,30 +14,46 @@ and its latency recorded in HDR, per-message fan-out lists kept — everything b
    system), this process sends ``--messages`` messages (``paced``: one send per write, each waiting for its ack,
    so the server writes one frame per socket write; ``burst``: ``--burst`` messages per write, which the server
    coalesces) and the receiver reports when it has all N × messages frames, with its CPU time again;
-4. prints frames per generator-CPU-second per mode (median of the repeats) and writes JSON (machine, commit,
-   parameters, raw figures) under ``results/`` (never overwriting).
+4. prints frames per generator-CPU-second per mode and writes one result record per mode (record/schema.py,
+   docs/results.md) under ``--results-dir`` (default ``results/``, never overwritten):
+   ``bench-receive-<run id>.json``, the run id ending in the mode.
 
-The target is 100,000 frames per generator core-second with the ledger on (FACTS.md: a naive Locust receiver
-with one event per frame does ~70k). All traffic is on 127.0.0.1; every process started is stopped by PID.
+A record (kind ``benchmark``, scenario ``bench-receive``): ``parameters`` are receivers, messages, mode, burst,
+``receiver`` (``ledger`` or ``raw``) and pinning; ``server_modes`` as the server reports them,
+``config.server_args`` its extra flags. ``metrics``: ``receiver_cpu_s`` and ``wall_s`` (medians of the windows),
+``frames_per_cpu_s`` (a window's frames / the median receiver CPU), the server's figures of a window (medians:
+``server_cpu_s``, ``server_deliveries``, ... and the derived ``deliveries_per_server_cpu_s``, ...), and the counts
+summed over the windows: ``expected_deliveries``, ``delivered``, ``lost``, ``duplicated``, ``reordered`` (the
+ledger's; 0 with ``--raw``), ``complete``. ``details.runs``: every window's frames, CPU, wall time, ledger counts
+and server figures. A record is invalid when a window missed frames, saw duplicates or reordering, or the server
+counted other deliveries than expected.
+
+The target is 100,000 frames per generator core-second with the ledger on (a naive Locust receiver with one
+event per frame does ~70k). All traffic is on 127.0.0.1; every process started is stopped by PID.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+if TYPE_CHECKING:
+    from drivers.client import ChatClient
+    from harness.procs import ServerProcess
+
 TARGET: Final = 100_000
 GID: Final = 1
+SCENARIO: Final = "bench-receive"
+SERVER_ARGS: Final = ("--sqlite-synchronous", "normal")
+BODY: Final = "benchmark message body of a typical length, about 60 bytes"
 
 
 def child(argv: Sequence[str]) -> int:
@@ -97,81 +113,155 @@ def child(argv: Sequence[str]) -> int:
     return 0
 
 
+def window(rx: subprocess.Popen[str], sender: ChatClient, srv: ServerProcess, expected: int, messages: int,
+           burst: int) -> dict[str, Any]:
+    """One window: the receiver notes its CPU, this process sends, the receiver answers with its figures; the
+    server's counters and CPU (schedstat) around it."""
+    import record
+    from record.machine import process_cpu_seconds
+    from record.promtext import counters
+
+    assert rx.stdin is not None and rx.stdout is not None and srv.admin is not None
+    before, cpu0 = counters(srv.admin.metrics_text()), process_cpu_seconds(srv.pid)
+    rx.stdin.write(f"go {expected}\n")
+    rx.stdin.flush()
+    time.sleep(0.05)
+    for i in range(0, messages, burst):
+        k = min(burst, messages - i)
+        if k == 1:
+            sender.send(GID, BODY)
+        else:
+            sender.send_many(GID, [BODY] * k)
+    line = rx.stdout.readline()
+    if not line:
+        raise RuntimeError(f"receiver process ended (exit {rx.poll()})")
+    res: dict[str, Any] = orjson.loads(line)
+    server = dict(record.server_figures(counters(srv.admin.metrics_text()), before))
+    server["server_cpu_s"] = process_cpu_seconds(srv.pid) - cpu0
+    res["server"] = server
+    return res
+
+
+def build_record(args: argparse.Namespace, mode: str, runs: list[dict[str, Any]], info: dict[str, Any],
+                 run_id: str, started_s: float, error: str | None) -> dict[str, Any]:
+    import record
+    from benchmarks.common import median, medians, pinned
+
+    n, burst = args.receivers, 1 if mode == "paced" else args.burst
+    params = {"receivers": n, "messages": args.messages, "mode": mode, "burst": burst,
+              "receiver": "raw" if args.raw else "ledger", "server_core": pinned(args.server_core),
+              "receiver_core": pinned(args.receiver_core)}
+    rec = record.new("benchmark", SCENARIO, params, run_id=f"{run_id}-{mode}", started_s=started_s,
+                     server_modes=info.get("server_modes"))
+    rec["config"] = {"server_args": list(SERVER_ARGS)}
+    m = rec["metrics"]
+    expected = n * args.messages
+    m.update(medians([r["server"] for r in runs]))
+    m["server_cpu_source"] = "schedstat, the server process, each window; median of the windows"
+    cpu = m["receiver_cpu_s"] = median(r["cpu_s"] for r in runs)
+    frames = median(r["frames"] for r in runs)
+    m["frames_per_cpu_s"] = frames / cpu if cpu and frames is not None else None
+    m["wall_s"] = median(r["wall_s"] for r in runs)
+    m["expected_deliveries"] = expected * len(runs)
+    m["delivered"] = sum(int(r["frames"]) for r in runs)
+    m["lost"] = sum(max(0, expected - int(r["frames"])) for r in runs)
+    m["duplicated"] = sum(int(r["duplicated"]) for r in runs)
+    m["reordered"] = sum(int(r["reordered"]) for r in runs)
+    m["complete"] = all(r["frames"] == expected for r in runs)
+    rec["details"] = {"runs": runs, "repeats": args.repeat, **{k: v for k, v in info.items() if k != "server_modes"}}
+    invalid = [f"{mode} #{i + 1}: {r['frames']} of {expected} frames, {r['duplicated']} duplicated, "
+               f"{r['reordered']} reordered" for i, r in enumerate(runs)
+               if r["frames"] != expected or r["duplicated"] or r["reordered"]]
+    invalid += [f"{mode} #{i + 1}: the server counted {r['server']['server_deliveries']} deliveries, expected "
+                f"{expected}" for i, r in enumerate(runs) if r["server"]["server_deliveries"] != expected]
+    if len(runs) < args.repeat:
+        invalid.append(f"{len(runs)} of {args.repeat} windows ran")
+    if error:
+        invalid.append(error)
+    return record.finish(rec, invalid)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.receive",
+                                description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--receivers", type=int, default=2000)
-    p.add_argument("--messages", type=int, default=100, help="messages per run")
+    p.add_argument("--messages", type=int, default=100, help="messages per window")
     p.add_argument("--burst", type=int, default=10, help="messages per write in the burst mode")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--raw", action="store_true", help="count frames without the ledger and HDR")
-    p.add_argument("--server-core", type=int, default=0)
-    p.add_argument("--receiver-core", type=int, default=1)
-    p.add_argument("--out", default="", help="result JSON (default results/bench-receive-<UTC>.json)")
+    p.add_argument("--server-core", type=int, default=0, help="CPU for the server (-1: no pinning)")
+    p.add_argument("--receiver-core", type=int, default=1, help="CPU for the receiver process (-1: no pinning)")
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="where the records go (default results/; never overwritten)")
     args = p.parse_args(argv)
+    if args.receivers < 1 or args.messages < 1 or args.burst < 1 or args.repeat < 1:
+        p.error("--receivers, --messages, --burst and --repeat must be >= 1")
 
-    from drivers.bundle import write_new
+    import record
+    from benchmarks.common import FAILURES, BenchError, available_core, console, server_modes, write_records
     from drivers.client import ChatClient
+    from drivers.subprocs import stop_process
     from harness.procs import SECRET, ServerProcess
-    from record.machine import git_info, machine_info
     from reference_server.protocol import user_token
 
+    args.server_core = available_core(args.server_core)
+    args.receiver_core = available_core(args.receiver_core)
     n = args.receivers
     sender_uid = n + 1
+    run_id, started = record.new_run_id(), time.time()
     runs: dict[str, list[dict[str, Any]]] = {"paced": [], "burst": []}
-    with ServerProcess("--send-rate", "0", "--idle-timeout-s", "600", "--sqlite-synchronous", "normal",
-                       cpu=args.server_core, port=0, admin_port=0, die_with_parent=True) as srv:
-        assert srv.admin is not None
-        srv.admin.create_users(1, n + 1)
-        srv.admin.create_groups({GID: list(range(1, n + 2))})
-        cmd = ["taskset", "-c", str(args.receiver_core), sys.executable, "-m", "benchmarks.receive", "--child",
-               srv.ws_url, SECRET, "1", str(n), "raw" if args.raw else "ledger"]
-        rx = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-        try:
-            assert rx.stdin is not None and rx.stdout is not None
-            ready = rx.stdout.readline()
-            if not ready.startswith("ready"):
-                raise SystemExit(f"receiver failed: {ready!r}")
-            sender = ChatClient(srv.ws_url, sender_uid, user_token(SECRET, sender_uid), heartbeat_s=None,
-                                request_timeout=60)
-            sender.connect()
-            for _ in range(args.repeat):
-                for mode in runs:
-                    rx.stdin.write(f"go {n * args.messages}\n")
-                    rx.stdin.flush()
-                    time.sleep(0.05)
-                    burst = 1 if mode == "paced" else args.burst
-                    for i in range(0, args.messages, burst):
-                        k = min(burst, args.messages - i)
-                        if k == 1:
-                            sender.send(GID, "benchmark message body of a typical length, about 60 bytes")
-                        else:
-                            sender.send_many(GID, ["benchmark message body of a typical length, about 60 bytes"] * k)
-                    res = orjson.loads(rx.stdout.readline())
-                    res["frames_per_cpu_s"] = res["frames"] / res["cpu_s"] if res["cpu_s"] else 0.0
-                    runs[mode].append(res)
-                    print(f"{mode:6} {res['frames']:>8} frames  {res['cpu_s']:.3f} CPU s  {res['wall_s']:.3f} wall s"
-                          f"  → {res['frames_per_cpu_s']:,.0f} frames per generator-CPU-second", flush=True)
-            sender.close()
-            rx.stdin.write("quit\n")
-            rx.stdin.flush()
-            rx.wait(30)
-        finally:
-            if rx.poll() is None:
-                rx.kill()
-                rx.wait()
-    summary = {mode: statistics.median(r["frames_per_cpu_s"] for r in rs) for mode, rs in runs.items() if rs}
-    for mode, v in summary.items():
+    info: dict[str, Any] = {}
+    error: str | None = None
+    try:
+        with ServerProcess("--send-rate", "0", "--idle-timeout-s", "600", *SERVER_ARGS, cpu=args.server_core,
+                           port=0, admin_port=0, die_with_parent=True) as srv:
+            assert srv.admin is not None
+            info["server_modes"] = server_modes(srv.admin)
+            srv.admin.create_users(1, n + 1)
+            srv.admin.create_groups({GID: list(range(1, n + 2))})
+            pin = [] if args.receiver_core is None else ["taskset", "-c", str(args.receiver_core)]
+            cmd = [*pin, sys.executable, "-m", "benchmarks.receive", "--child", srv.ws_url, SECRET, "1", str(n),
+                   "raw" if args.raw else "ledger"]
+            rx = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+            try:
+                assert rx.stdin is not None and rx.stdout is not None
+                ready = rx.stdout.readline()
+                if ready.split()[:2] != ["ready", str(n)]:
+                    raise BenchError(f"receiver not ready: {ready!r}")
+                with ChatClient(srv.ws_url, sender_uid, user_token(SECRET, sender_uid), heartbeat_s=None,
+                                request_timeout=60) as sender:
+                    for _ in range(args.repeat):
+                        for mode, rs in runs.items():
+                            res = window(rx, sender, srv, n * args.messages, args.messages,
+                                         1 if mode == "paced" else args.burst)
+                            rs.append(res)
+                            rate = res["frames"] / res["cpu_s"] if res["cpu_s"] else 0.0
+                            print(f"{mode:6} {res['frames']:>8} frames  {res['cpu_s']:.3f} CPU s  "
+                                  f"{res['wall_s']:.3f} wall s  → {rate:,.0f} frames per generator-CPU-second",
+                                  flush=True)
+                rx.stdin.write("quit\n")
+                rx.stdin.flush()
+                rx.wait(30)
+            finally:
+                info["receiver_exit_code"] = stop_process(rx, 10)
+    except KeyboardInterrupt:
+        error = "interrupted"
+    except (*FAILURES, RuntimeError, subprocess.TimeoutExpired) as exc:
+        error = f"benchmark failed: {exc}"
+    records = [build_record(args, mode, rs, info, run_id, started, error) for mode, rs in runs.items() if rs]
+    for rec in records:
+        m, mode = rec["metrics"], rec["parameters"]["mode"]
+        v = m["frames_per_cpu_s"] or 0.0
         print(f"median {mode}: {v:,.0f} frames per generator-CPU-second "
               f"({'meets' if v >= TARGET else 'below'} the {TARGET:,} target){' [raw]' if args.raw else ''}")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out or f"results/bench-receive-{stamp}.json")
-    result = {"api_version": 1, "benchmark": "receive", "utc": stamp, **git_info(), "machine": machine_info(),
-              "parameters": vars(args), "frames_per_cpu_s": summary, "runs": runs, "target": TARGET}
-    path = write_new(out.parent, out.stem, orjson.dumps(result, option=orjson.OPT_INDENT_2))
-    print(f"wrote {path}")
-    bad = any(r["duplicated"] or r["reordered"] or r["frames"] != n * args.messages for rs in runs.values() for r in rs)
-    return 1 if bad else 0
+        for reason in m["invalid_reasons"]:
+            console.print(f"[red]{reason}[/red]")
+    write_records(args.results_dir, [(rec, f"{SCENARIO}-{rec['run_id']}") for rec in records])
+    if error is not None:
+        print(error, file=sys.stderr)
+        return 130 if error == "interrupted" else 2
+    return 0 if all(r["metrics"]["valid"] for r in records) else 1
 
 
 if __name__ == "__main__":
