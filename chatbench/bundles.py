@@ -10,10 +10,13 @@ it is not part of that.
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
+
+import orjson
 
 from drivers.bundle import RUN_SPECIFIC_OPTIONS
 from drivers.deliveries import decode_into, new_histogram
@@ -25,7 +28,9 @@ __all__ = ["AXES", "MEASURES", "Group", "Measure", "config", "groups", "label", 
 VOLATILE_PARAMETERS: Final = RUN_SPECIFIC_OPTIONS
 #: the configuration axes, in the order labels show them; ``network``: the members' network profile mix
 #: (``--profile-mix``; ``direct`` without one)
-AXES: Final = ("fanout", "storage", "unread", "offline", "cluster", "network")
+#: ``workload``: the scenario and a digest of what must be equal to compare (comparability()), so that records of
+#: different workloads in one directory (a benchmark's paced and burst records) form groups of their own
+AXES: Final = ("fanout", "storage", "unread", "offline", "cluster", "network", "workload")
 #: scenario options that are a configuration axis, not a condition of comparability
 AXIS_PARAMETERS: Final = frozenset({"profile_mix"})
 
@@ -93,7 +98,15 @@ def config(bundle: dict[str, Any]) -> dict[str, str]:
     gateways = int(cfg.get("cluster_gateways") or 0)
     out["cluster"] = f"{gateways} gateways" if gateways else "embedded"
     out["network"] = str((bundle.get("parameters") or {}).get("profile_mix") or "direct")
+    out["workload"] = workload(bundle)
     return out
+
+
+def workload(bundle: dict[str, Any]) -> str:
+    """``scenario:digest`` of the bundle's comparability record: equal exactly when two runs may be compared."""
+    digest = hashlib.sha1(orjson.dumps(comparability(bundle), option=orjson.OPT_SORT_KEYS)).hexdigest()[:6]
+    mode = (bundle.get("parameters") or {}).get("mode")  # a benchmark's paced/burst
+    return f"{bundle.get('scenario')}{f'[{mode}]' if mode else ''}:{digest}"
 
 
 def config_key(bundle: dict[str, Any]) -> tuple[str, ...]:
@@ -112,7 +125,7 @@ def varying_axes(keys: Iterable[tuple[str, ...]]) -> list[str]:
     """The axes on which these configurations differ (all axes when there is only one)."""
     keys = list(keys)
     axes = [a for i, a in enumerate(AXES) if len({k[i] for k in keys}) > 1]
-    return axes or ([a for a in AXES if a not in ("cluster", "network")] if keys else [])
+    return axes or ([a for a in AXES if a not in ("cluster", "network", "workload")] if keys else [])
 
 
 def comparability(bundle: dict[str, Any]) -> dict[str, Any]:

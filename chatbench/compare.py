@@ -121,6 +121,11 @@ def pair_groups(base: list[Group], cand: list[Group],
             key = (*key[:i], against[1], *key[i + 1:])
         if key in by_key:
             pairs.append(Pair(by_key[key], g))
+            continue
+        # the same configuration under another workload: paired, so the report says what differs
+        same_config = [b for b in base if b.key[:-1] == key[:-1]]
+        if len(same_config) == 1:
+            pairs.append(Pair(same_config[0], g))
         else:
             unpaired.append(g)
     return pairs, unpaired

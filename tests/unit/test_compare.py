@@ -154,3 +154,31 @@ def test_against_pairs_each_configuration_with_the_one_that_differs_on_that_axis
     assert "storage_writes_per_message: 1 → 202" in out and "1 check(s) failed" in out  # only 202 − 1 > 150
     assert chatbench_main(["compare", str(tmp_path), "--against", "colour=red"]) == 2
     assert "--against wants AXIS=VALUE" in capsys.readouterr().out
+
+
+def _bench(mode: str, cpu_s: float) -> dict[str, Any]:
+    import record
+
+    r = record.new("benchmark", "bench-fanout", {"members": 200, "mode": mode},
+                   server_modes={"fanout": "local", "storage": "read", "unread": "seq", "offline": "pull"})
+    r["metrics"].update({"server_cpu_s": cpu_s, "server_deliveries": 1000.0, "server_messages_accepted": 5.0,
+                         "lost": 0, "duplicated": 0})
+    return record.finish(r)
+
+
+def test_benchmark_and_swarm_records_go_through_one_reader_and_compare(tmp_path: Path, capsys: Any) -> None:
+    import record
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, slower in ((a, 1.0), (b, 1.5)):  # one invocation writes a paced and a burst record into one directory
+        record.write(d, _bench("paced", 0.02 * slower), "paced")
+        record.write(d, _bench("burst", 0.005 * slower), "burst")
+    swarm = orjson.loads(sorted(BASELINE.glob("*.json"))[0].read_bytes())
+    record.write(a, swarm, "swarm")
+    loaded = record.load_all([a])
+    assert sorted(r["kind"] for r in loaded) == ["benchmark", "benchmark", "swarm"]
+    assert chatbench_main(["compare", str(a), str(b), "--check", "storage_writes_per_message:0"]) == 0
+    out = capsys.readouterr().out
+    # paced pairs with paced and burst with burst (each its own workload), not one with the other
+    assert "bench-fanout[paced]" in out and "bench-fanout[burst]" in out and "INCOMPARABLE" not in out
+    assert "-33.3%" in out  # deliveries per server CPU-second: 50,000 → 33,333 (paced) and 200,000 → 133,333
