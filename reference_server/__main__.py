@@ -1,4 +1,4 @@
-"""``python -m reference_server``: run the embedded reference server."""
+"""``python -m reference_server``: run the reference server in the role ``--role`` names (default: embedded)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 
 from reference_server import config as cfg
 from reference_server import fanout, offline, storage, unread
-from reference_server.server import serve
+from reference_server.roles import Node
+from reference_server.server import EmbeddedServer, serve
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,6 +22,15 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def build(config: cfg.ServerConfig, loop: asyncio.AbstractEventLoop) -> Node:
+    """The server of the configured role. Only a cluster role imports the cluster (and with it Redis)."""
+    if config.role == "embedded":
+        return EmbeddedServer(config, loop)
+    from reference_server.cluster import nodes
+
+    return nodes.create(config, loop)
+
+
 def main(argv: list[str] | None = None) -> int:
     config = cfg.from_args(parser().parse_args(argv))
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -30,9 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     if config.use_uvloop:
         import uvloop
 
-        uvloop.run(serve(config))
+        uvloop.run(serve(config, build))
     else:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, build))
     return 0
 
 

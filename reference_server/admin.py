@@ -6,8 +6,9 @@ and durable before the response. A request that fails validation writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,9 +19,15 @@ from reference_server import protocol
 from reference_server.store import AdminError, AdminJob, ChangeMembers, CreateGroups, CreateUsers
 
 if TYPE_CHECKING:
-    from reference_server.server import ChatServer
+    from reference_server.config import ServerConfig
+    from reference_server.logic import ChatLogic
+    from reference_server.store import Store
 
 MAX_BULK = 1_000_000
+
+Health = Callable[[], tuple[bool, dict[str, object]]]
+#: a cluster front's choice of gateway for a new connection (None: no live gateway)
+PickGateway = Callable[[], Awaitable[dict[str, Any] | None]]
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -39,8 +46,9 @@ def _ids(value: Any, what: str) -> list[int]:
     return value
 
 
-def build_app(server: ChatServer) -> web.Application:
-    config = server.config
+def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: CollectorRegistry, health: Health,
+              pick_gateway: PickGateway | None = None) -> web.Application:
+    """The admin plane of a server that holds the store (embedded, or a cluster's logic node)."""
     token = f"Bearer {config.admin_token}".encode()
 
     @web.middleware
@@ -64,9 +72,9 @@ def build_app(server: ChatServer) -> web.Application:
         return data
 
     async def run(job: AdminJob) -> dict[str, object]:
-        if not server.logic.accepting:
+        if not logic.accepting:
             raise AdminError(503, "server is shutting down")
-        server.store.submit(job)
+        store.submit(job)
         return await job.future
 
     async def create_users(request: web.Request) -> web.Response:
@@ -79,7 +87,7 @@ def build_app(server: ChatServer) -> web.Application:
                     or first + count - 1 > protocol.MAX_ID):
                 raise AdminError(400, f"give 'ids' (a list) or 'first' and 'count' (1..{MAX_BULK})")
             uids = list(range(first, first + count))
-        result = await run(CreateUsers(server.loop, uids))
+        result = await run(CreateUsers(asyncio.get_running_loop(), uids))
         if data.get("tokens"):
             result["tokens"] = {str(u): protocol.user_token(config.secret, u) for u in uids}
         return _json(result)
@@ -94,37 +102,37 @@ def build_app(server: ChatServer) -> web.Application:
             if type(g) is not dict or type(g.get("gid")) is not int or not 0 <= g["gid"] <= protocol.MAX_ID:
                 raise AdminError(400, "each group needs an integer 'gid' in [0, 2**63)")
             groups.append((g["gid"], _ids(g.get("members", []), f"members of group {g['gid']}")))
-        return _json(await run(CreateGroups(server.loop, groups)))
+        return _json(await run(CreateGroups(asyncio.get_running_loop(), groups)))
 
     async def change_members(request: web.Request) -> web.Response:
         gid = _path_id(request, "gid")
         data = await body(request)
         add = _ids(data.get("add", []), "add")
         remove = _ids(data.get("remove", []), "remove")
-        return _json(await run(ChangeMembers(server.loop, gid, add, remove, server.logic.publish)))
+        return _json(await run(ChangeMembers(asyncio.get_running_loop(), gid, add, remove, logic.publish)))
 
     async def get_group(request: web.Request) -> web.Response:
         gid = _path_id(request, "gid")
-        group = server.store.directory.groups.get(gid)
+        group = store.directory.groups.get(gid)
         if group is None:
             raise AdminError(404, f"no group {gid}")
         return _json({"gid": gid, "members": len(group.members), "max_seq": group.max_seq})
 
     async def user_token(request: web.Request) -> web.Response:
         uid = _path_id(request, "uid")
-        if uid not in server.store.directory.users:
+        if uid not in store.directory.users:
             raise AdminError(404, f"no user {uid}")
         return _json({"uid": uid, "token": protocol.user_token(config.secret, uid)})
 
     async def gateway(request: web.Request) -> web.Response:
-        if server.front is None:
+        if pick_gateway is None:
             raise AdminError(404, "no front: this server is not a cluster's logic node")
-        picked = await server.front.pick()
+        picked = await pick_gateway()
         if picked is None:
             raise AdminError(503, "no live gateway")
         return _json(picked)
 
-    app = observability_app(server.metrics.registry, server.health, middlewares=[errors])
+    app = observability_app(registry, health, middlewares=[errors])
     app.router.add_post("/admin/users", create_users)
     app.router.add_get("/admin/users/{uid}/token", user_token)
     app.router.add_post("/admin/groups", create_groups)
@@ -134,7 +142,7 @@ def build_app(server: ChatServer) -> web.Application:
     return app
 
 
-def observability_app(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, object]]],
+def observability_app(registry: CollectorRegistry, health: Health,
                       middlewares: list[Any] | None = None) -> web.Application:
     """/metrics (Prometheus text) and /healthz (JSON; 503 unless healthy): every node serves these."""
 

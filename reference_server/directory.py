@@ -3,12 +3,16 @@
 The writer thread is the only mutator, and it mutates only after the transaction that made a change has
 committed. Readers on the event loop never iterate a structure the writer changes in place: member maps and
 a user's group set are replaced whole (copy-on-write); single-key updates are atomic under the GIL.
+
+``audience`` is the one statement of who receives a group entry; storage, unread, offline and every fan-out
+(here or at a cluster's gateways) ask it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -17,6 +21,34 @@ class Group:
     members: dict[int, int] = field(default_factory=dict)  # uid -> join seq (sees messages after it)
     read: dict[int, int] = field(default_factory=dict)  # uid -> read mark
     max_seq: int = 0  # highest committed seq
+
+
+class Entry(Protocol):
+    """What the audience rule reads of a group entry: a ``protocol.Message``, or a cluster bus message."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def sender(self) -> int: ...
+
+    @property
+    def to(self) -> tuple[int, ...] | None: ...
+
+
+def audience(members: Mapping[int, int], entry: Entry, among: Iterable[int] | None = None) -> list[int]:
+    """Who receives an entry (pushed, buffered offline, counted unread): a member who joined before its seq
+    (``members`` maps uid -> join seq; one who joined in the same batch, at the seq or after, does not), not
+    its sender, and one of its ``to`` if it has a recipient list. In member order, or in ``to`` order.
+
+    ``among``: only these candidates (one user's check costs one lookup, not a pass over the group).
+    """
+    seq, sender, to = entry.seq, entry.sender, entry.to
+    if among is None:
+        if to is None:  # the hot path of every public message: one pass over the members
+            return [u for u, join in members.items() if join < seq and u != sender]
+        among, to = to, None  # every candidate is in ``to`` already
+    return [u for u in among if members.get(u, seq) < seq and u != sender and (to is None or u in to)]
 
 
 @dataclass(slots=True)
@@ -29,10 +61,6 @@ class Directory:
 
     def groups_of(self, uid: int) -> frozenset[int]:
         return self.user_groups.get(uid, frozenset())
-
-    def is_member(self, uid: int, gid: int) -> bool:
-        group = self.groups.get(gid)
-        return group is not None and uid in group.members
 
     def set_members(self, group: Group, members: dict[int, int]) -> None:
         """Swap in a new member map and keep user_groups in step (writer thread, after commit)."""

@@ -1,6 +1,6 @@
 """The WebSocket edge on picows: handshake auth, per-connection bounded send queues, coalesced writes.
 
-Every server → client frame is built once (``ws_frame``) and its bytes are appended to each receiving
+Every server → client frame is built once (``frames.ws_frame``) and its bytes are appended to each receiving
 connection's queue; one flush per event-loop turn writes each dirty connection's queue with a single
 ``transport.write`` — a burst of k messages costs one write per receiver, not k. A connection whose
 transport stops draining (``pause_writing``) keeps queueing; past ``max_send_queue_bytes`` it is closed
@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -30,40 +28,23 @@ from picows import (
 )
 
 from reference_server import protocol
+from reference_server.frames import close_frame, ws_frame
 from reference_server.protocol import CloseCode
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
-    from reference_server.logic import ChatLogic
     from reference_server.metrics import ServerMetrics
+    from reference_server.roles import Logic
 
 log = logging.getLogger("chat.gateway")
 
-_LEN16 = struct.Struct("!BBH")
-_LEN64 = struct.Struct("!BBQ")
-
-
-def ws_frame(payload: bytes, opcode: int = 0x1) -> bytes:
-    """An unmasked, final server frame (text by default) around payload."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x80 | opcode, n)) + payload
-    if n < 65536:
-        return _LEN16.pack(0x80 | opcode, 126, n) + payload
-    return _LEN64.pack(0x80 | opcode, 127, n) + payload
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    return ws_frame(struct.pack("!H", code) + reason.encode()[:120], 0x8)
-
 
 class Conn(WSListener):
-    """One client connection. ``queue`` is the only way bytes go to the client."""
+    """One client connection (``roles.Client`` to the logic, ``roles.Receiver`` to the local fan-out).
+    ``queue`` is the only way bytes go to the client."""
 
-    __slots__ = (
-        "active", "bucket", "bucket_at", "closing", "gw", "idle_ticks", "paused", "pending", "pending_bytes", "raw",
-        "transport", "uid",
-    )
+    __slots__ = ("active", "closing", "gw", "idle_ticks", "paused", "pending", "pending_bytes", "raw", "transport",
+                 "uid")
 
     def __init__(self, gw: Gateway, uid: int) -> None:
         super().__init__()
@@ -77,14 +58,11 @@ class Conn(WSListener):
         self.closing = False
         self.active = True  # set by every inbound frame; cleared by the idle sweeper
         self.idle_ticks = 0
-        self.bucket = float(gw.config.send_burst)
-        self.bucket_at = 0.0
 
     # -- picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.raw = transport.underlying_transport
-        self.bucket_at = time.monotonic()
         self.gw.attach(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -151,9 +129,10 @@ class Conn(WSListener):
 
 
 class Gateway:
-    """Holds the connections of this process and the local online index (uid → Conn)."""
+    """Holds the connections of this process and the local online index (uid → Conn): the edge of the embedded
+    server (``roles.Sockets`` to its local fan-out) and of each cluster gateway, in front of a ``roles.Logic``."""
 
-    def __init__(self, config: ServerConfig, metrics: ServerMetrics, logic: ChatLogic,
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics, logic: Logic,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.metrics = metrics
@@ -165,7 +144,6 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.accepting = True
-        self.on_detach: Callable[[Conn], None] | None = None
         metrics.add_gauges("chat_connections", "Open client connections", lambda: len(self.online))
         metrics.add_gauges("chat_send_queue_bytes", "Bytes queued to clients: ours plus the transports' buffers",
                            self.queued_bytes)
@@ -191,9 +169,16 @@ class Gateway:
         if self._sweeper is not None:
             self._sweeper.cancel()
 
-    def close_all(self, code: CloseCode, reason: str) -> None:
+    async def close_all(self, code: CloseCode, reason: str, grace_s: float) -> int:
+        """Write what is queued, close every connection, and wait up to grace_s for them to go; how many."""
+        self.flush()
+        n = len(self.online)
         for conn in list(self.online.values()):
             conn.close(code, reason)
+        deadline = time.monotonic() + grace_s
+        while self.online and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return n
 
     # -- handshake
     def _route(self, request: WSUpgradeRequest) -> Any:
@@ -247,8 +232,9 @@ class Gateway:
                     self.metrics.slow_consumer_disconnects.inc()
                     conn.close(CloseCode.SLOW_CONSUMER, "send queue over its bound; resume with sync", flush=False)
                 continue  # resume_writing puts it back on the dirty list
-            pending = conn.pending
-            conn.raw.write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[union-attr]
+            pending, raw = conn.pending, conn.raw
+            assert raw is not None  # a connection is attached, so queued to, only once connected
+            raw.write(pending[0] if len(pending) == 1 else b"".join(pending))
             pending.clear()
             conn.pending_bytes = 0
         self.logic.after_flush()

@@ -8,14 +8,14 @@ never affects the connection or anyone else.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from reference_server import protocol
 from reference_server.directory import Directory, Group
 from reference_server.fanout import Fanout
-from reference_server.gateway import Conn, ws_frame
+from reference_server.frames import ws_frame
+from reference_server.limits import TokenBuckets
 from reference_server.metrics import ServerMetrics
 from reference_server.protocol import (
     Delete,
@@ -30,6 +30,7 @@ from reference_server.protocol import (
     Sync,
     Unread,
 )
+from reference_server.roles import Client
 from reference_server.store import DeleteJob, OfflineDrainJob, ReadJob, RecallJob, SendJob, Store
 
 if TYPE_CHECKING:
@@ -39,13 +40,18 @@ log = logging.getLogger("chat.logic")
 
 
 class ChatLogic:
+    """The request handling of the server (``roles.Logic``): the embedded gateway's clients and a cluster logic
+    node's remote ones look the same to it (``roles.Client``)."""
+
     def __init__(self, config: ServerConfig, metrics: ServerMetrics, store: Store) -> None:
         self.config = config
         self.metrics = metrics
         self.store = store
         self.directory: Directory = store.directory
-        self.fanout: Fanout | None = None  # set once the gateway exists
+        self.fanout: Fanout | None = None  # set by the server of the role, from what it pushes through
         self.accepting = True
+        # per user, not per connection: reconnecting must not refill a bucket
+        self.send_buckets = TokenBuckets(config.send_rate, config.send_burst) if config.send_rate else None
         self._flushed_sts: list[int] = []  # accept times of messages fanned out since the last flush
         self._req = {op: metrics.requests.labels(op) for op in ("send", "sync", "read", "unread", "delete", "recall",
                                                            "ping")}
@@ -54,10 +60,10 @@ class ChatLogic:
     def user_exists(self, uid: int) -> bool:
         return uid in self.directory.users
 
-    def on_disconnect(self, conn: Conn) -> None:
-        pass
+    def on_disconnect(self, conn: Client) -> None:
+        pass  # nothing of a user lives on its connection
 
-    def on_connect(self, conn: Conn) -> None:
+    def on_connect(self, conn: Client) -> None:
         c = self.config
         gids = sorted(self.directory.groups_of(conn.uid))
         groups = [self._state(conn.uid, self.directory.groups[gid]) for gid in gids]
@@ -69,7 +75,7 @@ class ChatLogic:
         if self.store.offline.buffers:
             self.store.submit(OfflineDrainJob(conn.uid, lambda job: self._drained(conn, job)))
 
-    def _drained(self, conn: Conn, job: OfflineDrainJob) -> None:
+    def _drained(self, conn: Client, job: OfflineDrainJob) -> None:
         """Event loop: send the user's drained offline buffer as it sees each entry now."""
         if job.error is not None:
             return  # the buffer is intact (rolled back); the next connect sends it
@@ -77,38 +83,38 @@ class ChatLogic:
         msgs = [m for gid, seq in job.entries if (m := lookup(db, uid, gid, seq)) is not None]
         conn.send(protocol.encode_offline(msgs, job.dropped))
 
-    def reject_frame(self, conn: Conn, why: str) -> None:
+    def reject_frame(self, conn: Client, why: str) -> None:
         self._error(conn, ProtocolError(ErrorCode.BAD_FRAME, why))
 
-    def handle(self, conn: Conn, payload: bytes) -> None:
+    def handle(self, conn: Client, payload: bytes) -> None:
         try:
             req = protocol.decode_request(payload, max_body_chars=self.config.max_body_chars)
-            t = type(req)
-            if t is Send:
+            # exact-type dispatch (cheaper than isinstance; mypy narrows it too)
+            if type(req) is Send:
                 self._req["send"].inc()
-                self._send(conn, req)  # type: ignore[arg-type]
-            elif t is Sync:
+                self._send(conn, req)
+            elif type(req) is Sync:
                 self._req["sync"].inc()
-                self._sync(conn, req)  # type: ignore[arg-type]
-            elif t is Read:
+                self._sync(conn, req)
+            elif type(req) is Read:
                 self._req["read"].inc()
-                self._read(conn, req)  # type: ignore[arg-type]
-            elif t is Unread:
+                self._read(conn, req)
+            elif type(req) is Unread:
                 self._req["unread"].inc()
-                self._unread(conn, req)  # type: ignore[arg-type]
-            elif t is Delete:
+                self._unread(conn, req)
+            elif type(req) is Delete:
                 self._req["delete"].inc()
-                self._delete(conn, req)  # type: ignore[arg-type]
-            elif t is Recall:
+                self._delete(conn, req)
+            elif type(req) is Recall:
                 self._req["recall"].inc()
-                self._recall(conn, req)  # type: ignore[arg-type]
-            elif t is Ping:
+                self._recall(conn, req)
+            elif type(req) is Ping:
                 self._req["ping"].inc()
                 conn.send(protocol.encode_pong(req.rid))
         except ProtocolError as exc:
             self._error(conn, exc)
 
-    def _error(self, conn: Conn, exc: ProtocolError) -> None:
+    def _error(self, conn: Client, exc: ProtocolError) -> None:
         self.metrics.errors.labels(exc.code).inc()
         conn.send(protocol.encode_error(exc.code, exc.message, exc.rid))
 
@@ -119,23 +125,18 @@ class ChatLogic:
         return group
 
     # -- send
-    def _send(self, conn: Conn, req: Send) -> None:
+    def _send(self, conn: Client, req: Send) -> None:
         sts = protocol.now_us()
         self._writable(req.rid)
         self._group(conn.uid, req.gid, req.rid)
-        rate = self.config.send_rate
-        if rate is not None:
-            now = time.monotonic()
-            conn.bucket = min(float(self.config.send_burst), conn.bucket + (now - conn.bucket_at) * rate)
-            conn.bucket_at = now
-            if conn.bucket < 1.0:
-                raise ProtocolError(ErrorCode.RATE_LIMITED, f"over {rate:g} messages/s; not accepted", req.rid)
-            conn.bucket -= 1.0
+        buckets = self.send_buckets
+        if buckets is not None and not buckets.take(conn.uid):
+            raise ProtocolError(ErrorCode.RATE_LIMITED, f"over {buckets.rate:g} messages/s; not accepted", req.rid)
         rid = req.rid
         msg = Message(req.gid, 0, conn.uid, req.cts, sts, req.body, req.to)
         self.store.submit(SendJob(msg, lambda job: self._sent(conn, rid, job)))
 
-    def _sent(self, conn: Conn, rid: int | None, job: SendJob) -> None:
+    def _sent(self, conn: Client, rid: int | None, job: SendJob) -> None:
         """Event loop, after the commit: ack the sender, push to the online members."""
         if job.error is not None:
             assert isinstance(job.error, ProtocolError)
@@ -145,19 +146,19 @@ class ChatLogic:
         assert msg is not None and self.fanout is not None
         self.metrics.messages_accepted.inc()
         conn.send(protocol.encode_ack(rid, msg.gid, msg.seq, msg.sts))
-        n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), self.directory.groups[msg.gid])
+        n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), self.directory.groups[msg.gid].members)
         self.metrics.deliveries.inc(n)
-        self._flushed_sts.append(msg.sts)
+        if self.fanout.local:  # pushed by this process's next flush (a cluster's gateways write their own)
+            self._flushed_sts.append(msg.sts)
 
     def publish(self, msg: Message, also: Sequence[int] = ()) -> None:
         """Event loop, after the commit: push a signal to the group's online members (and to ``also``, users
         no longer in the group who must hear it: the removed members of a leave signal)."""
         assert self.fanout is not None
-        group = self.directory.groups[msg.gid]
-        if also:  # a view of the group that still holds them (joined before the signal), for this push only
-            view = Group(group.gid, {**group.members, **dict.fromkeys(also, msg.seq - 1)}, group.read, group.max_seq)
-            group = view
-        n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), group)
+        members = self.directory.groups[msg.gid].members
+        if also:  # a view of the members that still holds them (joined before the signal), for this push only
+            members = {**members, **dict.fromkeys(also, msg.seq - 1)}
+        n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), members)
         self.metrics.deliveries.inc(n)
 
     def after_flush(self) -> None:
@@ -170,7 +171,7 @@ class ChatLogic:
             self._flushed_sts.clear()
 
     # -- sync / read / unread / delete
-    def _sync(self, conn: Conn, req: Sync) -> None:
+    def _sync(self, conn: Client, req: Sync) -> None:
         group = self._group(conn.uid, req.gid, req.rid)
         self.metrics.sync_requests.inc()
         after = max(req.after, group.members[conn.uid])
@@ -186,7 +187,7 @@ class ChatLogic:
         if not self.accepting:
             raise ProtocolError(ErrorCode.UNAVAILABLE, "server is shutting down", rid)
 
-    def _read(self, conn: Conn, req: Read) -> None:
+    def _read(self, conn: Client, req: Read) -> None:
         self._group(conn.uid, req.gid, req.rid)
         self._writable(req.rid)
 
@@ -199,12 +200,12 @@ class ChatLogic:
 
         self.store.submit(ReadJob(conn.uid, req.gid, req.seq, req.rid, done))
 
-    def _unread(self, conn: Conn, req: Unread) -> None:
+    def _unread(self, conn: Client, req: Unread) -> None:
         gids = sorted(self.directory.groups_of(conn.uid)) if req.gids is None else list(req.gids)
         groups = [self._group(conn.uid, gid, req.rid) for gid in gids]
         conn.send(protocol.encode_unread_reply(req.rid, [self._state(conn.uid, g) for g in groups]))
 
-    def _delete(self, conn: Conn, req: Delete) -> None:
+    def _delete(self, conn: Client, req: Delete) -> None:
         self._group(conn.uid, req.gid, req.rid)
         self._writable(req.rid)
 
@@ -217,7 +218,7 @@ class ChatLogic:
 
         self.store.submit(DeleteJob(conn.uid, req.gid, req.seq, req.rid, done))
 
-    def _recall(self, conn: Conn, req: Recall) -> None:
+    def _recall(self, conn: Client, req: Recall) -> None:
         self._group(conn.uid, req.gid, req.rid)
         self._writable(req.rid)
 

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from reference_server.cluster.seqs import RedisSeqs
-from reference_server.directory import Directory, Group
+from reference_server.directory import Directory, Group, audience
 from reference_server.metrics import ServerMetrics
 from reference_server.offline import OfflineDelivery
 from reference_server.protocol import ADMIN_SENDER, ErrorCode, Kind, Message, ProtocolError, now_us
+from reference_server.roles import SeqAllocator
 from reference_server.storage import Storage
 from reference_server.tally import Tally
 from reference_server.unread import UnreadCounter
@@ -66,28 +66,38 @@ class Job:
         """Event loop, after the commit."""
 
 
+class LocalSeqs:
+    """The embedded seq allocator: the writer's own record + 1 (recovered from the timeline at start)."""
+
+    def next(self, gid: int, last: Mapping[int, int]) -> int:
+        return last.get(gid, 0) + 1
+
+    def rollback(self, before: Mapping[int, int], after: Mapping[int, int]) -> None:
+        pass  # nothing outside the writer's record, which the writer restores itself
+
+
 class Writer:
     """State the writer thread owns: its connection, the seq counters, the batch's tally."""
 
     def __init__(self, db: sqlite3.Connection, directory: Directory, storage: Storage, unread: UnreadCounter,
-                 offline: OfflineDelivery) -> None:
+                 offline: OfflineDelivery, seqs: SeqAllocator, online: Callable[[int], bool]) -> None:
         self.db = db
         self.directory = directory
         self.storage = storage
         self.unread = unread
         self.offline = offline
+        self.seqs = seqs
+        self.online = online
         self.tally = Tally()
-        # next seq per group = last assigned + 1; includes seqs assigned in the open transaction
+        # the last seq assigned per group, this transaction's included (a cluster's allocator re-seeds from it)
         self.last_seq: dict[int, int] = {gid: g.max_seq for gid, g in directory.groups.items()}
-        self.seqs: RedisSeqs | None = None  # cluster: Redis allocates, this record re-seeds it after an outage
-        self.online: Callable[[int], bool] = lambda uid: False
         # changes of the open transaction that the directory gets only after the commit, seen by later jobs of
         # the same batch: member maps (uid -> join seq) and read marks
         self.members_now: dict[int, dict[int, int]] = {}
         self.read_now: dict[tuple[int, int], int] = {}
 
     def next_seq(self, gid: int) -> int:
-        seq = self.last_seq.get(gid, 0) + 1 if self.seqs is None else self.seqs.next(gid, self.last_seq)
+        seq = self.seqs.next(gid, self.last_seq)
         self.last_seq[gid] = seq
         return seq
 
@@ -108,19 +118,15 @@ class Writer:
         """The pipeline after the seq, for a message or a signal: storage → unread → offline. ``also``: users
         beyond ``members`` who get the entry pushed or buffered (the removed members of a leave signal)."""
         self.storage.append(self.db, self.tally, msg, members)
-        seq, sender = msg.seq, msg.sender
-        if self.unread.needs_receivers and msg.kind == Kind.MSG:
-            if msg.to is None:
-                receivers = [u for u, join in members.items() if join < seq and u != sender]
-            else:
-                receivers = [u for u in msg.to if members.get(u, seq) < seq]
+        counts = self.unread.needs_receivers and msg.kind == Kind.MSG
+        if not (counts or self.offline.needs_offline_members):
+            return  # the defaults (seq unread, pull offline): no pass over the group at all
+        receivers = audience(members, msg)
+        if counts:
             self.unread.on_message(self.db, self.tally, msg, receivers)
         if self.offline.needs_offline_members:
             online = self.online
-            if msg.to is None:
-                offline = [u for u, join in members.items() if join < seq and u != sender and not online(u)]
-            else:
-                offline = [u for u in msg.to if members.get(u, seq) < seq and not online(u)]
+            offline = [u for u in receivers if not online(u)]
             offline.extend(u for u in also if not online(u))
             self.offline.on_message(self.db, self.tally, msg, offline)
 
@@ -136,7 +142,8 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 class Store:
     def __init__(self, path: Path, *, synchronous: str, max_batch: int, storage: Storage, unread: UnreadCounter,
-                 offline: OfflineDelivery, metrics: ServerMetrics, unread_repair: bool = False) -> None:
+                 offline: OfflineDelivery, metrics: ServerMetrics, unread_repair: bool = False,
+                 seqs: SeqAllocator | None = None) -> None:
         self.path = path
         self.max_batch = max_batch
         self.storage = storage
@@ -160,14 +167,12 @@ class Store:
         metrics.track_unread_pending(lambda: float(unread.pending()))
         unread.request_flush = lambda: self.submit(UnreadFlushJob())
         self._flush_timer: asyncio.TimerHandle | None = None
-        #: the loop side of a change that pushes signals (membership): set by the server to logic.publish
-        self.publish: Callable[[Message, Sequence[int]], None] = lambda msg, also: None
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failed: BaseException | None = None  # the last commit's error; None once a commit succeeds
         self.writer: Writer | None = None
-        self.seqs: RedisSeqs | None = None  # cluster mode: the seq allocator
+        self.seqs: SeqAllocator = seqs or LocalSeqs()  # a cluster's logic node: Redis allocates
         #: whether a user is connected now (the offline stage asks, from the writer thread)
         self.online: Callable[[int], bool] = lambda uid: False
 
@@ -206,9 +211,7 @@ class Store:
 
     def _run(self) -> None:
         db = connect(self.path, self._synchronous)
-        w = self.writer = Writer(db, self.directory, self.storage, self.unread, self.offline)
-        w.seqs = self.seqs
-        w.online = self.online
+        w = self.writer = Writer(db, self.directory, self.storage, self.unread, self.offline, self.seqs, self.online)
         assert self._loop is not None
         stopping = False
         while not stopping:
@@ -245,8 +248,7 @@ class Store:
             log.exception("group commit of %d jobs failed; batch rolled back", len(batch))
             if w.db.in_transaction:
                 w.db.execute("ROLLBACK")
-            if w.seqs is not None:
-                w.seqs.rollback(seqs_before, w.last_seq)
+            w.seqs.rollback(seqs_before, w.last_seq)
             w.last_seq = seqs_before
             w.members_now.clear()
             w.read_now.clear()
@@ -372,7 +374,7 @@ class DeleteJob(Job):
         hid = w.storage.delete(w.db, w.tally, self.uid, self.gid, self.seq)
         if hid and w.unread.needs_receivers and self.seq > w.read_mark(group, self.uid):
             msg = w.storage.get(w.db, self.gid, self.seq)
-            if msg is not None and msg.counts_for(self.uid) and w.members(group)[self.uid] < self.seq:
+            if msg is not None and msg.kind == Kind.MSG and audience(w.members(group), msg, among=(self.uid,)):
                 w.unread.on_change(w.db, w.tally, self.gid, (self.uid,), -1)
 
     def done(self) -> None:
@@ -528,8 +530,7 @@ class RecallJob(Job):
                                 f"seq {seq} is older than the recall window of {self.window_us / 1e6:g} s", self.rid)
         members = w.members(group)
         if w.unread.needs_receivers:
-            had = [u for u in (members if original.to is None else original.to)
-                   if original.counts_for(u) and members.get(u, seq) < seq and w.read_mark(group, u) < seq]
+            had = [u for u in audience(members, original) if w.read_mark(group, u) < seq]
             gone = w.storage.deleted_among(w.db, self.gid, seq, had)
             w.unread.on_change(w.db, w.tally, self.gid, [u for u in had if u not in gone], -1)
         w.storage.recall(w.db, w.tally, self.gid, seq)
@@ -566,10 +567,8 @@ class OfflineDrainJob(Job):
 class UnreadFlushJob(Job):
     """The merged unread mode's flush: each pending (user, group) change written once."""
 
-    rows = 0
-
     def apply(self, w: Writer) -> None:
-        self.rows = w.unread.flush(w.db, w.tally)
+        w.unread.flush(w.db, w.tally)
 
 
 class Barrier(Job):

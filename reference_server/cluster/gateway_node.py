@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from reference_server import protocol
 from reference_server.cluster import wire
 from reference_server.cluster.bus import REDIS_ERRORS, RedisBus
 from reference_server.cluster.logic_node import ALIVE_KEY, MEMBERS_KEY, ONLINE_KEY
-from reference_server.gateway import Conn, Gateway
+from reference_server.directory import audience
+from reference_server.gateway import Gateway
 from reference_server.protocol import CloseCode, ErrorCode
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
     from reference_server.metrics import ServerMetrics
+    from reference_server.roles import Client
 
 log = logging.getLogger("chat.cluster.gateway")
 
@@ -42,7 +42,7 @@ _DEL_IF_MINE = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return r
 
 
 class RemoteLogic:
-    """What the gateway edge calls 'logic' in a cluster: everything goes over the bus."""
+    """The gateway edge's ``roles.Logic`` in a cluster: everything goes over the bus to the logic node."""
 
     def __init__(self, node: GatewayNode) -> None:
         self.node = node
@@ -50,17 +50,17 @@ class RemoteLogic:
     def user_exists(self, uid: int) -> bool:
         return True  # the logic node refuses unknown users (close 1008) right after the upgrade
 
-    def handle(self, conn: Conn, payload: bytes) -> None:
+    def handle(self, conn: Client, payload: bytes) -> None:
         self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.REQ, self.node.gw, conn.uid, payload))
 
-    def reject_frame(self, conn: Conn, why: str) -> None:
+    def reject_frame(self, conn: Client, why: str) -> None:
         conn.send(protocol.encode_error(ErrorCode.BAD_FRAME, why))
 
-    def on_connect(self, conn: Conn) -> None:
+    def on_connect(self, conn: Client) -> None:
         self.node.registry[conn.uid] = True
         self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.CONNECT, self.node.gw, conn.uid))
 
-    def on_disconnect(self, conn: Conn) -> None:
+    def on_disconnect(self, conn: Client) -> None:
         self.node.registry[conn.uid] = False
         self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.DISCONNECT, self.node.gw, conn.uid))
 
@@ -75,7 +75,7 @@ class GatewayNode:
         self.metrics = metrics
         self.gw = config.gateway_id
         self.bus = bus
-        self.gateway = Gateway(config, metrics, RemoteLogic(self), loop)  # type: ignore[arg-type]
+        self.gateway = Gateway(config, metrics, RemoteLogic(self), loop)
         self.members: dict[int, dict[int, int]] = {}  # gid -> uid -> join seq, fetched on first use
         self._waiting: dict[int, list[wire.Decoded]] = {}  # group messages held while their members load
         self.registry: dict[int, bool] = {}  # uid -> online here (True) / gone (False), not yet in redis
@@ -134,21 +134,22 @@ class GatewayNode:
             self.members.pop(m.uid, None)
 
     def _deliver(self, m: wire.Decoded, members: dict[int, int]) -> None:
-        online, seq, sender, frame = self.gateway.online, m.seq, m.sender, m.payload
-        pairs: Iterable[tuple[int, int]]
+        online, seq, frame = self.gateway.online, m.seq, m.payload
         if m.kind == wire.CHANGE:  # a join/leave signal: change the copy first (idempotent: a fresh load has it)
             for uid in m.joined:
                 members[uid] = seq - 1
             for uid in m.left:
                 members.pop(uid, None)
-            pairs = itertools.chain(members.items(), ((uid, seq - 1) for uid in m.left))  # the left hear it
+            # the removed hear their leave: members until just before it
+            receivers = audience(members, m) + audience(dict.fromkeys(m.left, seq - 1), m)
+            checked = len(members) + len(m.left)
         else:
-            pairs = members.items() if m.to is None else [(u, members.get(u, seq)) for u in m.to]
-        delivered = checked = 0
-        for uid, join in pairs:
-            checked += 1
+            receivers = audience(members, m)
+            checked = len(members) if m.to is None else len(m.to)
+        delivered = 0
+        for uid in receivers:
             conn = online.get(uid)
-            if conn is not None and join < seq and uid != sender and not conn.closing:
+            if conn is not None and not conn.closing:
                 conn.queue(frame)
                 delivered += 1
         self.gateway.kick()

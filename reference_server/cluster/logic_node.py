@@ -2,8 +2,9 @@
 
 Gateways forward each client frame over the bus (``REQ``); the logic node answers through a
 :class:`RemoteConn`, which publishes the reply, already WebSocket-framed, to the user's gateway. The
-request handling is the embedded server's ``ChatLogic`` unchanged: a remote connection looks like a local
-one to it. One logic node owns every group, so per-group order and gap-free seqs hold as in the embedded
+request handling is the embedded server's ``ChatLogic`` unchanged: a remote connection is a ``roles.Client``
+like a local one, and the node is the logic's edge as the embedded gateway is (and ``roles.Routes`` to the
+cluster fan-out modes). One logic node owns every group, so per-group order and gap-free seqs hold as in the embedded
 server; gateways scale the sockets.
 
 It also keeps, from CONNECT/DISCONNECT, which gateway holds which user (for replies) and the routed
@@ -15,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from reference_server.cluster import wire
 from reference_server.cluster.bus import REDIS_ERRORS, RedisBus
-from reference_server.gateway import ws_frame
+from reference_server.frames import ws_frame
 from reference_server.protocol import CloseCode
 
 if TYPE_CHECKING:
-    from reference_server.logic import ChatLogic
+    from reference_server.directory import Directory
     from reference_server.metrics import ServerMetrics
+    from reference_server.protocol import Message
+    from reference_server.roles import Logic
 
 log = logging.getLogger("chat.cluster.logic")
 
@@ -36,18 +39,16 @@ MIRROR_CHUNK = 5000
 
 
 class RemoteConn:
-    """A user connected at some gateway, as ChatLogic sees it."""
+    """A user connected at some gateway, as the logic sees it (``roles.Client``)."""
 
-    __slots__ = ("bucket", "bucket_at", "bus", "channel", "closing", "gw", "uid")
+    __slots__ = ("bus", "channel", "closing", "gw", "uid")
 
-    def __init__(self, bus: RedisBus, gw: int, uid: int, burst: float) -> None:
+    def __init__(self, bus: RedisBus, gw: int, uid: int) -> None:
         self.bus = bus
         self.gw = gw
         self.uid = uid
         self.channel = wire.gateway_channel(gw)
         self.closing = False
-        self.bucket = burst
-        self.bucket_at = 0.0
 
     def send(self, payload: bytes) -> None:
         if not self.closing:
@@ -60,8 +61,9 @@ class RemoteConn:
 
 
 class LogicNode:
-    def __init__(self, logic: ChatLogic, bus: RedisBus, metrics: ServerMetrics) -> None:
+    def __init__(self, logic: Logic, directory: Directory, bus: RedisBus, metrics: ServerMetrics) -> None:
         self.logic = logic
+        self.directory = directory
         self.bus = bus
         self.metrics = metrics
         self.conns: dict[int, RemoteConn] = {}
@@ -90,7 +92,7 @@ class LogicNode:
         if m.kind == wire.REQ:
             conn = self.conns.get(m.uid)
             if conn is not None and conn.gw == m.gw:
-                self.logic.handle(conn, m.payload)  # type: ignore[arg-type]
+                self.logic.handle(conn, m.payload)
         elif m.kind == wire.CONNECT:
             self._connect(m.gw, m.uid)
         elif m.kind == wire.DISCONNECT:
@@ -98,25 +100,47 @@ class LogicNode:
             if conn is not None and conn.gw == m.gw:
                 del self.conns[m.uid]
                 self._route(m.uid, m.gw, -1)
+                self.logic.on_disconnect(conn)
 
     def _connect(self, gw: int, uid: int) -> None:
         self.gateways.add(gw)
         if not self.logic.user_exists(uid):
-            RemoteConn(self.bus, gw, uid, 0).close(CloseCode.POLICY_VIOLATION, f"user {uid} does not exist")
+            RemoteConn(self.bus, gw, uid).close(CloseCode.POLICY_VIOLATION, f"user {uid} does not exist")
             return
         old = self.conns.get(uid)
         if old is not None:
             if old.gw != gw:
                 old.close(CloseCode.REPLACED, "connected again elsewhere")
             self._route(uid, old.gw, -1)
-        conn = RemoteConn(self.bus, gw, uid, float(self.logic.config.send_burst))
+        conn = RemoteConn(self.bus, gw, uid)
         self.conns[uid] = conn
         self._route(uid, gw, +1)
-        self.logic.on_connect(conn)  # type: ignore[arg-type]
+        self.logic.on_connect(conn)
+
+    # -- for the cluster fan-out modes (roles.Routes)
+    def to_every_gateway(self, msg: Message, frame: bytes) -> None:
+        self.bus.publish(wire.BROADCAST_CHANNEL, wire.for_group(msg, frame))
+
+    def to_gateways(self, gateways: Iterable[int], msg: Message, frame: bytes) -> None:
+        data = wire.for_group(msg, frame)  # built once, the same bytes to each
+        for gw in gateways:
+            self.bus.publish(wire.gateway_channel(gw), data)
+
+    def to_user(self, gateway: int, uid: int, frame: bytes) -> None:
+        self.bus.publish(wire.gateway_channel(gateway), wire.to_user(uid, frame, wire.PUSH))
+
+    async def locate(self, uids: Sequence[int]) -> list[int | None]:
+        """Each user's gateway from the central online registry, counted as registry reads."""
+        try:
+            where = await self.bus.redis.hmget(ONLINE_KEY, list(uids))
+        except Exception:
+            where = [None] * len(uids)  # registry unreachable: receivers repair by sync
+        self.metrics.registry_reads.inc(len(uids))
+        return [int(gw) if gw is not None else None for gw in where]
 
     def _route(self, uid: int, gw: int, delta: int) -> None:
         """Keep the routed registry: the user's groups gain or lose one online member at gateway gw."""
-        gids = self.logic.directory.groups_of(uid)
+        gids = self.directory.groups_of(uid)
         for gid in gids:
             gws = self.group_gateways.setdefault(gid, {})
             n = gws.get(gw, 0) + delta
@@ -164,7 +188,7 @@ class LogicNode:
         self.bus.publish(wire.CONTROL_CHANNEL, wire.members_changed(gid))
 
     async def _mirror(self, gid: int) -> None:
-        group = self.logic.directory.groups.get(gid)
+        group = self.directory.groups.get(gid)
         key = MEMBERS_KEY.format(gid)
         items = list(group.members.items()) if group is not None else []
         async with self.bus.redis.pipeline(transaction=True) as pipe:
@@ -174,9 +198,9 @@ class LogicNode:
             await pipe.execute()
 
     async def _mirror_all(self) -> None:
-        for gid in list(self.logic.directory.groups):
+        for gid in list(self.directory.groups):
             await self._mirror(gid)
-        log.info("mirrored %d groups' members into redis", len(self.logic.directory.groups))
+        log.info("mirrored %d groups' members into redis", len(self.directory.groups))
 
     # -- liveness: forget gateways whose key expired (killed, partitioned)
     async def _purge_dead_gateways(self) -> None:

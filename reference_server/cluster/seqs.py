@@ -1,16 +1,16 @@
 """Per-group seqs from Redis (cluster mode): ``INCR chat:seq:<gid>`` is the atomic allocator.
 
-The logic node's writer thread calls it inside its transaction. If the transaction rolls back, the
-counters it advanced are put back (only if nobody moved them since), so a failed batch leaves no gap. If
-Redis restarts and loses the counters, they are re-seeded from the writer's own record of the last seq
-per group before the next INCR, so a seq is never handed out twice.
+The logic node's writer thread calls it inside its transaction (it is the store's ``roles.SeqAllocator``). If
+the transaction rolls back, the counters it advanced are put back (only if nobody moved them since), so a
+failed batch leaves no gap. If Redis restarts and loses the counters, they are re-seeded from the writer's
+own record of the last seq per group before the next INCR, so a seq is never handed out twice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import redis
 
@@ -31,13 +31,13 @@ class RedisSeqs:
         self._reseed = True
         self._seeded = False
 
-    def seed(self, last: dict[int, int]) -> None:
+    def seed(self, last: Mapping[int, int]) -> None:
         pipe = self.r.pipeline(transaction=False)
         for gid, seq in last.items():
             pipe.eval(_AT_LEAST, 1, SEQ_KEY.format(gid), seq)
         pipe.execute()
 
-    def next(self, gid: int, last: dict[int, int]) -> int:
+    def next(self, gid: int, last: Mapping[int, int]) -> int:
         """INCR the group's counter; ``last`` is the writer's record, used to re-seed after an outage."""
         delay = 0.05
         while True:
@@ -61,7 +61,7 @@ class RedisSeqs:
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-    def rollback(self, before: dict[int, int], after: dict[int, int]) -> None:
+    def rollback(self, before: Mapping[int, int], after: Mapping[int, int]) -> None:
         try:
             pipe = self.r.pipeline(transaction=False)
             for gid, seq in after.items():

@@ -6,23 +6,19 @@ message: each gateway applies it to its member copy in seq order (and pushes the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
-from reference_server.cluster import wire
-from reference_server.directory import Group
 from reference_server.fanout import Fanout
 from reference_server.protocol import Message
-
-if TYPE_CHECKING:
-    from reference_server.cluster.logic_node import LogicNode
+from reference_server.roles import Routes
 
 
 class BroadcastFanout(Fanout):
     name = "broadcast"
 
-    def __init__(self, node: LogicNode) -> None:
-        self.node = node
+    def __init__(self, routes: Routes) -> None:
+        self.routes = routes
 
-    def push(self, msg: Message, frame: bytes, group: Group) -> int:
-        self.node.bus.publish(wire.BROADCAST_CHANNEL, wire.for_group(msg, frame))
+    def push(self, msg: Message, frame: bytes, members: Mapping[int, int]) -> int:
+        self.routes.to_every_gateway(msg, frame)
         return 0

@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
-from reference_server.cluster import wire
-from reference_server.cluster.logic_node import ONLINE_KEY
-from reference_server.directory import Group
+from reference_server.directory import audience
 from reference_server.fanout import Fanout
 from reference_server.protocol import Message
-
-if TYPE_CHECKING:
-    from reference_server.cluster.logic_node import LogicNode
+from reference_server.roles import Routes
 
 LOOKUP_CHUNK = 2000
 
@@ -24,31 +19,23 @@ LOOKUP_CHUNK = 2000
 class PerUserFanout(Fanout):
     name = "per-user"
 
-    def __init__(self, node: LogicNode) -> None:
-        self.node = node
+    def __init__(self, routes: Routes) -> None:
+        self.routes = routes
         # one task works the queue, so per-group order on the bus is the seq order
         self._queue: asyncio.Queue[tuple[Message, bytes, Mapping[int, int]]] = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run())  # held: the loop keeps only weak refs
 
-    def push(self, msg: Message, frame: bytes, group: Group) -> int:
-        self._queue.put_nowait((msg, frame, group.members))
+    def push(self, msg: Message, frame: bytes, members: Mapping[int, int]) -> int:
+        self._queue.put_nowait((msg, frame, members))
         return 0  # deliveries are counted by the gateways that make them
 
     async def _run(self) -> None:
-        node = self.node
+        routes = self.routes
         while True:
             msg, frame, members = await self._queue.get()
-            seq, sender = msg.seq, msg.sender
-            pairs = members.items() if msg.to is None else [(u, members.get(u, seq)) for u in msg.to]
-            receivers = [uid for uid, join in pairs if join < seq and uid != sender]
+            receivers = audience(members, msg)
             for i in range(0, len(receivers), LOOKUP_CHUNK):
                 chunk = receivers[i:i + LOOKUP_CHUNK]
-                try:
-                    where = await node.bus.redis.hmget(ONLINE_KEY, chunk)
-                except Exception:
-                    where = [None] * len(chunk)  # registry unreachable: receivers repair by sync
-                node.metrics.registry_reads.inc(len(chunk))
-                publish = node.bus.publish
-                for uid, gw in zip(chunk, where, strict=True):
+                for uid, gw in zip(chunk, await routes.locate(chunk), strict=True):
                     if gw is not None:
-                        publish(wire.gateway_channel(int(gw)), wire.to_user(uid, frame, wire.PUSH))
+                        routes.to_user(gw, uid, frame)

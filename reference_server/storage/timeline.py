@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from reference_server.directory import audience
 from reference_server.protocol import Kind, Message
 from reference_server.storage import Storage
 from reference_server.tally import Tally
@@ -65,11 +66,10 @@ class TimelineStorage(Storage):
         tally.storage["body"] += 1
         if diffused:
             seq, gid = msg.seq, msg.gid
-            if msg.to is None:
-                readers: list[tuple[int, int, int]] = [(u, gid, seq) for u, join in members.items() if join < seq]
-            else:
-                readers = [(u, gid, seq) for u in (msg.sender, *msg.to) if members.get(u, seq) < seq]
-            db.executemany("INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", readers)
+            readers = audience(members, msg)
+            if msg.sender in members:  # and its sender, who reads its own entries in its history
+                readers.append(msg.sender)
+            db.executemany("INSERT OR IGNORE INTO inbox VALUES (?, ?, ?)", [(u, gid, seq) for u in readers])
             tally.storage["index"] += len(readers)
 
     def delete(self, db: sqlite3.Connection, tally: Tally, uid: int, gid: int, seq: int) -> bool:

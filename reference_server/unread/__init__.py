@@ -36,11 +36,12 @@ class UnreadCounter(ABC):
     #: seconds between timer flushes of pending changes (None: this mode writes in the transaction)
     flush_interval_s: float | None = None
 
-    def __init__(self, storage: Storage, config: ServerConfig | None = None) -> None:
+    def __init__(self, storage: Storage, config: ServerConfig | None = None,
+                 counters: CounterStore | None = None) -> None:
         self.storage = storage
         self.config = config
-        #: where the counter modes keep their counters: SQLite (embedded), Redis (cluster: set by the server)
-        self.counters: CounterStore = SqliteCounters()
+        #: where the counter modes keep their counters: SQLite (embedded), Redis (a cluster's logic node)
+        self.counters: CounterStore = counters or SqliteCounters()
         #: set by the store: ask the writer for a flush job (thread-safe)
         self.request_flush: Callable[[], None] = lambda: None
 
@@ -91,10 +92,12 @@ class UnreadCounter(ABC):
         return 0, 0
 
 
-def create(name: str, storage: Storage, config: ServerConfig | None = None) -> UnreadCounter:
+def create(name: str, storage: Storage, config: ServerConfig | None = None,
+           counters: CounterStore | None = None) -> UnreadCounter:
+    """``counters``: the counter store of the counter modes (default: SQLite, in the writer's database)."""
     if name not in MODES:
         raise ValueError(f"unknown unread mode {name!r}; choose from {sorted(MODES)}")
-    return MODES[name](storage, config)
+    return MODES[name](storage, config, counters)
 
 
 # modes subclass UnreadCounter above

@@ -23,6 +23,7 @@ from reference_server.protocol import Message
 from reference_server.storage import Storage
 from reference_server.tally import Tally
 from reference_server.unread import UnreadCounter, counters
+from reference_server.unread.counters import CounterStore
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
@@ -34,8 +35,9 @@ class MergedUnread(UnreadCounter):
     name = "merged"
     needs_receivers = True
 
-    def __init__(self, storage: Storage, config: ServerConfig | None = None) -> None:
-        super().__init__(storage, config)
+    def __init__(self, storage: Storage, config: ServerConfig | None = None,
+                 counters: CounterStore | None = None) -> None:
+        super().__init__(storage, config, counters)
         c = self.config
         self.flush_interval_s = (c.unread_flush_ms if c is not None else 1000.0) / 1000.0
         self.flush_size = c.unread_flush_size if c is not None else 100_000
@@ -46,8 +48,6 @@ class MergedUnread(UnreadCounter):
         self._taken: dict[Key, int] | None = None  # what a flush in the open transaction wrote
         self._left: set[Key] = set()  # counters dropped in the open transaction: a flush must not rewrite them
         self._flush_requested = False
-        self.flushes = 0
-        self.written = 0  # counter rows written by flushes so far
 
     def schema(self) -> list[str]:
         return list(counters.SCHEMA)
@@ -100,8 +100,6 @@ class MergedUnread(UnreadCounter):
         self._staged.clear()
         self._left.clear()
         if self._taken is not None:
-            self.flushes += 1
-            self.written += len(self._taken)
             self._queued = 0
             for key, v in self._taken.items():
                 old = pending.get(key, 0)

@@ -27,13 +27,12 @@ def ws_payload(frame: bytes) -> bytes:
 
 
 class FakeConn:
-    """Stands in for gateway.Conn: records every frame queued to it."""
+    """Stands in for gateway.Conn (a roles.Client and roles.Receiver): records every frame queued to it."""
 
     def __init__(self, uid: int) -> None:
         self.uid = uid
         self.closing = False
         self.frames: list[Frame] = []
-        self.bucket, self.bucket_at = 0.0, 0.0
 
     def queue(self, frame: bytes) -> None:
         self.frames.append(orjson.loads(ws_payload(frame)))
@@ -44,6 +43,8 @@ class FakeConn:
 
 
 class FakeGateway:
+    """Stands in for gateway.Gateway as the local fan-out's roles.Sockets."""
+
     def __init__(self) -> None:
         self.online: dict[int, FakeConn] = {}
 
@@ -66,9 +67,8 @@ class Harness:
                            metrics=self.metrics, unread_repair=c.unread_repair)
         self.logic = ChatLogic(c, self.metrics, self.store)
         self.gateway = FakeGateway()
-        self.logic.fanout = LocalFanout(self.gateway)  # type: ignore[arg-type]
+        self.logic.fanout = LocalFanout(self.gateway)
         self.store.online = self.gateway.online.__contains__
-        self.store.publish = self.logic.publish
         self.store.start(self.loop)
         self.rids = itertools.count(1)
         self.received: dict[int, list[Frame]] = {}  # every frame each user got, over all its connections
@@ -106,7 +106,7 @@ class Harness:
         conn = FakeConn(uid)
         conn.frames = self.received.setdefault(uid, [])
         self.gateway.online[uid] = conn
-        self.logic.on_connect(conn)  # type: ignore[arg-type]
+        self.logic.on_connect(conn)
         self.settle()
         return conn
 
@@ -118,7 +118,7 @@ class Harness:
     def request(self, uid: int, encode: Any, *args: Any) -> Frame:
         conn = self.gateway.online[uid]
         rid = next(self.rids)
-        self.logic.handle(conn, encode(rid, *args))  # type: ignore[arg-type]
+        self.logic.handle(conn, encode(rid, *args))
         self.settle()
         replies = [f for f in conn.frames if f.get("rid") == rid]
         assert len(replies) == 1, replies
