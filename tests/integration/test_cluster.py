@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ from harness.cluster import Cluster
 from harness.procs import SECRET, RedisProcess
 from record.promtext import counters as server_counters
 from reference_server.protocol import user_token
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ class Member:
     def __init__(self, uid: int, url: str) -> None:
         self.uid = uid
         self.seqs: list[int] = []
-        self.lock = threading.Lock()
+        self.cond = threading.Condition()
         self.client = self._connect(url)
 
     def _connect(self, url: str) -> ChatClient:
@@ -41,35 +41,32 @@ class Member:
         return c
 
     def _push(self, frame: dict[str, Any]) -> None:
-        with self.lock:
+        with self.cond:
             self.seqs.append(frame["seq"])
+            self.cond.notify_all()
 
     def resume(self, front: str, gid: int, timeout: float = 15.0) -> None:
         """Reconnect through the front (retrying while it still hands out a gateway that just died)."""
         self.client.close()
-        with self.lock:  # before reconnecting: pushes on the new connection may arrive before sync is sent
+        with self.cond:  # before reconnecting: pushes on the new connection may arrive before sync is sent
             last = max(self.seqs, default=0)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.client = self._connect(pick(front)["url"])
-                break
-            except (OSError, ChatClientError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        self.client = wait_until(lambda: self._connect(pick(front)["url"]), timeout,
+                                 f"user {self.uid} reconnected through the front", interval=0.2,
+                                 ignoring=(OSError, ChatClientError))
         for m in self.client.sync_all(gid, last):
             self._push(m)
 
     def wait(self, n: int, timeout: float = 20.0) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.seqs) >= n:
-                    return list(self.seqs)
-            time.sleep(0.01)
-        with self.lock:
+        """The seqs received so far, once there are at least ``n`` (or after ``timeout``: the caller compares)."""
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.seqs) >= n, timeout)
             return list(self.seqs)
+
+    def flush(self) -> list[int]:
+        """The seqs received so far, after a ping's round trip on this connection: whatever the server had queued
+        to it before answering the ping has been handled by then (frames arrive, and are handled, in order)."""
+        self.client.ping()
+        return self.wait(0)
 
 
 def metrics(admin_url: str) -> dict[str, float]:
@@ -79,6 +76,34 @@ def metrics(admin_url: str) -> dict[str, float]:
 
 def total(m: dict[str, float], name: str) -> float:
     return sum(v for k, v in m.items() if k == name or k.startswith(name + "{"))
+
+
+def redis_hash(c: Cluster, key: str) -> dict[int, int]:
+    """A hash of ints in the cluster's Redis: ``chat:online`` (uid → gateway, written by the gateways every 50 ms;
+    per-user fan-out reads it) or ``chat:load`` (gateway → connections, written every 0.5 s; the front reads it)."""
+    import redis as redis_py
+
+    r = redis_py.Redis.from_url(c.redis_url)
+    try:
+        return {int(k): int(v) for k, v in r.hgetall(key).items()}
+    finally:
+        r.close()
+
+
+def wait_registered(c: Cluster, where: dict[int, int]) -> None:
+    """Until the central online registry says exactly ``where`` (uid → gateway id)."""
+    wait_until(lambda: redis_hash(c, "chat:online") == where, 10, f"the online registry to hold {where}")
+
+
+def gateway_receipts(c: Cluster, kind: str) -> float:
+    """Bus messages of one kind (push, group, ...) the gateways received so far, together."""
+    return sum(metrics(g.admin_url).get(f"chat_bus_received_total{{kind={kind}}}", 0) for g in c.gateways)
+
+
+def wait_receipts(c: Cluster, kind: str, since: float, n: int, mode: str) -> None:
+    """Until the gateways together received ``n`` more bus messages of ``kind`` than ``since``."""
+    wait_until(lambda: gateway_receipts(c, kind) - since >= n, 10, f"{mode}: the gateways to receive {n} {kind} "
+               "bus messages", interval=0.05)  # not too often: each look is a /metrics scrape of every gateway
 
 
 @pytest.fixture
@@ -107,14 +132,21 @@ def test_modes_deliver_the_same_and_cost_what_the_model_says(cluster_factory: An
         spread = k - 1
         online = [Member(uid, c.gateways[(uid - 1) % spread].ws_url)
                   for uid in range(1, members + 1) if uid not in offline]
-        time.sleep(0.3)  # the gateways publish registry changes in 50 ms batches
+        wait_registered(c, {m.uid: (m.uid - 1) % spread + 1 for m in online})
         before = [metrics(c.logic.admin_url)] + [metrics(g.admin_url) for g in c.gateways]  # type: ignore[union-attr]
         sender = online[0]
         for i in range(messages):
             sender.client.send(1, f"m{i}")
         receivers = online[1:]
         got = {m.uid: m.wait(messages) for m in receivers}
-        time.sleep(0.3)  # let any extra (wrong) delivery arrive before the counters are read
+        o = len(receivers)
+        gateways_with_members = len({(m.uid - 1) % spread for m in online})
+        # what the gateways must have received (the receivers' pushes prove it only where they are: in broadcast
+        # the empty gateway's copies may still be on their way); any extra bus message was published before these
+        kind = "push" if mode == "per-user" else "group"
+        must_receive = {"per-user": o, "broadcast": k, "routed": gateways_with_members}[mode] * messages
+        receipts_before = sum(b.get(f"chat_bus_received_total{{kind={kind}}}", 0) for b in before[1:])
+        wait_receipts(c, kind, receipts_before, must_receive, mode)
         after = [metrics(c.logic.admin_url)] + [metrics(g.admin_url) for g in c.gateways]  # type: ignore[union-attr]
         assert all(seqs == list(range(1, messages + 1)) for seqs in got.values()), (mode, got)
         results[mode] = got
@@ -124,12 +156,11 @@ def test_modes_deliver_the_same_and_cost_what_the_model_says(cluster_factory: An
                        for a, b in zip(after[1:], before[1:], strict=True))
         delivered = sum(total(a, "chat_deliveries_total") - total(b, "chat_deliveries_total")
                         for a, b in zip(after[1:], before[1:], strict=True))
-        o = len(receivers)
-        gateways_with_members = len({(m.uid - 1) % spread for m in online})
         assert delivered == o * messages
         if mode == "per-user":  # one bus message per online receiver
             assert bus['chat_bus_messages_total{kind=push}'] == o * messages
             assert bus['chat_bus_messages_total{kind=group}'] == 0
+            assert received == 0
         elif mode == "broadcast":  # one publish, every gateway receives it
             assert bus['chat_bus_messages_total{kind=group}'] == messages
             assert received == k * messages
@@ -151,13 +182,20 @@ def test_empty_gateway_filters_in_broadcast_only(cluster_factory: Any) -> None:
         c.admin.create_groups({1: list(range(1, n + 1))})
         online = [Member(uid, c.gateways[0].ws_url) for uid in range(1, 21)]  # everyone online sits on gateway 1
         empty = c.gateways[1]
-        before = metrics(empty.admin_url)
+        before, logic_before = metrics(empty.admin_url), metrics(c.logic.admin_url)  # type: ignore[union-attr]
+        receipts_before = gateway_receipts(c, "group")
         for i in range(messages):
             online[0].client.send(1, f"m{i}")
         for m in online[1:]:
             assert m.wait(messages) == list(range(1, messages + 1))
-        time.sleep(0.3)
-        after = metrics(empty.admin_url)
+        # broadcast: the empty gateway hears every message too (its copies may still be on their way); routed: none
+        heard = messages if mode == "broadcast" else 0
+        wait_receipts(c, "group", receipts_before, messages + heard, mode)
+        after, logic_after = metrics(empty.admin_url), metrics(c.logic.admin_url)  # type: ignore[union-attr]
+        group = "chat_bus_messages_total{kind=group}"  # one publish per message: shared channel / gateway 1 alone
+        assert logic_after.get(group, 0) - logic_before.get(group, 0) == messages
+        received = "chat_bus_received_total{kind=group}"
+        assert after.get(received, 0) - before.get(received, 0) == heard
         filtered[mode] = after.get("chat_gateway_filtered_total", 0) - before.get("chat_gateway_filtered_total", 0)
         assert total(after, "chat_deliveries_total") == total(before, "chat_deliveries_total")
         for m in online:
@@ -180,22 +218,23 @@ def test_kill9_gateway_during_burst_loses_no_acked_message(cluster_factory: Any)
 
     def burst() -> None:
         i = 0
-        while not stop.is_set() and i < 2000:
+        while not stop.is_set() and i < 20_000:  # a bound, should the stop never come
             acked.append(sender.client.send(1, f"m{i}")["seq"])
             i += 1
 
     t = threading.Thread(target=burst)
     t.start()
-    time.sleep(0.5)
+    wait_until(lambda: len(acked) >= 100, 20, "100 acks of the burst before the kill")
     c.gateways[1].kill9()
-    time.sleep(0.3)
-    for m in members:
-        if (m.uid - 1) % 2 == 1:  # they were on the dead gateway: the front sends them elsewhere
-            m.resume(c.front_url, 1)
-    time.sleep(0.5)
+    stranded = [m for m in members if (m.uid - 1) % 2 == 1]  # on the dead gateway: the front sends them elsewhere
+    wait_until(lambda: all(m.client.closed for m in stranded), 10, "the dead gateway's members to see it end")
+    for m in stranded:
+        m.resume(c.front_url, 1)
+    resumed_at = len(acked)
+    wait_until(lambda: len(acked) >= resumed_at + 100, 20, "100 more acks of the burst after the resume")
     stop.set()
     t.join()
-    assert acked == list(range(1, len(acked) + 1)) and len(acked) > 50
+    assert acked == list(range(1, len(acked) + 1)) and len(acked) >= resumed_at + 100
     for m in members[1:]:
         seqs = m.wait(len(acked))
         missing = set(acked) - set(seqs)
@@ -219,20 +258,12 @@ def test_redis_restart_recovers_without_manual_steps(cluster_factory: Any) -> No
             assert b.wait(1) == [1]
             redis.kill9()
             redis = RedisProcess(port=redis.port).start()  # empty: every key and subscription is gone
-            deadline = time.monotonic() + 20
-            seq = None
-            while seq is None and time.monotonic() < deadline:
-                try:
-                    seq = a.client.send(1, "after", )["seq"]
-                except Exception:
-                    time.sleep(0.2)
+            seq: int = wait_until(lambda: a.client.send(1, "after")["seq"], 20, "a send acked after the Redis restart",
+                                  interval=0.2, ignoring=(Exception,))
             # the seq counter was re-seeded, not restarted at 1 (3 when the ack of a first "after" was lost with
             # the subscriptions: that message was stored, and the client's retry is a second one)
             assert seq in (2, 3)
-            deadline = time.monotonic() + 10
-            while seq not in b.wait(1) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert seq in b.wait(1)
+            wait_until(lambda: seq in b.wait(0), 10, f"user 2 to get seq {seq} pushed")
             assert [m["seq"] for m in b.client.sync_all(1, 0)] == list(range(1, seq + 1))  # no gap, no reuse
             for node in [c.logic, *c.gateways]:
                 assert node is not None
@@ -251,7 +282,8 @@ def test_front_assigns_by_load_not_round_robin(cluster_factory: Any) -> None:
     c.admin.create_users(1, 30)
     c.admin.create_groups({1: list(range(1, 31))})
     crowd = [Member(uid, c.gateways[0].ws_url) for uid in range(1, 11)]  # gateway 1 already holds 10
-    time.sleep(1.5)  # the gateways report their load every 0.5 s; the front reads it every second
+    # the gateways report their load every 0.5 s; the front, asked for the first time below, reads it then
+    wait_until(lambda: redis_hash(c, "chat:load") == {1: 10, 2: 0}, 10, "the gateways to report 10 and 0 connections")
     picks = [pick(c.front_url)["gateway"] for _ in range(14)]
     # the emptier gateway gets every new connection until it catches up, then they alternate
     assert picks[:10] == [2] * 10
@@ -272,7 +304,9 @@ def test_impaired_members_reach_the_gateways_through_the_front(cluster_factory: 
     crowd = [Member(uid, c.gateways[0].ws_url) for uid in range(1, 11)]  # gateway 1 already holds 10
     proxy = Proxy("127.0.0.1:1", front_url=c.front_url, action_factory=impairing(PROFILES["wifi"])).start_in_thread()
     try:
-        time.sleep(1.5)  # the gateways report their load every 0.5 s; the front reads it every second
+        # the gateways report their load every 0.5 s; the front, first asked by the proxy below, reads it then
+        wait_until(lambda: redis_hash(c, "chat:load") == {1: 10, 2: 0}, 10,
+                   "the gateways to report 10 and 0 connections")
         impaired = [Member(uid, proxy.url) for uid in range(11, 15)]  # the fixed upstream (port 1) is never used
         assert [metrics(gw.admin_url)["chat_connections"] for gw in c.gateways] == [10, 4]
         seq = crowd[0].client.send(1, "through the front")["seq"]
@@ -294,19 +328,23 @@ def test_membership_changes_while_online_are_exact(cluster_factory: Any, fanout:
     c.admin.create_groups({1: [1, 2, 3, 4]})
     members = {uid: Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)}
     members[5] = Member(5, c.gateways[2].ws_url)  # not a member yet; nobody of the group on gateway 3
-    time.sleep(0.3)  # the gateways publish registry changes in 50 ms batches
+    wait_registered(c, {1: 2, 2: 1, 3: 2, 4: 1, 5: 3})
     seq = members[1].client.send(1, "before")["seq"]
     for uid in (2, 3, 4):
         assert members[uid].wait(1) == [seq]
     c.admin.change_members(1, add=[5], remove=[3])  # seq + 1: join of 5, seq + 2: leave of 3
     after = members[1].client.send(1, "after")["seq"]
     assert after == seq + 3
-    want = {1: [seq + 1, seq + 2], 2: [seq, seq + 1, seq + 2, after], 3: [seq, seq + 1, seq + 2],
-            4: [seq, seq + 1, seq + 2, after], 5: [seq + 1, seq + 2, after]}
+    # a barrier from user 2: once 1 (beside the removed 3 on gateway 2), 4 and 5 have it, each gateway has handled
+    # every earlier bus message, and a ping on each connection then flushes what was queued to it: a duplicate,
+    # or a message to 3 after its leave, would be in by then
+    last = members[2].client.send(1, "barrier")["seq"]
+    assert last == after + 1
+    want = {1: [seq + 1, seq + 2, last], 2: [seq, seq + 1, seq + 2, after], 3: [seq, seq + 1, seq + 2],
+            4: [seq, seq + 1, seq + 2, after, last], 5: [seq + 1, seq + 2, after, last]}
     for uid, seqs in want.items():
         assert members[uid].wait(len(seqs)) == seqs, (fanout, uid)
-    time.sleep(0.5)  # a duplicate, or a message after the leave, would arrive by now
-    assert {uid: m.wait(0) for uid, m in members.items()} == want, fanout
+    assert {uid: m.flush() for uid, m in members.items()} == want, fanout
     for m in members.values():
         m.client.close()
 
@@ -334,10 +372,7 @@ def test_redis_is_the_counter_store_and_rebuilds_after_losing_it(mode: str) -> N
             return {int(k): int(v) for k, v in r.hgetall("chat:unread:1").items()}
 
         want = {2: 2, 3: 5, 4: 5}
-        deadline = time.monotonic() + 5  # merged: until a flush wrote them
-        while stored() != want and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert stored() == want
+        wait_until(lambda: stored() == want, 5, f"the counters {want} in Redis (merged: until a flush wrote them)")
         assert b.client.unread([1])["groups"][0]["unread"] == 2
         writes = metrics(c.logic.admin_url)["chat_unread_writes_total"]  # type: ignore[union-attr]
         if mode == "per-message":  # 3 receivers × 5 messages + 1 read
@@ -349,19 +384,11 @@ def test_redis_is_the_counter_store_and_rebuilds_after_losing_it(mode: str) -> N
         server.kill9()
         server = RedisProcess(port=server.port).start()  # empty: the counters are gone
         r = redis_py.Redis.from_url(server.url)
-        deadline = time.monotonic() + 20
-        seq = None
-        while seq is None and time.monotonic() < deadline:
-            try:
-                seq = a.client.send(1, "after")["seq"]
-            except Exception:
-                time.sleep(0.2)
+        seq: int = wait_until(lambda: a.client.send(1, "after")["seq"], 20, "a send acked after the Redis restart",
+                              interval=0.2, ignoring=(Exception,))
         assert seq in (6, 7)  # 7: the ack of a first try was lost with the subscriptions (the message is stored)
         want = {2: seq - 3, 3: seq, 4: seq}
-        deadline = time.monotonic() + 10
-        while stored() != want and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert stored() == want, "rebuilt from seqs, then the new message counted"
+        wait_until(lambda: stored() == want, 10, f"the counters {want} rebuilt from seqs, the new message counted")
         assert b.client.unread([1])["groups"][0]["unread"] == seq - 3
         assert "unread counters rebuilt in redis from seqs" in c.logic.log_path.read_text()  # type: ignore[union-attr]
         a.client.close()
