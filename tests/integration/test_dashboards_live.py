@@ -138,14 +138,20 @@ def _traffic(srv: ServerProcess, seconds: float) -> None:
                 stormed = True
                 for uid in stormers:
                     clients[uid].close()
-                time.sleep(1.5)
+                time.sleep(1.5)  # the traffic's shape: offline for more than one scrape, while the others send
                 for uid in stormers:
                     clients[uid] = client(uid)
                     clients[uid].sync_all(GID, last_seq.get(uid, 0))
-            time.sleep(0.1)
+            time.sleep(0.1)  # the traffic's shape: about 30 messages a second, spread over the scrapes
     finally:
         for c in clients.values():
             c.close()
+
+
+def _two_more_scrapes(prom: PrometheusProcess, run_id: str) -> None:
+    """Until every target of the run has been scraped twice more from now: the last rates are in."""
+    scrapes = f'min(count_over_time(up{{run_id="{run_id}"}}[1h]))'
+    prom.wait_for(scrapes, min_value=prom.value(scrapes) + 2)
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +175,13 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
                     swarm.kill()
                     swarm.wait()
             accepted = f'chat_messages_accepted_total{{run_id="{run_id}"}}'
-            total = prom.wait_for(accepted, min_value=1)
-            # two more scrapes after the traffic, so the last rates are in
+            # the traffic is over: Prometheus comes to hold exactly what the server counted
+            line = re.search(r"^chat_messages_accepted_total (\S+)$", srv.admin.metrics_text(), re.M)
+            assert line is not None
+            counted = float(line[1])
+            assert counted >= 1 and prom.wait_for(accepted, min_value=counted) == counted
             prom.wait_for(f"count_over_time({accepted}[1m])", min_value=3)
-            time.sleep(2.0)
-            assert total > 0
+            _two_more_scrapes(prom, run_id)
             yield Observed(prom, run_id, modes, start - 2, time.time(), prom.metric_names())
 
 
@@ -203,14 +211,14 @@ def observed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Obser
                     c.connect()
                 for i in range(40):
                     clients[i % 3].send(GID, f"m{i}")
-                    time.sleep(0.1)
+                    time.sleep(0.1)  # the traffic's shape: 10 messages a second, spread over the scrapes
             finally:
                 for c in clients:
                     c.close()
             received = f'chat_bus_received_total{{run_id="{run_id}"}}'
             prom.wait_for(f"sum({received})", min_value=1)
             prom.wait_for(f"count_over_time(chat_messages_accepted_total{{run_id=\"{run_id}\"}}[1m])", min_value=3)
-            time.sleep(2.0)
+            _two_more_scrapes(prom, run_id)
             yield Observed(prom, run_id, modes, start - 2, time.time(), prom.metric_names())
     finally:
         cluster.stop()
@@ -251,16 +259,24 @@ def test_panel_query_returns_data(request: pytest.FixtureRequest, target: Target
 
 
 def test_variables_and_annotations(observed: Observed) -> None:
-    """The run id and mode variables offer this run's values; every annotation query is valid PromQL."""
+    """The run id and mode variables offer this run's values; every annotation query is valid PromQL; every board
+    marks the run's phases (those of 2 s or more: at a 1 s scrape interval a shorter one may fall between two
+    scrapes), and none marks a gateway restart (there was none)."""
     prom = observed.prom
     assert observed.run_id in prom.api("label/run_id/values", **{"match[]": f'chat_server_info{{job="{SERVER_JOB}"}}'})
     for mode, value in observed.modes.items():
         assert prom.api(f"label/{mode}/values", **{"match[]": f'chat_server_info{{run_id="{observed.run_id}"}}'}) \
             == [value]
-    annotations = [a for board in dashboards.load().values() for a in board["annotations"]["list"]]
-    assert annotations
-    for a in annotations:
-        prom.query_range(substitute(a["expr"], observed, instant=False), observed.start, observed.end, step=1)
+    for file, board in dashboards.load().items():
+        annotations = board["annotations"]["list"]
+        assert "scenario phases" in [a["name"] for a in annotations], file
+        for a in annotations:
+            series = prom.query_range(substitute(a["expr"], observed, instant=False), observed.start, observed.end,
+                                      step=1)
+            if a["name"] == "scenario phases":
+                assert {"steady", "offline", "storm"} <= {s["metric"]["phase"] for s in series}, (file, series)
+            elif a["name"] == "gateway restarts":
+                assert series == [], (file, series)
 
 
 def test_every_server_metric_is_documented(observed: Observed) -> None:
