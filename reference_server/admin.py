@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from reference_server import protocol
@@ -52,13 +53,13 @@ def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: Co
     token = f"Bearer {config.admin_token}".encode()
 
     @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/admin/"):
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, token):
                 return _bad(401, "admin endpoints need 'Authorization: Bearer <admin token>'")
         try:
-            return await handler(request)  # type: ignore[no-any-return]
+            return await handler(request)
         except AdminError as exc:
             return _bad(exc.status, str(exc))
 

@@ -48,7 +48,7 @@ class ServerConfig:
     # Limits (None = no limit)
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     max_body_chars: int = protocol.DEFAULT_MAX_BODY_CHARS
-    send_rate: float | None = 50.0  # messages/s per connection (token bucket)
+    send_rate: float | None = 50.0  # messages/s per user (token bucket; a reconnect does not refill it)
     send_burst: int = 100
     max_send_queue_bytes: int = 4 * 1024 * 1024  # per connection; past it: close 4001 slow consumer
     # Timeouts
@@ -88,8 +88,8 @@ _HELP: dict[str, str] = {
     "max_batch": "max messages per group-commit transaction",
     "max_frame_bytes": "max inbound WebSocket frame size",
     "max_body_chars": "max message body length",
-    "send_rate": "max sends per second per connection (0 = unlimited)",
-    "send_burst": "send-rate bucket size",
+    "send_rate": "max sends per second per user, across its connections and reconnects (0 = unlimited)",
+    "send_burst": "send-rate bucket size (per user)",
     "max_send_queue_bytes": "per-connection send-queue bound",
     "idle_timeout_s": "close connections silent for this many seconds",
     "shutdown_grace_s": "seconds to flush on SIGTERM",

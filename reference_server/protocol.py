@@ -21,15 +21,11 @@ import hmac
 import time
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, Final, NewType
+from typing import Any, Final
 
 import orjson
 
 PROTOCOL_VERSION: Final = 1
-
-UserId = NewType("UserId", int)
-GroupId = NewType("GroupId", int)
-Seq = NewType("Seq", int)
 
 MAX_ID: Final = 2**63 - 1
 #: the default user-token secret and admin token: loopback benchmarking only (the server and every client of this
@@ -73,7 +69,7 @@ class ErrorCode(StrEnum):
     BODY_TOO_LONG = "body_too_long"  # ``body`` longer than the server's max_body_chars
     NOT_MEMBER = "not_member"  # the user is not a member of the group (or the group does not exist)
     NO_SUCH_MESSAGE = "no_such_message"  # delete of a seq the group does not have
-    RATE_LIMITED = "rate_limited"  # over the per-connection send rate; the message was not accepted
+    RATE_LIMITED = "rate_limited"  # over the user's send rate (reconnecting does not refill it); not accepted
     RECALL_REFUSED = "recall_refused"  # not the sender's own ordinary message, or past the recall window
     UNAVAILABLE = "unavailable"  # the server is shutting down or its storage failed; retry elsewhere
 
@@ -353,11 +349,6 @@ class Message:
     @property
     def signal(self) -> bool:
         return self.kind != Kind.MSG and self.kind != Kind.RECALLED
-
-    def counts_for(self, uid: int) -> bool:
-        """Whether this entry adds to uid's unread count while above its read mark: an ordinary message that
-        uid can see and did not send. (Deletes and recalls remove it again.)"""
-        return self.kind == Kind.MSG and uid != self.sender and (self.to is None or uid in self.to)
 
 
 def encode_push(msg: Message) -> bytes:

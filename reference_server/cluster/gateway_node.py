@@ -169,9 +169,8 @@ class GatewayNode:
         cursor = 0
         try:
             while True:
-                batch: dict[Any, Any]
-                cursor, batch = await self.bus.redis.hscan(  # type: ignore[assignment]
-                    MEMBERS_KEY.format(gid), cursor, count=MEMBER_BATCH)
+                cursor, batch = await self.bus.redis.hscan(MEMBERS_KEY.format(gid), cursor, count=MEMBER_BATCH)
+                assert isinstance(batch, dict)  # with values (the stubs also allow no_values' list of keys)
                 self.metrics.member_batches.inc()
                 members.update((int(k), int(v)) for k, v in batch.items())
                 if cursor == 0:
