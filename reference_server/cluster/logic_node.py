@@ -36,6 +36,8 @@ ALIVE_KEY = "chat:alive:{}"  # set by each gateway with a short TTL
 MEMBERS_KEY = "chat:members:{}"  # hash uid -> join seq, mirrored by the logic node
 ONLINE_KEY = "chat:online"  # hash uid -> gateway id, the central online registry, written by gateways
 MIRROR_CHUNK = 5000
+UP_KEY = "chat:logic:up"  # set by the logic node; missing = Redis lost every key (a restart), liveness keys too
+RESTART_GRACE_S = 2.0  # after that, before any gateway is judged dead (they refresh liveness every 0.5 s)
 
 
 class RemoteConn:
@@ -204,14 +206,25 @@ class LogicNode:
 
     # -- liveness: forget gateways whose key expired (killed, partitioned)
     async def _purge_dead_gateways(self) -> None:
+        loop = asyncio.get_running_loop()
+        grace_until = 0.0
         while True:
             await asyncio.sleep(1.0)
-            for gw in list(self.gateways):
-                try:
-                    alive = await self.bus.redis.exists(ALIVE_KEY.format(gw))
-                except REDIS_ERRORS:
-                    break
-                if not alive:
+            gws = list(self.gateways)
+            try:
+                async with self.bus.redis.pipeline(transaction=False) as pipe:
+                    pipe.set(UP_KEY, 1, nx=True)
+                    for gw in gws:
+                        pipe.exists(ALIVE_KEY.format(gw))
+                    restarted, *alive = await pipe.execute()
+            except REDIS_ERRORS:
+                continue
+            if restarted:  # Redis came back empty: no liveness key is there until each gateway's next heartbeat
+                grace_until = loop.time() + RESTART_GRACE_S
+            if loop.time() < grace_until:
+                continue
+            for gw, ok in zip(gws, alive, strict=True):
+                if not ok:
                     self._purge(gw)
 
     def _purge(self, gw: int) -> None:
