@@ -172,7 +172,7 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.failed: BaseException | None = None  # the last commit's error; None once a commit succeeds
         self.writer: Writer | None = None
-        self.seqs: SeqAllocator = seqs or LocalSeqs()  # a cluster's logic node: Redis allocates
+        self.seqs: SeqAllocator = seqs if seqs is not None else LocalSeqs()  # a logic node: Redis allocates
         #: whether a user is connected now (the offline stage asks, from the writer thread)
         self.online: Callable[[int], bool] = lambda uid: False
 

@@ -41,7 +41,7 @@ class UnreadCounter(ABC):
         self.storage = storage
         self.config = config
         #: where the counter modes keep their counters: SQLite (embedded), Redis (a cluster's logic node)
-        self.counters: CounterStore = counters or SqliteCounters()
+        self.counters: CounterStore = counters if counters is not None else SqliteCounters()
         #: set by the store: ask the writer for a flush job (thread-safe)
         self.request_flush: Callable[[], None] = lambda: None
 
