@@ -93,6 +93,8 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
             "p50_ms": entry.get_response_time_percentile(0.5), "p99_ms": entry.get_response_time_percentile(0.99),
         }
     invalid = planned_work_reasons(metrics, requests, run, float(getattr(opts, "max_connect_failures", 0.001)))
+    if getattr(opts, "capacity", ""):
+        invalid = capacity_result(metrics, invalid)
     invalid += clock_reasons(metrics["clock"], env.runner, float(getattr(opts, "clock_bound_ms", 1.0)),
                              bool(getattr(opts, "no_clock_correction", False)))
     metrics["clock"]["corrected"] = not getattr(opts, "no_clock_correction", False)
@@ -135,6 +137,25 @@ def planned_work_reasons(metrics: dict[str, Any], requests: dict[str, dict[str, 
     if metrics["latency_clamped"]:
         out.append(f"{metrics['latency_clamped']} latencies outside the HDR range (negative after clock "
                    "correction, or longer than the histogram holds)")
+    return out
+
+
+def capacity_result(metrics: dict[str, Any], invalid: list[str]) -> list[str]:
+    """A capacity search's answer into the metrics. The generator's health is judged per step there (a step that
+    overloads the server may overload nothing else), so the whole-run saturation reasons give way to its verdict."""
+    from drivers import autorate
+
+    answer = dict(autorate.STATE.answer)
+    metrics["capacity"] = answer or {"capacity": None}
+    saturated = set(metrics["generator_saturated_reasons"])
+    out = [r for r in invalid if r not in saturated]
+    if not answer:
+        out.append("the capacity search did not finish")
+    elif answer["generator_bound"]:
+        out.append(f"generator-bound at {answer['generator_bound_at']:,.1f} msg/s: the generator, not the server, "
+                   f"broke first ({'; '.join(answer['failed_because'])})")
+    elif answer["capacity"] is None:
+        out.append("no capacity found: " + ("; ".join(answer["failed_because"]) or "no level held"))
     return out
 
 
@@ -191,9 +212,19 @@ def print_summary(result: dict[str, Any], path: str) -> None:
         "  clocks: " + (", ".join(f"{w} {c['offset_ms']:+.3f} ms ±{c['bound_ms']:.3f} (drift {c['drift_ms']:.3f})"
                                   for w, c in m["clock"]["workers"].items()) or m["clock"]["reference"])
         + ("" if m["clock"].get("corrected", True) else " — NOT corrected"),
+        *([f"  capacity: {_capacity_line(m['capacity'])}"] if "capacity" in m else []),
         "  RUN VALID" if m["valid"] else "  RUN INVALID: " + "; ".join(m["invalid_reasons"]),
     ]
     print("\n".join(lines), flush=True)
+
+
+def _capacity_line(c: dict[str, Any]) -> str:
+    if c.get("capacity") is not None:
+        return (f"{c['capacity']:,.1f} msg/s held ({c['slo']}); first failed {c['first_failed'] or '—'}: "
+                f"{'; '.join(c['failed_because']) or 'nothing failed up to --capacity-max'}")
+    if c.get("generator_bound"):
+        return f"generator-bound at {c['generator_bound_at']:,.1f} msg/s"
+    return "none found"
 
 
 class ServerSampler:

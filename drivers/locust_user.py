@@ -39,7 +39,7 @@ from drivers.client import ChatClient, ChatClientError
 from drivers.clock import CLOCK
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
-from drivers.schedule import Schedule
+from drivers.schedule import LiveSchedule, Schedule
 from drivers.shapes import PhasedShape
 from reference_server import protocol
 
@@ -85,6 +85,24 @@ def _options(parser: ArgumentParser) -> None:
                    help="a run whose clock offsets are known less precisely than this, or drift more, is invalid")
     g.add_argument("--no-clock-correction", action="store_true", env_var="CHATBENCH_NO_CLOCK_CORRECTION",
                    help="measure and report the workers' clock offsets but do not correct timestamps by them")
+    c = parser.add_argument_group("chatbench capacity search (drivers/capacity.py)")
+    c.add_argument("--capacity", env_var="CHATBENCH_CAPACITY", default="", metavar="SLO",
+                   help="search the highest arrival rate that holds this SLO, e.g. 'p99<200ms,lost=0' (scenarios "
+                   "that support it: large_group_burst, many_groups); empty: a fixed load")
+    c.add_argument("--capacity-start", type=float, env_var="CHATBENCH_CAPACITY_START", default=10.0,
+                   help="first level, messages per second over all senders")
+    c.add_argument("--capacity-growth", type=float, env_var="CHATBENCH_CAPACITY_GROWTH", default=2.0,
+                   help="bracketing: the level is multiplied by this until a step fails")
+    c.add_argument("--capacity-resolution", type=float, env_var="CHATBENCH_CAPACITY_RESOLUTION", default=0.1,
+                   help="bisection stops when the first failure is within this fraction above the last hold")
+    c.add_argument("--capacity-max", type=float, env_var="CHATBENCH_CAPACITY_MAX", default=100_000.0,
+                   help="never ask for more than this many messages per second")
+    c.add_argument("--capacity-step-s", type=float, env_var="CHATBENCH_CAPACITY_STEP_S", default=8.0,
+                   help="seconds each level is judged (after --capacity-warm-s)")
+    c.add_argument("--capacity-warm-s", type=float, env_var="CHATBENCH_CAPACITY_WARM_S", default=3.0,
+                   help="seconds after a level change that are not judged (backlog of the previous level)")
+    c.add_argument("--capacity-confirm-s", type=float, env_var="CHATBENCH_CAPACITY_CONFIRM_S", default=30.0,
+                   help="the level found is held this long and must hold again (0: no confirm phase)")
     g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
                    help="how long the master waits for the workers' final data at the end of a run")
     g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="", type=_profile_mix,
@@ -357,7 +375,7 @@ class ChatUser(User):
         except ChatClientError:
             swarm.ledger.counts["send_failed"] += 1
 
-    def run_schedule(self, gid: int | Callable[[], int], schedule: Schedule, body: str = "x",
+    def run_schedule(self, gid: int | Callable[[], int], schedule: Schedule | LiveSchedule, body: str = "x",
                      to: Callable[[], list[int] | None] | None = None) -> None:
         """Send on ``schedule`` until it ends or the run stops (open model; see the module doc).
 

@@ -10,7 +10,7 @@ Global arrival rates are split evenly: :func:`per_sender` gives each of ``sender
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -44,3 +44,33 @@ class Schedule:
 def per_sender(total_rate: float, senders: int) -> float:
     """Each sender's rate for a global arrival rate shared by ``senders`` senders."""
     return total_rate / senders if senders > 0 else 0.0
+
+
+@dataclass
+class LiveSchedule:
+    """Like :class:`Schedule`, but the rate is read again at every slot (capacity search moves it during the run).
+
+    At rate 0 it yields empty slots (burst 0) every ``idle_s`` so the sender keeps looking."""
+
+    #: slots per second for this sender, now
+    rate: Callable[[], float]
+    start: float
+    burst: int = 1
+    tolerance_s: float = 0.5
+    idle_s: float = 0.1
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def slots(self) -> Iterator[tuple[int, int]]:
+        t = self.start
+        first = True
+        while True:
+            rate = self.rate()
+            if rate <= 0:
+                t += self.idle_s
+                first = True
+                yield int(t * 1e6), 0
+                continue
+            interval = 1.0 / rate
+            t += self.rng.uniform(0, interval) if first else interval
+            first = False
+            yield int(t * 1e6), self.burst

@@ -43,6 +43,7 @@ class PhasedShape(LoadTestShape):
     phase: str = ""
 
     def phases(self, opts: Namespace) -> list[Phase]:
+        """The timeline; a phase of ``math.inf`` seconds lasts until a capacity search ends it."""
         raise NotImplementedError
 
     def users(self, opts: Namespace) -> int:
@@ -61,6 +62,10 @@ class PhasedShape(LoadTestShape):
         return t
 
     def tick(self) -> tuple[int, float] | None:
+        from drivers import autorate
+
+        if autorate.STATE.done:  # a capacity search ended: so does the run
+            return None
         assert self.runner is not None
         opts = self.runner.environment.parsed_options
         assert opts is not None

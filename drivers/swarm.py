@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gevent.pool import Pool
 
-from drivers import clock
+from drivers import autorate, clock
 from drivers.clock import CLOCK
 from drivers.deliveries import decode_into, new_histogram
 from drivers.ledger import Ledger, now_us
+from drivers.shapes import PhasedShape
 from drivers.totals import Totals
 
 if TYPE_CHECKING:
@@ -269,6 +270,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     if isinstance(runner, WorkerRunner):
         runner.register_message("chatbench_flush", _on_flush, concurrent=True)
         runner.register_message("chatbench_clock_pong", _on_clock_pong)
+        runner.register_message("chatbench_level", autorate.on_level)
     elif isinstance(runner, MasterRunner):
         runner.register_message("chatbench_final", _on_final)
         runner.register_message("chatbench_clock_ping", _on_clock_ping)
@@ -303,6 +305,12 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
 
         run.server_before = bundle.server_counters(environment)
         _background.append(gevent.spawn(_settle_loop, environment))
+    autorate.reset(environment)
+    if autorate.STATE.active and is_coordinator(environment):
+        shape = environment.shape_class
+        opts = environment.parsed_options
+        start_at = shape.measured_from(opts) if isinstance(shape, PhasedShape) and opts is not None else 0.0
+        _background.append(gevent.spawn(autorate.control, environment, totals, start_at))
     if isinstance(environment.runner, WorkerRunner):
         CLOCK.reset()
         _background.append(gevent.spawn(_clock_loop, environment))

@@ -76,6 +76,7 @@ class Totals:
         self.measure_from = 0.0  # epoch s; health samples before it (connect phase) are not judged
         self.clock: dict[str, list[tuple[float, int, int, bool]]] = {}  # worker -> (t, offset µs, bound µs, applied)
         self.reports = 0
+        self.interval: Recorder | None = None  # latency merged since start_interval() (capacity search steps)
         self.final_delivered = 0  # deliveries that reached the coordinator only with a worker's final data
         self.finals: set[str] = set()  # workers whose final data arrived
         #: per network profile (weak networks; empty without a profile mix): latency, catchup, counts
@@ -89,6 +90,8 @@ class Totals:
         for k, v in wire["counts"].items():
             self.counts[k] = self.counts.get(k, 0) + int(v)
         self.latency.merge(wire["latency"])
+        if self.interval is not None:
+            self.interval.merge(wire["latency"])
         self.send_ack.merge(wire["send_ack"])
         self.catchup.merge(wire["catchup"])
         for name, part in wire.get("profiles", {}).items():
@@ -143,6 +146,23 @@ class Totals:
     def cpu_samples(self) -> dict[str, list[tuple[float, float]]]:
         """Per generator process: (reference epoch s, CPU seconds so far), to take its CPU over any window."""
         return {w: sorted(s["cpu_s"]) for w, s in sorted(self._health_samples.items()) if s["cpu_s"]}
+
+    def start_interval(self) -> None:
+        """From now on also merge delivery latency into a fresh interval histogram (take it with take_interval)."""
+        self.interval = Recorder()
+
+    def take_interval(self) -> Recorder:
+        out = self.interval or Recorder()
+        self.interval = None
+        return out
+
+    def health_in(self, t0: float, t1: float) -> tuple[float, float]:
+        """(highest CPU ratio, highest event-loop lag ms) of any generator process between t0 and t1."""
+        cpu = lag = 0.0
+        for samples in self._health_samples.values():
+            cpu = max([cpu, *(v for t, v in samples["cpu"] if t0 <= t <= t1)])
+            lag = max([lag, *(v for t, v in samples["lag_ms"] if t0 <= t <= t1)])
+        return cpu, lag
 
     def set_measure_from(self, t: float) -> None:
         """Judge the generator's health only from epoch second ``t`` on (e.g. after the connect phase)."""

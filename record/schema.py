@@ -152,6 +152,22 @@ FIELDS: Final[tuple[Field, ...]] = (
                    "duplicated", "reordered")),
     _f("metrics.by_profile.<profile>.injected_<fault>", "int", "", "what the impairing proxy did to the "
        "profile's connections (delayed, stalled, reset, ...)"),
+    # -- a capacity search (--capacity SLO; drivers/capacity.py)
+    _f("metrics.capacity", "dict", "", "the capacity search's answer"),
+    _f("metrics.capacity.capacity", "float", "msg/s", "highest level that held the SLO (and its confirm period); "
+       "null when generator-bound or none held"),
+    _f("metrics.capacity.vary", "str", "", "what the search moved: `rate` (arrival rate over all senders)"),
+    _f("metrics.capacity.unit", "str", "", "the level's unit"),
+    _f("metrics.capacity.slo", "str", "", "the SLO, as given"),
+    _f("metrics.capacity.highest_held", "float", "msg/s", "highest level that held a step"),
+    _f("metrics.capacity.first_failed", "float", "msg/s", "lowest level that failed (null: none did)"),
+    _f("metrics.capacity.failed_because", "list", "", "the SLO clauses it broke, or the generator's limits"),
+    _f("metrics.capacity.generator_bound", "bool", "", "the generator broke first: not a server capacity"),
+    _f("metrics.capacity.generator_bound_at", "float", "msg/s", "the level where the generator broke"),
+    _f("metrics.capacity.confirmed", "bool", "", "the level found held again for --capacity-confirm-s"),
+    _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
+    _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
+       "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, failures, generator_limits"),
     # -- the server's side, from its /metrics over the traffic window
     _f("metrics.server_cpu_s", "float", "CPU s", "server CPU over the traffic window (source below)"),
     _f("metrics.server_cpu_source", "str", "", "how server_cpu_s was measured"),

@@ -2,7 +2,9 @@
 bursts totalling ``--rate`` messages per second for ``--burst-s`` seconds (open model), then the room goes quiet.
 
 Phases: ``connect`` (members join at ``--connect-rate``), ``settle``, ``burst``, ``tail``; then the run stops by
-itself and the result bundle is written. Look at: fan-out completion (send → last of the ~10k recipients),
+itself and the result bundle is written. With ``--capacity SLO`` the burst is a capacity search instead: the rate
+moves until the highest one that holds the SLO is found (drivers/capacity.py; ``chatbench capacity``).
+Look at: fan-out completion (send → last of the ~10k recipients),
 delivery latency p99/p99.9 under the burst, ``lost``/``duplicated``/``reordered`` (must be 0 on a sound server),
 missed send slots and the generator health line (an invalid run measured the generator, not the server).
 
@@ -21,8 +23,9 @@ import math
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
+from drivers import autorate
 from drivers.locust_user import ChatUser, is_coordinator, provision_group
-from drivers.schedule import Schedule, per_sender
+from drivers.schedule import LiveSchedule, Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
 
@@ -44,8 +47,10 @@ def _options(parser: ArgumentParser) -> None:
 
 
 def phases(opts: Namespace) -> list[Phase]:
-    return [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s),
-            Phase("burst", opts.burst_s), Phase("tail", opts.tail_s)]
+    connect = [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s)]
+    if opts.capacity:
+        return [*connect, Phase("search", math.inf)]
+    return [*connect, Phase("burst", opts.burst_s), Phase("tail", opts.tail_s)]
 
 
 class Shape(PhasedShape):
@@ -76,6 +81,11 @@ class Member(ChatUser):
             return
         self.sending = False
         opts = self.environment.parsed_options
+        if opts.capacity:
+            start, _ = window(phases(opts), opts, "search")
+            self.run_schedule(self.gid, LiveSchedule(lambda: autorate.rate(opts.senders, opts.burst_size), start,
+                                                     burst=opts.burst_size))
+            return
         start, end = window(phases(opts), opts, "burst")
         rate = per_sender(opts.rate, opts.senders) / opts.burst_size
         self.run_schedule(self.gid, Schedule(rate=rate, start=start, duration=end - start, burst=opts.burst_size))

@@ -1,0 +1,121 @@
+"""The capacity search's live side: one load level shared by every sender of every generator process, and the
+coordinator's loop that moves it (the search itself, pure, is :mod:`drivers.capacity`).
+
+The coordinator (master or only process) runs :func:`control`: it holds each level the search asks for, judges
+the step on the interval data that reached it (HDR latency merged from the workers' reports, ledger counts, the
+generator's health samples, the server's /metrics), and tells the workers every new level with a Locust message
+(``chatbench_level``). Senders read :func:`rate` at every slot. When the search ends the level drops to 0 and
+:data:`STATE` says done: the scenario's shape then ends the run, and the answer goes into the result record.
+"""
+
+from __future__ import annotations
+
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+
+from drivers.capacity import Search, Slo, Step, judge
+from drivers.clock import CLOCK
+from drivers.deliveries import summary_ms
+from drivers.totals import CPU_SATURATED, LAG_SATURATED_MS, Totals
+from record.promtext import counters, delta
+
+log = logging.getLogger("chatbench.capacity")
+
+
+@dataclass
+class State:
+    level: float = 0.0  # messages per second over all senders, now
+    active: bool = False  # this run searches its capacity
+    done: bool = False  # the search ended: the shape stops the run
+    answer: dict[str, Any] = field(default_factory=dict)
+
+
+STATE = State()
+
+
+def enabled(env: Environment) -> bool:
+    return bool(getattr(env.parsed_options, "capacity", "")) if env.parsed_options is not None else False
+
+
+def rate(senders: int, burst: int = 1) -> float:
+    """One sender's slot rate at the current level."""
+    return STATE.level / senders / burst if senders > 0 else 0.0
+
+
+def reset(env: Environment) -> None:
+    STATE.level, STATE.done, STATE.answer = 0.0, False, {}
+    STATE.active = enabled(env)
+
+
+def on_level(environment: Environment, msg: Any, **_: Any) -> None:
+    """A worker: the coordinator moved the level."""
+    STATE.level = float(msg.data["level"])
+    STATE.done = bool(msg.data.get("done", False))
+
+
+def _set(env: Environment, level: float, done: bool = False) -> None:
+    STATE.level, STATE.done = level, done
+    if isinstance(env.runner, MasterRunner):
+        env.runner.send_message("chatbench_level", {"level": level, "done": done})
+
+
+def _server(env: Environment) -> dict[str, float]:
+    from drivers.bundle import _admin
+
+    admin = _admin(env)
+    if admin is None:
+        return {}
+    try:
+        return counters(admin.metrics_text())
+    except Exception:
+        return {}
+
+
+def control(env: Environment, totals: Totals, start_at: float) -> None:
+    """The coordinator's search loop (a greenlet); ``start_at``: reference epoch s when the search phase begins
+    (after connecting). Judged on what was merged into ``totals`` during each step."""
+    assert not isinstance(env.runner, WorkerRunner)
+    opts = env.parsed_options
+    assert opts is not None
+    slo = Slo.parse(opts.capacity)
+    confirm_s = float(opts.capacity_confirm_s)
+    search = Search(float(opts.capacity_start), growth=float(opts.capacity_growth),
+                    resolution=float(opts.capacity_resolution), maximum=float(opts.capacity_max),
+                    confirm=confirm_s > 0)
+    while CLOCK.time() < start_at:
+        gevent.sleep(0.2)
+    while (level := search.next_level()) is not None:
+        phase = search.phase
+        _set(env, level)
+        gevent.sleep(float(opts.capacity_warm_s))
+        hold = confirm_s if phase == "confirm" else float(opts.capacity_step_s)
+        totals.start_interval()
+        c0, s0, t0 = dict(totals.counts), _server(env), CLOCK.time()
+        gevent.sleep(hold)
+        interval = totals.take_interval()
+        c1, s1, t1 = dict(totals.counts), _server(env), CLOCK.time()
+        cpu, lag = totals.health_in(t0, t1 + 2.5)  # health samples cover the 2 s before their stamp
+        lat = summary_ms(interval.h, (50, 90, 99, 99.9))
+        step = Step(level, phase, latency_ms={k: v for k, v in lat.items() if k.startswith("p")},
+                    deliveries=int(interval.h.get_total_count()),
+                    lost=c1.get("lost", 0) - c0.get("lost", 0),
+                    closes=int(delta(s1, s0, "chat_slow_consumer_disconnects_total")) if s0 and s1 else 0,
+                    missed_slots=c1.get("missed_send_slots", 0) - c0.get("missed_send_slots", 0),
+                    sent=c1.get("sent", 0) - c0.get("sent", 0), generator_cpu=cpu, generator_lag_ms=lag,
+                    server_cpu=(delta(s1, s0, "process_cpu_seconds_total") / (t1 - t0)) if s0 and s1 else None)
+        judge(step, slo, CPU_SATURATED, LAG_SATURATED_MS)
+        search.record(step)
+        line = (f"capacity {phase} {level:,.1f} msg/s: {'held' if step.held else 'FAILED'} "
+                f"p99 {lat.get('p99', float('nan')):.1f} ms, {step.deliveries:,} deliveries, lost {step.lost}, "
+                f"server CPU {step.server_cpu or 0:.0%}, generator CPU {cpu:.0%}"
+                + ("" if step.held else f" — {'; '.join(step.failures + step.generator_limits)}"))
+        log.info(line)
+        print(line, flush=True)  # chatbench capacity follows the search from these lines
+    STATE.answer = {"vary": "rate", "unit": "messages/s", "slo": slo.text, **search.answer()}
+    _set(env, 0.0, done=True)

@@ -1,0 +1,213 @@
+"""Capacity search inside one run: how far a configuration goes before it breaks its SLO.
+
+The coordinator moves one load level — the open-model arrival rate, messages per second over all senders — and
+judges each step on what arrived during it (interval HDR histograms of delivery latency, losses, send-queue
+closes, missed send slots, the generator's own health). The search brackets (×``growth`` until a step fails),
+bisects to ``resolution``, then holds the level found for ``confirm_s``. Nothing restarts between steps: the
+senders read the level at every slot (:class:`drivers.schedule.LiveSchedule`).
+
+The answer names its limit: the highest level that held, the first that failed and why. When the generator, not
+the server, broke first (it missed send slots, its CPU or event loop saturated), the answer is *generator-bound
+at X*, not a server capacity, and the run is invalid.
+
+    --capacity 'p99<200ms,lost=0'      the SLO; clauses: p50/p90/p99/p999 <N ms, lost=N, closes=N
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+_CLAUSE: Final = re.compile(r"^\s*(p50|p90|p99|p999|lost|closes)\s*(<=|<|=)\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s)?\s*$")
+_PERCENTILE: Final = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency ceilings (ms, by percentile) and allowances (lost deliveries, send-queue closes) per step."""
+
+    text: str
+    latency_ms: dict[str, float]
+    lost: int = 0
+    closes: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> Slo:
+        latency: dict[str, float] = {}
+        counts = {"lost": 0, "closes": 0}
+        if not text.strip():
+            raise ValueError("empty SLO: give e.g. 'p99<200ms,lost=0'")
+        for part in text.split(","):
+            m = _CLAUSE.match(part)
+            if m is None:
+                raise ValueError(f"SLO clause {part.strip()!r}: expected p50|p90|p99|p999<N[ms|s], lost=N or "
+                                 "closes=N")
+            name, op, value, unit = m.groups()
+            if name in _PERCENTILE:
+                if op == "=":
+                    raise ValueError(f"SLO clause {part.strip()!r}: a latency takes < or <=")
+                latency[name] = float(value) * (1000.0 if unit == "s" else 1.0)
+            else:
+                if unit is not None or op != "=" or not float(value).is_integer():
+                    raise ValueError(f"SLO clause {part.strip()!r}: {name} takes =N (a whole count)")
+                counts[name] = int(float(value))
+        return cls(text.strip(), latency, counts["lost"], counts["closes"])
+
+
+@dataclass
+class Step:
+    """One level held and judged."""
+
+    level: float
+    phase: str  # bracket, bisect, confirm
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    deliveries: int = 0
+    lost: int = 0
+    closes: int = 0
+    missed_slots: int = 0
+    sent: int = 0
+    generator_cpu: float = 0.0
+    generator_lag_ms: float = 0.0
+    server_cpu: float | None = None
+    failures: list[str] = field(default_factory=list)  # SLO clauses broken (empty: held)
+    generator_limits: list[str] = field(default_factory=list)  # why the generator was the limit (empty: it wasn't)
+
+    @property
+    def held(self) -> bool:
+        return not self.failures and not self.generator_limits
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "phase": self.phase, "held": self.held, "latency_ms": self.latency_ms,
+                "deliveries": self.deliveries, "lost": self.lost, "closes": self.closes,
+                "missed_slots": self.missed_slots, "sent": self.sent, "generator_cpu": self.generator_cpu,
+                "generator_lag_ms": self.generator_lag_ms, "server_cpu": self.server_cpu,
+                "failures": self.failures, "generator_limits": self.generator_limits}
+
+
+def judge(step: Step, slo: Slo, cpu_limit: float, lag_limit_ms: float) -> None:
+    """Fill ``step.failures`` (the SLO) and ``step.generator_limits`` (the generator's own health)."""
+    for name, ceiling in slo.latency_ms.items():
+        value = step.latency_ms.get(name)
+        if value is not None and value >= ceiling:
+            step.failures.append(f"latency {name} {value:.1f} ms ≥ {ceiling:g} ms")
+    if step.deliveries == 0 and step.sent > 0:
+        step.failures.append("no delivery arrived")
+    if step.lost > slo.lost:
+        step.failures.append(f"lost {step.lost} > {slo.lost}")
+    if step.closes > slo.closes:
+        step.failures.append(f"send-queue closes {step.closes} > {slo.closes}")
+    if step.missed_slots:
+        step.generator_limits.append(f"{step.missed_slots} send slots missed")
+    if step.generator_cpu > cpu_limit:
+        step.generator_limits.append(f"generator CPU {step.generator_cpu:.0%} > {cpu_limit:.0%}")
+    if step.generator_lag_ms > lag_limit_ms:
+        step.generator_limits.append(f"generator event loop {step.generator_lag_ms:.0f} ms late")
+
+
+class Search:
+    """The search as a state machine: :meth:`next_level` says what to hold next (None: done), :meth:`record`
+    takes the judged step. Pure: unit-tested against simulated systems."""
+
+    MAX_CONFIRMS: Final = 2
+
+    def __init__(self, start: float, *, growth: float = 2.0, resolution: float = 0.1, maximum: float = math.inf,
+                 confirm: bool = True) -> None:
+        if start <= 0 or growth <= 1 or not 0 < resolution < 1:
+            raise ValueError("capacity search: start > 0, growth > 1, 0 < resolution < 1")
+        self.growth, self.resolution, self.maximum, self.confirm = growth, resolution, maximum, confirm
+        self.steps: list[Step] = []
+        self.lo: float | None = None  # highest level that held (below hi)
+        self.hi: float | None = None  # lowest level that failed
+        self._next: float | None = min(start, maximum)
+        self.phase = "bracket"
+        self.confirmed: bool | None = None
+        self._confirms = 0
+
+    def next_level(self) -> float | None:
+        return self._next
+
+    def record(self, step: Step) -> None:
+        self.steps.append(step)
+        if step.phase == "confirm":
+            if step.held:
+                self.confirmed = True
+                self._next = None
+                return
+            # the level found did not hold for the confirm period: search below it
+            self.hi = step.level
+            lower = [s.level for s in self.steps if s.held and s.level < step.level and s.phase != "confirm"]
+            self.lo = max(lower) if lower else None
+            if self.lo is None or self._confirms >= self.MAX_CONFIRMS:
+                self.confirmed = False
+                self._next = None
+                return
+            self._narrow()
+            return
+        if step.held:
+            self.lo = step.level if self.lo is None else max(self.lo, step.level)
+        else:
+            self.hi = step.level if self.hi is None else min(self.hi, step.level)
+            if step.generator_limits:  # the generator cannot go higher: searching above it measures nothing
+                self._finish()
+                return
+        if self.hi is None:  # still bracketing upwards
+            if step.level >= self.maximum:
+                self._finish()
+            else:
+                self._next = min(step.level * self.growth, self.maximum)
+            return
+        if self.lo is None:  # failed at the start: bracket downwards
+            self._next = step.level / self.growth
+            if self._next < 1e-3:
+                self._finish()
+            return
+        self._narrow()
+
+    def _narrow(self) -> None:
+        assert self.lo is not None and self.hi is not None
+        if self.hi / self.lo - 1 <= self.resolution:
+            self._finish()
+        else:
+            self.phase = "bisect"
+            self._next = math.sqrt(self.lo * self.hi)  # geometric: the same relative resolution at any scale
+
+    def _finish(self) -> None:
+        if self.confirm and self.lo is not None and not self._generator_bound():
+            self.phase = "confirm"
+            self._confirms += 1
+            self._next = self.lo
+        else:
+            self._next = None
+
+    def _first_failure(self) -> Step | None:
+        fails = [s for s in self.steps if not s.held and s.phase != "confirm"]
+        return min(fails, key=lambda s: s.level) if fails else None
+
+    def _generator_bound(self) -> bool:
+        first = self._first_failure()
+        return first is not None and bool(first.generator_limits)
+
+    def answer(self) -> dict[str, Any]:
+        """``capacity``: the highest level that held (and, with a confirm phase, held again for the confirm
+        period); None when the generator broke first, nothing held, or no level survived its confirm."""
+        first = self._first_failure()
+        generator_bound = self._generator_bound()
+        capacity = self.lo
+        if generator_bound or (self.confirm and self.confirmed is not True):
+            capacity = None
+        because = (first.failures + first.generator_limits) if first else []
+        if self.confirmed is False:
+            because = [*because, "no level held for the confirm period"]
+        return {
+            "capacity": capacity,
+            "highest_held": self.lo,
+            "first_failed": first.level if first else None,
+            "failed_because": because,
+            "generator_bound": generator_bound,
+            "generator_bound_at": first.level if generator_bound and first else None,
+            "confirmed": self.confirmed,
+            "resolution": self.resolution,
+            "steps": [s.as_dict() for s in self.steps],
+        }

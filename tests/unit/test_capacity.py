@@ -1,0 +1,83 @@
+"""Capacity search without sockets: SLO parsing, judging a step, and the search against simulated systems."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.capacity import Search, Slo, Step, judge
+
+
+def test_slo_parsing() -> None:
+    s = Slo.parse("p99<200ms, lost=0,p50<=0.05s,closes=3")
+    assert s.latency_ms == {"p99": 200.0, "p50": 50.0} and (s.lost, s.closes) == (0, 3)
+    for bad in ("", "p99>200ms", "p99=3", "lost<1", "lost=0.5", "p98<1ms", "p99<ms", "cpu<0.9"):
+        with pytest.raises(ValueError):
+            Slo.parse(bad)
+
+
+def test_judging_names_every_broken_clause() -> None:
+    slo = Slo.parse("p99<100ms,lost=0")
+    step = Step(50.0, "bracket", latency_ms={"p99": 140.0}, deliveries=10, lost=2, missed_slots=3, sent=5,
+                generator_cpu=0.95)
+    judge(step, slo, cpu_limit=0.9, lag_limit_ms=250)
+    assert step.failures == ["latency p99 140.0 ms ≥ 100 ms", "lost 2 > 0"]
+    assert step.generator_limits == ["3 send slots missed", "generator CPU 95% > 90%"]
+    assert not step.held
+
+
+def run(search: Search, capacity: float, generator_limit: float = float("inf")) -> dict[str, object]:
+    """Drive the search against a system that holds below ``capacity`` and a generator that breaks above
+    ``generator_limit``."""
+    for _ in range(100):
+        level = search.next_level()
+        if level is None:
+            return search.answer()
+        step = Step(level, search.phase)
+        if level >= capacity:
+            step.failures.append("latency p99 over")
+        if level > generator_limit:
+            step.generator_limits.append("send slots missed")
+        search.record(step)
+    raise AssertionError("the search did not end")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(min_value=0.5, max_value=50_000), st.floats(min_value=0.5, max_value=100))
+def test_search_brackets_and_narrows_to_its_resolution(capacity: float, start: float) -> None:
+    answer = run(Search(start, resolution=0.1), capacity)
+    found, failed = answer["capacity"], answer["first_failed"]
+    assert isinstance(found, float) and isinstance(failed, float)
+    assert found < capacity <= failed  # the answer held; the first failure is above the true capacity
+    assert failed / found - 1 <= 0.1 + 1e-9
+    assert answer["confirmed"] is True and answer["generator_bound"] is False
+    assert [s["phase"] for s in answer["steps"]][-1] == "confirm"  # type: ignore[index]
+
+
+def test_a_generator_that_breaks_first_is_the_answer() -> None:
+    answer = run(Search(10), capacity=1000, generator_limit=150)
+    assert answer["capacity"] is None and answer["generator_bound"] is True
+    assert answer["generator_bound_at"] == 160.0  # 10, 20, 40, 80, 160: the first level over the generator
+    assert "send slots missed" in answer["failed_because"]  # type: ignore[operator]
+
+
+def test_a_level_that_does_not_hold_for_the_confirm_period_is_not_the_capacity() -> None:
+    search = Search(10, resolution=0.2)
+    seen: list[float] = []
+    while (level := search.next_level()) is not None:
+        step = Step(level, search.phase)
+        seen.append(level)
+        # the system degrades over time: a short step holds below 45, the long confirm only at or below 35
+        if level >= 45 or (search.phase == "confirm" and level > 35):
+            step.failures.append("latency p99 over")
+        search.record(step)
+    answer = search.answer()
+    assert answer["confirmed"] is True
+    assert answer["capacity"] is not None and 28 < answer["capacity"] <= 35  # type: ignore[operator]
+    assert seen.count(answer["capacity"]) >= 1  # type: ignore[arg-type]
+
+
+def test_the_maximum_caps_the_search() -> None:
+    answer = run(Search(10, maximum=100), capacity=1e9)
+    assert answer["capacity"] == 100 and answer["first_failed"] is None
