@@ -74,6 +74,11 @@ class Clock:
         out, self._measured = self._measured, []
         return out
 
+    def new_run(self) -> None:
+        """A run starts: the estimates reported so far belong to the time before it; the one in use (taken before
+        the run, ideally while the event loops were idle) is reported again as the run's first."""
+        self._measured = [(self.time(), self.offset_us, self.bound_us, True)] if self.estimates else []
+
     def reset(self) -> None:
         self.offset_us = self.bound_us = self.estimates = 0
         self._measured = []

@@ -197,14 +197,16 @@ _probes: dict[int, tuple[int, int, int, int]] = {}  # probe id -> (t1, t2, t3, t
 
 
 def _clock_loop(env: Environment) -> None:
-    """A worker: estimate the offset to the master's clock now and every --clock-interval-s (drivers/clock.py)."""
+    """A worker, from its start: estimate the offset to the master's clock now and every --clock-interval-s
+    (drivers/clock.py). Started with the worker, not with the run, so that the first estimate — always applied —
+    is taken while nothing else runs rather than while the users connect; the options come from the master with
+    each run's spawn message, so they are read at every estimate."""
     runner = env.runner
     assert isinstance(runner, WorkerRunner)
-    interval = float(option(env, "clock_interval_s", 5.0))
-    good_enough_us = int(float(option(env, "clock_bound_ms", 1.0)) * 1000)
-    CLOCK.correct = not option(env, "no_clock_correction", False)
     ids = itertools.count()
-    while not run.flushed:
+    while True:
+        interval = float(option(env, "clock_interval_s", 5.0))
+        good_enough_us = int(float(option(env, "clock_bound_ms", 1.0)) * 1000)
         _probes.clear()
         for _ in range(clock.BURST):
             runner.send_message("chatbench_clock_ping", {"id": next(ids), "t1": clock.local_us()})
@@ -271,6 +273,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
         runner.register_message("chatbench_flush", _on_flush, concurrent=True)
         runner.register_message("chatbench_clock_pong", _on_clock_pong)
         runner.register_message("chatbench_level", autorate.on_level)
+        gevent.spawn(_clock_loop, environment)  # for the worker's life: the first estimate precedes any run
     elif isinstance(runner, MasterRunner):
         runner.register_message("chatbench_final", _on_final)
         runner.register_message("chatbench_clock_ping", _on_clock_ping)
@@ -312,8 +315,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         start_at = shape.measured_from(opts) if isinstance(shape, PhasedShape) and opts is not None else 0.0
         _background.append(gevent.spawn(autorate.control, environment, totals, start_at))
     if isinstance(environment.runner, WorkerRunner):
-        CLOCK.reset()
-        _background.append(gevent.spawn(_clock_loop, environment))
+        CLOCK.correct = not option(environment, "no_clock_correction", False)
+        CLOCK.new_run()
     if not isinstance(environment.runner, MasterRunner):
         run.health.start()
         _background.append(gevent.spawn(_repair_loop, environment))
