@@ -30,7 +30,7 @@ VOLATILE_PARAMETERS: Final = RUN_SPECIFIC_OPTIONS
 #: (``--profile-mix``; ``direct`` without one)
 #: ``workload``: the scenario and a digest of what must be equal to compare (comparability()), so that records of
 #: different workloads in one directory (a benchmark's paced and burst records) form groups of their own
-AXES: Final = ("fanout", "storage", "unread", "offline", "cluster", "network", "workload")
+AXES: Final = ("fanout", "storage", "unread", "offline", "cluster", "server_cpu", "network", "workload")
 #: scenario options that are a configuration axis, not a condition of comparability
 AXIS_PARAMETERS: Final = frozenset({"profile_mix"})
 
@@ -68,6 +68,8 @@ MEASURES: Final = (
     Measure("direct_p99", ("by_profile", "direct", "delivery_latency_ms", "p99"), "ms", "time"),
     Measure("server_cpu_us_per_message", ("server_cpu_us_per_message",), "µs", "time"),
     Measure("deliveries_per_server_cpu_s", ("deliveries_per_server_cpu_s",), "/s", "time", higher_is_better=True),
+    # a capacity search's answer (chatbench capacity): noisy like a time, so compared over repeats
+    Measure("capacity", ("capacity", "capacity"), "msg/s", "time", higher_is_better=True),
     Measure("storage_writes_per_message", ("storage_writes_per_message",), "", "count"),
     Measure("unread_writes_per_message", ("unread_writes_per_message",), "", "count"),
     Measure("bus_messages_per_message", ("bus_messages_per_message",), "", "count"),
@@ -97,6 +99,8 @@ def config(bundle: dict[str, Any]) -> dict[str, str]:
     out = {axis: str(modes.get(axis, "")) for axis in AXES[:4]}
     gateways = int(cfg.get("cluster_gateways") or 0)
     out["cluster"] = f"{gateways} gateways" if gateways else "embedded"
+    quota = cfg.get("server_cpu_quota")
+    out["server_cpu"] = f"{quota:g} cores" if quota else "unlimited"
     out["network"] = str((bundle.get("parameters") or {}).get("profile_mix") or "direct")
     out["workload"] = workload(bundle)
     return out
@@ -125,7 +129,7 @@ def varying_axes(keys: Iterable[tuple[str, ...]]) -> list[str]:
     """The axes on which these configurations differ (all axes when there is only one)."""
     keys = list(keys)
     axes = [a for i, a in enumerate(AXES) if len({k[i] for k in keys}) > 1]
-    return axes or ([a for a in AXES if a not in ("cluster", "network", "workload")] if keys else [])
+    return axes or ([a for a in AXES if a not in ("cluster", "server_cpu", "network", "workload")] if keys else [])
 
 
 def comparability(bundle: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@
                                         (--prometheus: and a Prometheus scraping both, its data kept)
     chatbench matrix SCENARIO --storage a,b --unread a,b --repeat R    every combination, a summary table
     chatbench matrix weak_network --network 3g:20,subway:10 --network clean:30 --repeat 4   mix vs control
+    chatbench capacity SCENARIO --slo 'p99<200ms,lost=0' --storage write,read --repeat 3
+                                        the highest arrival rate each configuration holds inside the SLO
     chatbench compare A.json B.json | --baseline DIR RESULTS | RESULTS --against AXIS=VALUE  [--check p99:10%]
                                         deltas; regression gate
     chatbench report RESULTS... -o report.html    one self-contained HTML page with plots
@@ -27,6 +29,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,9 @@ def run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
     r.add_argument("--locust-arg", action="append", default=[], help="extra locust flag (repeatable)")
     r.add_argument("--results-dir", default=str(ROOT / "results"), help="where result bundles go (append-only)")
+    r.add_argument("--server-cpu-quota", type=float, action="append", default=[], metavar="CORES",
+                   help="hold the embedded server to this fraction of a core (a cgroup quota; root); matrix and "
+                   "capacity: repeat for one more axis value (0 = no quota)")
     r.add_argument("--accept-invalid", action="store_true",
                    help="exit 0 even when a run is invalid (it did not do its planned work, or the generator was the "
                    "limit); the bundle says why either way")
@@ -69,10 +75,7 @@ def run_options(r: argparse.ArgumentParser) -> None:
 def cmd_matrix(args: argparse.Namespace) -> int:
     from chatbench.matrix import run_matrix, summary_table
 
-    axes: dict[str, list[str | None]] = {a: [v for v in getattr(args, a).split(",") if v]
-                                         for a in ("fanout", "storage", "unread", "offline") if getattr(args, a)}
-    if args.network:  # each a whole mix (it has commas of its own)
-        axes["network"] = list(dict.fromkeys(args.network))
+    axes = matrix_axes(args)
     t0 = time.monotonic()
     paths = run_matrix(run_config(args), axes, args.repeat, console)
     if not paths:
@@ -90,6 +93,50 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     invalid = [b for b in loaded if not b["metrics"].get("valid")]
     for b in invalid:
         console.print(f"[red]invalid run {b['run_id']}: {'; '.join(b['metrics'].get('invalid_reasons', []))}[/]")
+    if len(paths) != combos:
+        return 1
+    return 1 if invalid and not args.accept_invalid else 0
+
+
+def matrix_axes(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The configuration axes of matrix and capacity: comma-separated modes, each --network mix, each quota."""
+    axes: dict[str, list[Any]] = {a: [v for v in getattr(args, a).split(",") if v]
+                                  for a in ("fanout", "storage", "unread", "offline") if getattr(args, a)}
+    if args.network:  # each a whole mix (it has commas of its own)
+        axes["network"] = list(dict.fromkeys(args.network))
+    if len(args.server_cpu_quota) > 1:
+        axes["server_cpu_quota"] = [q or None for q in dict.fromkeys(args.server_cpu_quota)]
+    return axes
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from chatbench.capacity import capacity_table, locust_args, progress_line
+    from chatbench.matrix import run_matrix
+
+    try:
+        extra = locust_args(args)
+    except ValueError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        return 2
+    axes = matrix_axes(args)
+    base = replace(run_config(args), locust_args=(*run_config(args).locust_args, *extra))
+    t0 = time.monotonic()
+    paths = run_matrix(base, axes, args.repeat, console, on_line=lambda line: progress_line(console, line))
+    if not paths:
+        console.print("[red]no capacity run produced a result bundle[/]")
+        return 2
+    loaded = bundles.load_all(paths)
+    console.print(capacity_table(loaded, f"chatbench capacity: {args.scenario} ({args.slo}), {len(paths)} runs in "
+                                         f"{time.monotonic() - t0:.0f} s"))
+    if args.report:
+        from chatbench import report
+
+        report.write(paths, Path(args.report), f"chatbench capacity: {args.scenario} ({args.slo})")
+        console.print(f"report: {args.report}")
+    invalid = [b for b in loaded if not b["metrics"].get("valid")]
+    for b in invalid:
+        console.print(f"[red]invalid run {b['run_id']}: {'; '.join(b['metrics'].get('invalid_reasons', []))}[/]")
+    combos = args.repeat * len(list(itertools.product(*axes.values())))
     if len(paths) != combos:
         return 1
     return 1 if invalid and not args.accept_invalid else 0
@@ -189,7 +236,8 @@ def run_config(args: argparse.Namespace, **modes: str) -> RunConfig:
                      offline=modes.get("offline", args.offline), cluster=args.cluster, users=args.users,
                      spawn_rate=args.spawn_rate, duration=args.duration, processes=args.processes,
                      server_args=tuple(args.server_arg), locust_args=tuple(args.locust_arg + args.passthrough),
-                     results_dir=Path(args.results_dir))
+                     results_dir=Path(args.results_dir),
+                     server_cpu_quota=(args.server_cpu_quota[0] or None) if args.server_cpu_quota else None)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -379,6 +427,24 @@ def main(argv: list[str] | None = None) -> int:
                     "one more axis; repeat for each mix to compare")
     mx.add_argument("--repeat", type=int, default=1, help="repetitions of every combination (interleaved)")
     mx.add_argument("--report", default="", help="also write the HTML report of this matrix to this file")
+    ca = sub.add_parser("capacity", help="search how far each configuration goes before it breaks an SLO (one run "
+                        "per configuration and repeat; the arrival rate moves inside the run)")
+    run_options(ca)
+    for axis in ("fanout", "storage", "unread", "offline"):
+        ca.add_argument(f"--{axis}", default="", help=f"comma-separated {axis} modes (default: the server's)")
+    ca.add_argument("--network", action="append", default=[], metavar="MIX", help="a network profile mix (axis)")
+    ca.add_argument("--slo", required=True, help="e.g. 'p99<200ms,lost=0' (p50/p90/p99/p999<N ms, lost=N, closes=N)")
+    ca.add_argument("--vary", default="rate", choices=["rate", "members", "groups"],
+                    help="what the search moves: the arrival rate (messages/s over all senders)")
+    ca.add_argument("--start", type=float, default=10.0, help="first level (default 10 msg/s)")
+    ca.add_argument("--growth", type=float, default=2.0, help="bracketing factor (default 2)")
+    ca.add_argument("--resolution", type=float, default=0.1, help="stop bisecting within this fraction (0.1)")
+    ca.add_argument("--max", type=float, default=100_000.0, help="never above this level")
+    ca.add_argument("--step-s", type=float, default=8.0, help="seconds each level is judged (8)")
+    ca.add_argument("--warm-s", type=float, default=3.0, help="seconds after a change not judged (3)")
+    ca.add_argument("--confirm-s", type=float, default=30.0, help="the level found is held again this long (30)")
+    ca.add_argument("--repeat", type=int, default=1, help="searches per configuration: a range, and significance")
+    ca.add_argument("--report", default="", help="also write the HTML report to this file")
     cp = sub.add_parser("compare", help="deltas between result bundles; regression checks (non-zero exit)")
     cp.add_argument("results", nargs="*", type=Path,
                     help="BASE CANDIDATE (files or directories); with --baseline: the candidates only")
@@ -404,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="service-account token (default: $GRAFANA_TOKEN)")
     push.add_argument("--folder", default="chatbench", help="folder title (uid 'chatbench'); created if missing")
     args, unknown = p.parse_known_args(argv)
-    if unknown and args.command not in ("run", "matrix"):
+    if unknown and args.command not in ("run", "matrix", "capacity"):
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.passthrough = unknown  # run/matrix: unknown flags go to the scenario (e.g. --members 500)
     if args.command == "compare":
@@ -415,8 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_dashboards_push(args)
     if args.command == "prometheus":
         return cmd_prometheus(args)
-    if args.command in ("run", "matrix"):
+    if args.command in ("run", "matrix", "capacity"):
         try:
+            if args.command == "capacity":
+                return cmd_capacity(args)
             return cmd_run(args) if args.command == "run" else cmd_matrix(args)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: everything started was stopped[/]")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from chatbench import bundles
 from chatbench.compare import fmt
 from chatbench.runner import RunConfig, run_once
 
-AXES = ("fanout", "storage", "unread", "offline", "network")
+AXES = ("fanout", "storage", "unread", "offline", "network", "server_cpu_quota")
 COLUMNS = (  # (header, measure name)
     ("p50 ms", "p50"), ("p99 ms", "p99"), ("fan-out p99 ms", "fanout_p99"),
     ("storage w/msg", "storage_writes_per_message"), ("unread w/msg", "unread_writes_per_message"),
@@ -32,14 +33,15 @@ COLUMNS = (  # (header, measure name)
 )
 
 
-def combinations(base: RunConfig, axes: dict[str, list[str | None]]) -> list[RunConfig]:
+def combinations(base: RunConfig, axes: dict[str, list[Any]]) -> list[RunConfig]:
     names = [a for a in AXES if axes.get(a)]
     changes: list[dict[str, Any]] = [dict(zip(names, values, strict=True))
                                      for values in itertools.product(*(axes[a] for a in names))]
     return [replace(base, **c) for c in changes]
 
 
-def run_matrix(base: RunConfig, axes: dict[str, list[str | None]], repeat: int, console: Console) -> list[Path]:
+def run_matrix(base: RunConfig, axes: dict[str, list[Any]], repeat: int, console: Console,
+               on_line: Callable[[str], None] | None = None) -> list[Path]:
     combos = combinations(base, axes)
     plan = [(r, cfg) for r in range(repeat) for cfg in combos]
     paths: list[Path] = []
@@ -51,7 +53,7 @@ def run_matrix(base: RunConfig, axes: dict[str, list[str | None]], repeat: int, 
         for r, cfg in plan:
             what = " ".join(f"{a}={getattr(cfg, a)}" for a in AXES if axes.get(a))
             progress.update(task, description=f"run {r + 1}/{repeat}: {what}")
-            outcome = run_once(cfg)
+            outcome = run_once(cfg, on_line)
             if outcome.path is None:
                 failures.append(f"{what} (round {r + 1}): no bundle, locust exit {outcome.locust_rc}")
                 progress.console.print(f"[red]{failures[-1]}[/]\n{outcome.locust_output[-1500:]}")

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ class RunConfig:
     server_args: tuple[str, ...] = ()
     locust_args: tuple[str, ...] = ()
     results_dir: Path = REPO / "results"
+    server_cpu_quota: float | None = None  # cores: the embedded server in a cgroup holding it to this (root)
     network: str = ""  # the members' network profile mix (the swarm's --profile-mix); "": the scenario's own
 
     def cluster_fanout(self) -> str | None:
@@ -74,7 +75,8 @@ class RunConfig:
 
     def record(self) -> dict[str, Any]:
         return {"fanout": self.cluster_fanout(), "storage": self.storage, "unread": self.unread,
-                "offline": self.offline, "cluster_gateways": self.cluster, "processes": self.processes,
+                "offline": self.offline, "cluster_gateways": self.cluster, "server_cpu_quota": self.server_cpu_quota,
+                "processes": self.processes,
                 "users": self.users, "spawn_rate": self.spawn_rate, "duration": self.duration,
                 "server_args": list(self.server_args), "locust_args": list(self.locust_args)}
 
@@ -109,11 +111,13 @@ class Servers:
         self.cluster: Cluster | None = None
         self.embedded: ServerProcess | None = None
         if cfg.cluster:
+            if cfg.server_cpu_quota is not None:
+                raise SystemExit("--server-cpu-quota applies to the embedded server only")
             self.cluster = Cluster(cfg.cluster, *modes, *cfg.server_args, db_path=tmp / "chat.db",
                                    fanout=cfg.cluster_fanout() or DEFAULT_FANOUT)
         else:
-            self.embedded = ServerProcess(*modes, *cfg.server_args, db_path=tmp / "chat.db",
-                                          new_session=True, die_with_parent=True)
+            self.embedded = ServerProcess(*modes, *cfg.server_args, db_path=tmp / "chat.db", new_session=True,
+                                          die_with_parent=True, cpu_quota=cfg.server_cpu_quota)
 
     def __enter__(self) -> Servers:
         if self.cluster is not None:
@@ -272,12 +276,20 @@ def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path
     return cmd
 
 
-def run_locust(cmd: list[str]) -> tuple[int, str]:
-    """Locust in its own session (a terminal's Ctrl-C reaches us, and we stop it by PID, in order)."""
+def run_locust(cmd: list[str], on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """Locust in its own session (a terminal's Ctrl-C reaches us, and we stop it by PID, in order); each output
+    line also goes to ``on_line`` as it comes (live progress)."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    lines: list[str] = []
     try:
-        output, _ = proc.communicate()
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+        proc.wait()
+        output = "".join(lines)
     except BaseException:
         proc.terminate()
         try:
@@ -295,7 +307,8 @@ def started(cfg: RunConfig) -> Iterator[tuple[Servers, Path]]:
         yield servers, Path(tmp)
 
 
-def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str] | None = None) -> RunOutcome:
+def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str] | None = None,
+            on_line: Callable[[str], None] | None = None) -> RunOutcome:
     """Run the swarm against ``servers`` (already healthy) and build the bundle; does not write it."""
     locustfile = scenario_path(cfg.scenario)
     out = tmp / "swarm.json"
@@ -303,7 +316,7 @@ def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str]
     before, cpu0 = servers.read()
     t0 = time.monotonic()
     with Sampler(servers) as sampler:
-        rc, output = run_locust(cmd)
+        rc, output = run_locust(cmd, on_line)
     elapsed = time.monotonic() - t0
     after, cpu1 = servers.read()
     if not out.exists():
@@ -363,10 +376,10 @@ def bundle_stem(bundle: dict[str, Any]) -> str:
     return f"run-{bundle['scenario']}-{modes}-{run_id}"
 
 
-def run_once(cfg: RunConfig) -> RunOutcome:
+def run_once(cfg: RunConfig, on_line: Callable[[str], None] | None = None) -> RunOutcome:
     """Start, run, stop; write the bundle under ``cfg.results_dir`` when the swarm produced one."""
     with started(cfg) as (servers, tmp):
-        outcome = execute(cfg, servers, tmp)
+        outcome = execute(cfg, servers, tmp, on_line=on_line)
     if outcome.bundle is not None:
         outcome.path = bundles.write(cfg.results_dir, outcome.bundle, bundle_stem(outcome.bundle))
     return outcome

@@ -20,6 +20,7 @@ from types import TracebackType
 
 from drivers.admin import AdminClient
 from drivers.subprocs import die_with_parent, free_port, log_tail, stop_process
+from harness.cpuquota import CpuQuota
 from reference_server.protocol import DEV_ADMIN_TOKEN, DEV_SECRET
 
 READY = re.compile(r"chatbench server ready ws=(\S+) admin=(\S+)")
@@ -46,7 +47,7 @@ class ServerProcess:
     SIGTERM it if the thread that started it ends (PR_SET_PDEATHSIG; start it from a long-lived thread).
     """
 
-    def __init__(self, *args: str, db_path: Path | None = None, cpu: int | None = None,
+    def __init__(self, *args: str, db_path: Path | None = None, cpu: int | None = None, cpu_quota: float | None = None,
                  log_path: Path | None = None, port: int | None = None, admin_port: int | None = None,
                  new_session: bool = False, die_with_parent: bool = False) -> None:
         # without db_path: a temp dir for the database and the log, removed by cleanup() (or when this object
@@ -57,6 +58,8 @@ class ServerProcess:
         self.log_path = log_path or base / "server.log"
         self.args = list(args)
         self.cpu = cpu
+        self.cpu_quota = cpu_quota  # cores (a cgroup quota, harness/cpuquota.py); None: no quota
+        self._quota: CpuQuota | None = None
         self.port = free_port() if port is None else port
         self.admin_port = free_port() if admin_port is None else admin_port
         self.new_session = new_session
@@ -88,6 +91,13 @@ class ServerProcess:
             start_new_session=self.new_session, preexec_fn=die_with_parent if self.die_with_parent else None,
         )
         log.close()
+        if self.cpu_quota is not None:
+            self._quota = CpuQuota(self.cpu_quota, f"chatbench-server-{self.proc.pid}")
+            try:
+                self._quota.apply(self.proc.pid)
+            except BaseException:
+                self.stop()
+                raise
         ready = threading.Event()
 
         def pump() -> None:
@@ -117,7 +127,10 @@ class ServerProcess:
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM (graceful: flush, close 1001), then SIGKILL after timeout. Returns the exit code."""
-        return stop_process(self.proc, timeout)
+        code = stop_process(self.proc, timeout)
+        if self._quota is not None:
+            self._quota.remove()
+        return code
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -261,6 +261,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         ("fanout", "str", "fan-out mode asked for"), ("storage", "str", "storage mode asked for"),
         ("unread", "str", "unread mode asked for"), ("offline", "str", "offline mode asked for"),
         ("cluster_gateways", "int", "gateways (0: the embedded server)"),
+        ("server_cpu_quota", "float", "cores the embedded server was held to by a cgroup quota (null: none)"),
         ("processes", "int", "Locust processes"), ("users", "int", "-u"), ("spawn_rate", "number", "-r"),
         ("duration", "str", "-t"), ("server_args", "list", "extra server flags"),
         ("locust_args", "list", "extra Locust and scenario flags"))),

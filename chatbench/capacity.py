@@ -1,0 +1,71 @@
+"""``chatbench capacity``: one capacity search per configuration and repeat (drivers/capacity.py runs inside the
+swarm), live progress from the search's step lines, and a table of capacities with their spread and which
+differences between configurations are significant (Mann-Whitney U over the repeats)."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from chatbench import bundles
+from chatbench.compare import fmt, mann_whitney_worse
+from drivers.capacity import Slo
+
+CAPACITY = bundles.BY_NAME["capacity"]
+ALPHA = 0.05
+
+
+def locust_args(args: argparse.Namespace) -> list[str]:
+    """The swarm's --capacity flags; a bad SLO or an unsupported axis is refused before anything starts."""
+    Slo.parse(args.slo)
+    if args.vary != "rate":
+        raise ValueError(f"--vary {args.vary}: only the arrival rate (--vary rate) is searched so far")
+    return ["--capacity", args.slo, "--capacity-start", str(args.start), "--capacity-growth", str(args.growth),
+            "--capacity-resolution", str(args.resolution), "--capacity-max", str(args.max),
+            "--capacity-step-s", str(args.step_s), "--capacity-warm-s", str(args.warm_s),
+            "--capacity-confirm-s", str(args.confirm_s)]
+
+
+def progress_line(console: Console, line: str) -> None:
+    """Show the search's step lines (printed by the swarm's coordinator) as they come."""
+    if line.startswith("capacity "):
+        style = "green" if ": held" in line else "yellow"
+        console.print(f"  [{style}]{escape(line)}[/]", highlight=False)
+
+
+def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
+    gs = sorted(bundles.groups(loaded), key=lambda g: -(g.median(CAPACITY) or -1))
+    varying = bundles.varying_axes([g.key for g in gs])
+    t = Table(title=title, header_style="bold", title_justify="left")
+    for col in ("configuration", "runs", "capacity msg/s", "range", "first failed", "limit", "vs next"):
+        t.add_column(col, justify="left" if col in ("configuration", "limit") else "right")
+    for i, g in enumerate(gs):
+        values = g.values(CAPACITY)
+        answers = [b["metrics"].get("capacity") or {} for b in g.bundles]
+        gen = sum(1 for a in answers if a.get("generator_bound"))
+        failed = [a["first_failed"] for a in answers if a.get("first_failed")]
+        reasons = sorted({r.split(" ≥ ")[0].split(" > ")[0] for a in answers for r in a.get("failed_because", [])})
+        limit = ", ".join(reasons) or "—"
+        if gen:
+            limit = f"[red]generator-bound in {gen} of {len(answers)}[/] " + limit
+        spread = "–"
+        if len(values) > 1 and statistics.median(values):
+            half = (max(values) - min(values)) / 2 / statistics.median(values)
+            spread = f"{fmt(min(values))}–{fmt(max(values))} (±{half:.0%})"
+        nxt = "–"
+        if i + 1 < len(gs):
+            lower = gs[i + 1].values(CAPACITY)
+            p = mann_whitney_worse(values, lower, higher_is_better=True)  # is the next one lower?
+            nxt = "n/a (repeat ≥ 2)" if p is None else (f"[bold]higher[/], p={p:.3f}" if p < ALPHA
+                                                         else f"not significant, p={p:.2f}")
+        t.add_row(bundles.label(g.key, varying), str(len(g.bundles)),
+                  fmt(statistics.median(values)) if values else "none", spread,
+                  fmt(statistics.median(failed)) if failed else "–", escape(limit) if not gen else limit, nxt)
+    t.caption = ("capacity: the highest arrival rate that held the SLO for a step and again for the confirm period; "
+                 "medians over the repeats; 'vs next': one-sided Mann-Whitney U against the row below")
+    return t
