@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-# accept → last socket write of a message's fan-out: from tens of µs to seconds under storms.
-PUSH_LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)
+# accept → last socket write of a message's fan-out: from tens of µs to a minute under storms. Dense exponential
+# buckets (each 1.2 × the one below, 50 µs … 60 s: 78 bounds) so a quantile read from them is true to a factor
+# of 1.2 anywhere in the range (a 10k-member fan-out's p50 and p99 differ by less than coarse buckets can show).
+PUSH_LATENCY_BUCKETS = tuple(float(f"{50e-6 * 1.2 ** k:.4g}") for k in range(78))
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
