@@ -162,7 +162,7 @@ def _bench(mode: str, cpu_s: float) -> dict[str, Any]:
     r = record.new("benchmark", "bench-fanout", {"members": 200, "mode": mode},
                    server_modes={"fanout": "local", "storage": "read", "unread": "seq", "offline": "pull"})
     r["metrics"].update({"server_cpu_s": cpu_s, "server_deliveries": 1000.0, "server_messages_accepted": 5.0,
-                         "lost": 0, "duplicated": 0})
+                         "lost": 0, "duplicated": 0, "storage_writes_per_message": 1.0})
     return record.finish(r)
 
 
