@@ -209,7 +209,7 @@ def test_run_keeps_prometheus_data_with_the_results(tmp_path: Path) -> None:
     result = tmp_path / "run.json"
     proc = subprocess.run(
         [sys.executable, "-m", "chatbench.cli", "run", "smoke", "-u", "4", "-r", "4", "-t", "6s", "--prometheus",
-         "--json", str(result), "--locust-arg=--results-dir", f"--locust-arg={tmp_path}"],
+         "--accept-invalid", "--json", str(result), "--locust-arg=--results-dir", f"--locust-arg={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(result.read_text())
