@@ -49,8 +49,8 @@ def build(loaded: list[dict[str, Any]], title: str = "chatbench report") -> str:
     names = [bundles.label(g.key, varying) for g in gs]
     parts = [f"<h1>{escape(title)}</h1>", meta(loaded, gs)]
     parts.append("<h2>Summary (medians over repetitions)</h2>" + summary_html(gs, names))
-    plots = [latency_cdf(gs, names), profile_cdf(gs, names), fanout(gs, names), *costs(gs, names),
-             over_time(gs, names)]
+    plots = [capacity(gs, names), latency_cdf(gs, names), profile_cdf(gs, names), fanout(gs, names),
+             *costs(gs, names), over_time(gs, names)]
     parts.append('<h2>Plots</h2><div class="plots">' + "".join(p for p in plots if p) + "</div>")
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{CSS}</style><script>{CHECK_JS}</script></head><body>{''.join(parts)}</body></html>")
@@ -84,6 +84,32 @@ def summary_html(gs: list[bundles.Group], names: list[str]) -> str:
             cells.append(f"<td>{fmt(statistics.median(vals)) if vals else '–'}</td>")
         rows.append(f"<tr><td>{escape(name)}</td><td>{len(g.bundles)}</td>{''.join(cells)}</tr>")
     return f"<table><tr><th>configuration</th><th>runs</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def capacity(gs: list[bundles.Group], names: list[str]) -> str:
+    """Capacity searches: p99 of every step against its level, per configuration, the knee (the median capacity)
+    marked; "" without searches."""
+    series: list[tuple[str, list[tuple[float, float]]]] = []
+    marks: list[tuple[int, float, str]] = []
+    slo = ""
+    for g, n in zip(gs, names, strict=True):
+        answers = [b["metrics"]["capacity"] for b in g.bundles if (b.get("metrics") or {}).get("capacity")]
+        steps = sorted((s["level"], s["latency_ms"]["p99"]) for a in answers for s in a.get("steps", [])
+                       if s.get("latency_ms", {}).get("p99") is not None)
+        if not answers:
+            continue
+        series.append((n, steps))
+        slo = slo or str(answers[0].get("slo", ""))
+        found = g.values(bundles.BY_NAME["capacity"])
+        if found:
+            marks.append((len(series) - 1, statistics.median(found), f"{fmt(statistics.median(found))} msg/s"))
+    if not series:
+        return ""
+    ceiling = next((float(part.split("<")[1].rstrip("ms").strip("=")) for part in slo.split(",")
+                    if part.strip().startswith("p99<") and part.strip().endswith("ms")), None)
+    return svg.line_chart("capacity", f"Latency against load (capacity search, SLO {slo})",
+                          series, x_label="arrival rate (messages/s, log scale)", y_label="p99 of the step (ms)",
+                          x_log=True, marks=marks, h_line=(ceiling, f"SLO p99 {ceiling:g} ms") if ceiling else None)
 
 
 def latency_cdf(gs: list[bundles.Group], names: list[str]) -> str:

@@ -57,8 +57,11 @@ def _frame(name: str, title: str, body: list[str], height: int = H) -> str:
 
 def line_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[tuple[float, float]]]], *,
                x_label: str, y_label: str, x_log: bool = False, y_max: float | None = None,
-               legend_bottom: bool = False) -> str:
-    """Each series: (label, [(x, y), ...]). Empty series are listed in the legend as "(no data)"."""
+               legend_bottom: bool = False, marks: Sequence[tuple[int, float, str]] = (),
+               h_line: tuple[float, str] | None = None) -> str:
+    """Each series: (label, [(x, y), ...]). Empty series are listed in the legend as "(no data)". ``marks``:
+    (series index, x, text) — a dashed vertical line in the series' colour (e.g. a capacity knee); ``h_line``:
+    (y, text) — a dashed horizontal line (e.g. an SLO ceiling)."""
     pts = [p for _, s in series for p in s if not x_log or p[0] > 0]
     if not pts:
         return _frame(name, title, [f'<text x="{LEFT}" y="60" class="nodata">no data</text>'])
@@ -66,7 +69,7 @@ def line_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[tuple
     x0, x1 = (min(xs), max(xs)) if not x_log else (10 ** math.floor(math.log10(min(xs))), max(xs))
     if x1 <= x0:
         x1 = x0 * 10 if x_log else x0 + 1
-    y0, y1 = 0.0, y_max if y_max is not None else (max(ys) * 1.05 or 1.0)
+    y0, y1 = 0.0, y_max if y_max is not None else (max([*ys, h_line[0] if h_line else 0.0]) * 1.05 or 1.0)
     pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
 
     def sx(x: float) -> float:
@@ -87,6 +90,15 @@ def line_chart(name: str, title: str, series: Sequence[tuple[str, Sequence[tuple
     body.append(f'<text x="{LEFT + pw / 2}" y="{H - 8}" class="axis" text-anchor="middle">{escape(x_label)}</text>'
                 f'<text x="14" y="{TOP + ph / 2}" class="axis" text-anchor="middle" '
                 f'transform="rotate(-90 14 {TOP + ph / 2})">{escape(y_label)}</text>')
+    if h_line is not None:
+        body.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{sy(h_line[0]):.1f}" y2="{sy(h_line[0]):.1f}" '
+                    f'class="mark" stroke="#c00" stroke-dasharray="6 4"/><text x="{LEFT + 4}" '
+                    f'y="{sy(h_line[0]) - 4:.1f}" class="tick">{escape(h_line[1])}</text>')
+    for i, x, text in marks:
+        if (not x_log or x > 0) and x0 <= x <= x1:
+            body.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{TOP}" y2="{TOP + ph}" class="mark" '
+                        f'stroke="{color(i)}" stroke-dasharray="4 3"><title>{escape(text)}</title></line>'
+                        f'<text x="{sx(x) + 3:.1f}" y="{TOP + 12 + 12 * i}" class="tick">{escape(text)}</text>')
     for i, (lab, s) in enumerate(series):
         d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(min(y, y1)):.1f}"
                      for j, (x, y) in enumerate(p for p in s if not x_log or p[0] > 0))

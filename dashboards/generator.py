@@ -36,6 +36,12 @@ def build() -> builders.Dashboard:
             "Sent and received", "Messages sent and deliveries received by the generator per second.", RATE_UNIT,
             q(p.generator_rate("chatbench_messages_sent_total", BY), "sent · {{run_id}}"),
             q(p.generator_rate("chatbench_messages_delivered_total", BY), "received · {{run_id}}")))
+        .with_panel(graph(
+            "Capacity search", "The arrival rate a capacity search holds now (chatbench_capacity_level; 0 without "
+            "one) against the messages the generator sent per second: each plateau is a step, the last the "
+            "confirm phase (chatbench capacity).", RATE_UNIT,
+            q(f"max by (run_id) (chatbench_capacity_level{{{p.GENERATOR}}})", "level · {{run_id}}"),
+            q(p.generator_rate("chatbench_messages_sent_total", BY), "sent · {{run_id}}")))
         .with_row(row("Server side of the same run"))
         .with_panel(graph(
             "Server CPU", "Server process CPU in cores, per gateway.", "short",

@@ -25,15 +25,16 @@ import itertools
 import logging
 import math
 import random
+import resource
 import time
 from argparse import ArgumentParser, ArgumentTypeError
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import gevent
 
-from drivers import netproxy, swarm
+from drivers import autorate, netproxy, swarm
 from drivers.admin import AdminClient, front_gateway
 from drivers.client import ChatClient, ChatClientError
 from drivers.clock import CLOCK
@@ -47,6 +48,10 @@ log = logging.getLogger("chatbench.swarm")
 
 REQUEST_TYPE = "WS"
 UID_BLOCK = 1_000_000
+#: file descriptors a generator process may need besides one socket per member (Locust's ZeroMQ sockets, logs,
+#: the interpreter's files — about 15 at rest — plus room for reconnect churn): a process holds at most its
+#: open-file limit minus this many members (19,000 at this machine's 20,000)
+FD_MARGIN: Final = 1_000
 _local_index = itertools.count()
 is_coordinator = swarm.is_coordinator
 
@@ -133,7 +138,8 @@ def _start_metrics(environment: Environment, **_: Any) -> None:
         from drivers.metrics import start_exporter
 
         scenario = Path(str(swarm.option(environment, "locustfile", "") or "")).stem
-        start_exporter(port, swarm.totals, lambda: swarm.run.run_id, scenario, lambda: _phases(environment))
+        start_exporter(port, swarm.totals, lambda: swarm.run.run_id, scenario, lambda: _phases(environment),
+                       lambda: autorate.STATE.level)
 
 
 def _phases(environment: Environment) -> list[tuple[str, bool]]:
@@ -152,6 +158,7 @@ def _reset_uids(**_: Any) -> None:
 
 events.init_command_line_parser.add_listener(_options)
 events.test_start.add_listener(_reset_uids)
+events.test_start.add_listener(lambda environment, **_: check_open_files(environment))
 events.init.add_listener(_start_metrics)
 swarm.register()
 
@@ -168,7 +175,35 @@ def planned_uids(env: Environment, users: int) -> list[int]:
     """Every uid the swarm's users can take, for provisioning on the coordinator."""
     workers = worker_count(env)
     per_worker = math.ceil(users / workers)
+    if env.parsed_options is not None:
+        env.parsed_options.members_per_process = per_worker  # reaches the workers with the spawn message
+        check_open_files(env)  # a LocalRunner checks itself here; workers at their test start
     return [w * UID_BLOCK + k + 1 for w in range(workers) for k in range(per_worker)]
+
+
+def check_open_files(env: Environment) -> bool:
+    """Fail early — before any member connects — when this process's open-file limit (RLIMIT_NOFILE, soft) is below
+    the members it will hold (``members_per_process``, planned by the coordinator) plus :data:`FD_MARGIN`: log the
+    limit and the fix, and stop this process with exit code 1 (a worker leaves the run, which the master then marks
+    invalid: a worker lost). True when the limit suffices (or nothing is planned yet, or on the master)."""
+    members = int(swarm.option(env, "members_per_process", 0) or 0)
+    if not members or isinstance(env.runner, MasterRunner):
+        return True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = members + FD_MARGIN
+    if soft >= need:
+        return True
+    hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    log.critical(
+        "this generator process would hold %d members (one socket each) but its open-file limit RLIMIT_NOFILE is "
+        "%d (soft; hard %s): it needs at least %d (members + %d). Raise it before starting Locust — `ulimit -n %d` "
+        "in the shell (up to the hard limit; above it: /etc/security/limits.conf, LimitNOFILE= in a systemd unit, "
+        "`--ulimit nofile=%d:%d` for docker) — or spread the members over more worker processes (at most %d per "
+        "process at this limit)", members, soft, hard_text, need, FD_MARGIN, need, need, need, max(soft - FD_MARGIN, 0))
+    env.process_exit_code = 1
+    assert env.runner is not None
+    gevent.spawn(env.runner.quit)
+    return False
 
 
 def admin_client(env: Environment) -> AdminClient:

@@ -52,14 +52,15 @@ BY_PROFILE: Final = frozenset({"messages_delivered", "messages_lost", "messages_
 METRIC_NAMES: Final = (
     *(f"chatbench_{n}_total" for n in COUNTERS), *(f"chatbench_{n}" for n in HISTOGRAMS),
     "chatbench_generator_cpu_ratio", "chatbench_clock_offset_seconds", "chatbench_clock_offset_bound_seconds",
-    "chatbench_profile_members", "chatbench_phase",
+    "chatbench_capacity_level", "chatbench_profile_members", "chatbench_phase",
 )
 
 
 class GeneratorCollector(Collector):
     def __init__(self, totals: Totals, run_id: Callable[[], str], scenario: str,
-                 phases: Callable[[], list[tuple[str, bool]]] = list) -> None:
+                 phases: Callable[[], list[tuple[str, bool]]] = list, level: Callable[[], float] = float) -> None:
         self.totals = totals
+        self.level = level  # a capacity search's arrival rate now (0: none)
         self.run_id = run_id
         self.scenario = scenario
         self.phases = phases  # the scenario's phases, (name, active now), in order; [] without a phased shape
@@ -111,6 +112,10 @@ class GeneratorCollector(Collector):
                 bound.add_metric([*values, worker], applied[-1][2] / 1e6)
         yield offset
         yield bound
+        g = GaugeMetricFamily("chatbench_capacity_level", "The arrival rate a capacity search holds now (messages per "
+                              "second over all senders; 0 without a search)", labels=labels)
+        g.add_metric(values, float(self.level()))
+        yield g
         g = GaugeMetricFamily("chatbench_profile_members", "Members that connected through each network profile",
                               labels=[*labels, "profile"])
         for prof, part in profiles:
@@ -132,15 +137,17 @@ def _add_histogram(m: HistogramMetricFamily, values: list[str], h: HdrHistogram)
 
 
 def build_registry(totals: Totals, run_id: Callable[[], str], scenario: str,
-                   phases: Callable[[], list[tuple[str, bool]]] = list) -> CollectorRegistry:
+                   phases: Callable[[], list[tuple[str, bool]]] = list,
+                   level: Callable[[], float] = float) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(GeneratorCollector(totals, run_id, scenario, phases))
+    registry.register(GeneratorCollector(totals, run_id, scenario, phases, level))
     return registry
 
 
 def start_exporter(port: int, totals: Totals, run_id: Callable[[], str], scenario: str,
-                   phases: Callable[[], list[tuple[str, bool]]] = list) -> CollectorRegistry:
+                   phases: Callable[[], list[tuple[str, bool]]] = list,
+                   level: Callable[[], float] = float) -> CollectorRegistry:
     """Serve the generator metrics on 127.0.0.1:port (a daemon thread; a greenlet under Locust)."""
-    registry = build_registry(totals, run_id, scenario, phases)
+    registry = build_registry(totals, run_id, scenario, phases, level)
     start_http_server(port, addr="127.0.0.1", registry=registry)
     return registry
