@@ -13,13 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
-## demo: large_group_burst (500 members) on the embedded server across storage x unread modes (9 runs, ~2 min):
-## the comparison table, one result bundle per run under results/, and report.html
-DEMO_SCENARIO := large_group_burst --members 500 --senders 10 --rate 10 --burst-s 3 --settle-s 1 --tail-s 1 \
-	--connect-rate 1000
+## demo: many_groups on the embedded server, small groups (8) and medium ones (150) with hybrid's threshold (50)
+## between them, write/hybrid/read storage, 4 repeats each (12 runs, ~2.5 min): the table with spreads and which
+## differences are significant, one result bundle per run under results/, and report.html
+DEMO_SCENARIO := many_groups --members 300 --connect-rate 2000 --small-groups 240 --small-size 8 --medium-groups 6 \
+	--medium-size 150 --rate 60 --send-s 2 --settle-s 0.5 --tail-s 0.5 --quiet-s 1
 demo: $(STAMP)
-	$(BIN)/chatbench matrix $(DEMO_SCENARIO) --storage write,hybrid,read --unread per-message,merged,seq \
-		--report report.html --accept-invalid
+	$(BIN)/chatbench matrix $(DEMO_SCENARIO) --storage write,hybrid,read --server-arg=--hybrid-threshold=50 \
+		--repeat 4 --report report.html --accept-invalid
 
 ## bench-check: CI regression gate — a short matrix compared with benchmarks/baseline on deterministic cost counters
 BENCH_CI := large_group_burst --members 100 --senders 4 --rate 10 --burst-s 2 --settle-s 1 --tail-s 1 \

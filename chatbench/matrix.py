@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from chatbench import bundles
-from chatbench.compare import fmt
+from chatbench.compare import ALPHA, fmt, mann_whitney_differs
 from chatbench.runner import RunConfig, run_once
 
 AXES = ("fanout", "storage", "unread", "offline", "network", "server_cpu_quota")
@@ -84,15 +84,27 @@ def summary_table(loaded: list[dict[str, Any]], title: str) -> Table:
     t.add_column("runs", justify="right")
     for header, _ in cols:
         t.add_column(header, justify="right")
+    first = gs[0] if gs else None
+    marked = False
     for g in gs:
         cells = []
         for _, name in cols:
-            vals = g.values(bundles.BY_NAME[name])
+            m = bundles.BY_NAME[name]
+            vals = g.values(m)
             cell = fmt(statistics.median(vals)) if vals else "–"
-            if len(vals) > 1 and bundles.BY_NAME[name].kind == "time":
+            if len(vals) > 1 and m.kind == "time":
                 cell += f" ±{fmt((max(vals) - min(vals)) / 2)}"
+                if first is not None and g is not first:
+                    p = mann_whitney_differs(first.values(m), vals)
+                    if p is not None and p < ALPHA:
+                        cell += " *"
+                        marked = True
             cells.append(cell)
         runs = f"{len(g.bundles)}" + (f" ({g.invalid} invalid)" if g.invalid else "")
         t.add_row(bundles.label(g.key, varying), runs, *cells)
-    t.caption = "medians over the runs (± half the range for times)"
+    repeats = min((len(g.bundles) for g in gs), default=0)
+    t.caption = ("medians over the runs (± half the range for times); counts (writes, bus messages, lost) are exact"
+                 + ("; * = differs from the first row: two-sided Mann-Whitney U over the repeats, p < 0.05"
+                    if repeats >= 4 else "; significance of times needs ≥ 4 repeats a configuration (--repeat 4)")
+                 + ("" if marked or repeats < 4 else " — no time differs significantly"))
     return t
