@@ -67,6 +67,9 @@ def run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--server-cpu-quota", type=float, action="append", default=[], metavar="CORES",
                    help="hold the embedded server to this fraction of a core (a cgroup quota; root); matrix and "
                    "capacity: repeat for one more axis value (0 = no quota)")
+    r.add_argument("--generator-cpu-quota", type=float, default=None, metavar="CORES",
+                   help="hold the swarm to this many cores (a cgroup quota; root): a generator that is the limit, on "
+                   "purpose (to see that a run says so)")
     r.add_argument("--accept-invalid", action="store_true",
                    help="exit 0 even when a run is invalid (it did not do its planned work, or the generator was the "
                    "limit); the bundle says why either way")
@@ -237,7 +240,8 @@ def run_config(args: argparse.Namespace, **modes: str) -> RunConfig:
                      spawn_rate=args.spawn_rate, duration=args.duration, processes=args.processes,
                      server_args=tuple(args.server_arg), locust_args=tuple(args.locust_arg + args.passthrough),
                      results_dir=Path(args.results_dir),
-                     server_cpu_quota=(args.server_cpu_quota[0] or None) if args.server_cpu_quota else None)
+                     server_cpu_quota=(args.server_cpu_quota[0] or None) if args.server_cpu_quota else None,
+                     generator_cpu_quota=args.generator_cpu_quota)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ import record
 from chatbench import bundles
 from drivers.admin import AdminClient
 from harness.cluster import DEFAULT_FANOUT, Cluster
+from harness.cpuquota import CpuQuota
 from harness.procs import ADMIN_TOKEN, REPO, SECRET, ServerProcess
 from record.machine import process_cpu_seconds
 from record.promtext import add, bucket_quantiles, counters, delta
@@ -60,6 +61,7 @@ class RunConfig:
     locust_args: tuple[str, ...] = ()
     results_dir: Path = REPO / "results"
     server_cpu_quota: float | None = None  # cores: the embedded server in a cgroup holding it to this (root)
+    generator_cpu_quota: float | None = None  # cores: the swarm held to this (a generator-bound run, on purpose)
     network: str = ""  # the members' network profile mix (the swarm's --profile-mix); "": the scenario's own
 
     def cluster_fanout(self) -> str | None:
@@ -76,6 +78,7 @@ class RunConfig:
     def record(self) -> dict[str, Any]:
         return {"fanout": self.cluster_fanout(), "storage": self.storage, "unread": self.unread,
                 "offline": self.offline, "cluster_gateways": self.cluster, "server_cpu_quota": self.server_cpu_quota,
+                "generator_cpu_quota": self.generator_cpu_quota,
                 "processes": self.processes,
                 "users": self.users, "spawn_rate": self.spawn_rate, "duration": self.duration,
                 "server_args": list(self.server_args), "locust_args": list(self.locust_args)}
@@ -276,13 +279,18 @@ def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path
     return cmd
 
 
-def run_locust(cmd: list[str], on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+def run_locust(cmd: list[str], on_line: Callable[[str], None] | None = None,
+               cpu_quota: float | None = None) -> tuple[int, str]:
     """Locust in its own session (a terminal's Ctrl-C reaches us, and we stop it by PID, in order); each output
-    line also goes to ``on_line`` as it comes (live progress)."""
+    line also goes to ``on_line`` as it comes (live progress). ``cpu_quota``: hold the swarm (and the worker
+    processes it forks) to that many cores with a cgroup — a generator that is the limit on purpose."""
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
+    quota = CpuQuota(cpu_quota, f"chatbench-swarm-{proc.pid}") if cpu_quota is not None else None
     lines: list[str] = []
     try:
+        if quota is not None:
+            quota.apply(proc.pid)
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
@@ -298,6 +306,9 @@ def run_locust(cmd: list[str], on_line: Callable[[str], None] | None = None) -> 
             proc.kill()
             proc.wait()
         raise
+    finally:
+        if quota is not None and proc.poll() is not None:
+            quota.remove()
     return proc.returncode, output
 
 
@@ -316,7 +327,7 @@ def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str]
     before, cpu0 = servers.read()
     t0 = time.monotonic()
     with Sampler(servers) as sampler:
-        rc, output = run_locust(cmd, on_line)
+        rc, output = run_locust(cmd, on_line, cfg.generator_cpu_quota)
     elapsed = time.monotonic() - t0
     after, cpu1 = servers.read()
     if not out.exists():

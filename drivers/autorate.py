@@ -23,7 +23,7 @@ from drivers.capacity import Search, Slo, Step, judge
 from drivers.clock import CLOCK
 from drivers.deliveries import summary_ms
 from drivers.totals import CPU_SATURATED, LAG_SATURATED_MS, Totals
-from record.promtext import counters, delta
+from record.promtext import bucket_quantiles, counters, delta
 
 log = logging.getLogger("chatbench.capacity")
 
@@ -108,12 +108,15 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                     closes=int(delta(s1, s0, "chat_slow_consumer_disconnects_total")) if s0 and s1 else 0,
                     missed_slots=c1.get("missed_send_slots", 0) - c0.get("missed_send_slots", 0),
                     sent=c1.get("sent", 0) - c0.get("sent", 0), generator_cpu=cpu, generator_lag_ms=lag,
-                    server_cpu=(delta(s1, s0, "process_cpu_seconds_total") / (t1 - t0)) if s0 and s1 else None)
+                    server_cpu=(delta(s1, s0, "process_cpu_seconds_total") / (t1 - t0)) if s0 and s1 else None,
+                    server_p99_ms=bucket_quantiles(s1, s0, "chat_push_latency_seconds", (0.99,)).get("p99")
+                    if s0 and s1 else None)
         judge(step, slo, CPU_SATURATED, LAG_SATURATED_MS)
         search.record(step)
         line = (f"capacity {phase} {level:,.1f} msg/s: {'held' if step.held else 'FAILED'} "
                 f"p99 {lat.get('p99', float('nan')):.1f} ms, {step.deliveries:,} deliveries, lost {step.lost}, "
-                f"server CPU {step.server_cpu or 0:.0%}, generator CPU {cpu:.0%}"
+                f"server CPU {step.server_cpu or 0:.0%} (own p99 ≤ {step.server_p99_ms or 0:.1f} ms), generator CPU "
+                f"{cpu:.0%}, loop lag {lag:.0f} ms"
                 + ("" if step.held else f" — {'; '.join(step.failures + step.generator_limits)}"))
         log.info(line)
         print(line, flush=True)  # chatbench capacity follows the search from these lines

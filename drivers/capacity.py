@@ -71,6 +71,7 @@ class Step:
     generator_cpu: float = 0.0
     generator_lag_ms: float = 0.0
     server_cpu: float | None = None
+    server_p99_ms: float | None = None  # the server's own accept → socket write p99 (bucket bound) in the step
     failures: list[str] = field(default_factory=list)  # SLO clauses broken (empty: held)
     generator_limits: list[str] = field(default_factory=list)  # why the generator was the limit (empty: it wasn't)
 
@@ -83,6 +84,7 @@ class Step:
                 "deliveries": self.deliveries, "lost": self.lost, "closes": self.closes,
                 "missed_slots": self.missed_slots, "sent": self.sent, "generator_cpu": self.generator_cpu,
                 "generator_lag_ms": self.generator_lag_ms, "server_cpu": self.server_cpu,
+                "server_p99_ms": self.server_p99_ms,
                 "failures": self.failures, "generator_limits": self.generator_limits}
 
 
@@ -104,6 +106,13 @@ def judge(step: Step, slo: Slo, cpu_limit: float, lag_limit_ms: float) -> None:
         step.generator_limits.append(f"generator CPU {step.generator_cpu:.0%} > {cpu_limit:.0%}")
     if step.generator_lag_ms > lag_limit_ms:
         step.generator_limits.append(f"generator event loop {step.generator_lag_ms:.0f} ms late")
+    else:  # a late event loop delays every receive it holds up: a latency over the SLO is then partly its own
+        for name, ceiling in slo.latency_ms.items():
+            value = step.latency_ms.get(name)
+            if value is not None and value >= ceiling and step.generator_lag_ms >= ceiling / 2:
+                step.generator_limits.append(f"generator event loop {step.generator_lag_ms:.0f} ms late against a "
+                                             f"{name} ceiling of {ceiling:g} ms: the latency is partly the generator's")
+                break
 
 
 class Search:

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Final
 
-PERIOD_US: Final = 100_000
+#: 10 ms: a throttled server waits at most one period minus its quota, so latency stays readable at 0.1 core
+PERIOD_US: Final = 10_000
 V1: Final = Path("/sys/fs/cgroup/cpu")
 V2: Final = Path("/sys/fs/cgroup")
 
@@ -23,8 +24,8 @@ class CpuQuotaError(RuntimeError):
 
 class CpuQuota:
     def __init__(self, fraction: float, name: str) -> None:
-        if not 0.01 <= fraction <= 64:
-            raise CpuQuotaError(f"a CPU quota of {fraction} cores: give 0.01 .. 64")
+        if not 0.1 <= fraction <= 64:  # the kernel's smallest quota is 1 ms: 0.1 of the 10 ms period
+            raise CpuQuotaError(f"a CPU quota of {fraction} cores: give 0.1 .. 64")
         self.fraction = fraction
         self.quota_us = round(fraction * PERIOD_US)
         if (V1 / "cpu.cfs_quota_us").exists():

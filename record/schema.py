@@ -167,7 +167,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.confirmed", "bool", "", "the level found held again for --capacity-confirm-s"),
     _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
     _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
-       "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, failures, generator_limits"),
+       "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_p99_ms (the server's "
+       "own push p99 bound), failures, generator_limits"),
     # -- the server's side, from its /metrics over the traffic window
     _f("metrics.server_cpu_s", "float", "CPU s", "server CPU over the traffic window (source below)"),
     _f("metrics.server_cpu_source", "str", "", "how server_cpu_s was measured"),
@@ -262,6 +263,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         ("unread", "str", "unread mode asked for"), ("offline", "str", "offline mode asked for"),
         ("cluster_gateways", "int", "gateways (0: the embedded server)"),
         ("server_cpu_quota", "float", "cores the embedded server was held to by a cgroup quota (null: none)"),
+        ("generator_cpu_quota", "float", "cores the swarm was held to by a cgroup quota (null: none)"),
         ("processes", "int", "Locust processes"), ("users", "int", "-u"), ("spawn_rate", "number", "-r"),
         ("duration", "str", "-t"), ("server_args", "list", "extra server flags"),
         ("locust_args", "list", "extra Locust and scenario flags"))),

@@ -81,3 +81,15 @@ def test_a_level_that_does_not_hold_for_the_confirm_period_is_not_the_capacity()
 def test_the_maximum_caps_the_search() -> None:
     answer = run(Search(10, maximum=100), capacity=1e9)
     assert answer["capacity"] == 100 and answer["first_failed"] is None
+
+
+def test_a_late_generator_loop_owns_a_latency_failure() -> None:
+    """p99 over the ceiling while the generator's event loop was late by half the ceiling or more: not a
+    server limit."""
+    slo = Slo.parse("p99<100ms")
+    busy = Step(80.0, "bracket", latency_ms={"p99": 150.0}, deliveries=10, sent=5, generator_lag_ms=60)
+    judge(busy, slo, cpu_limit=0.9, lag_limit_ms=250)
+    assert busy.failures and busy.generator_limits and "partly the generator's" in busy.generator_limits[0]
+    calm = Step(80.0, "bracket", latency_ms={"p99": 150.0}, deliveries=10, sent=5, generator_lag_ms=10)
+    judge(calm, slo, cpu_limit=0.9, lag_limit_ms=250)
+    assert calm.failures and not calm.generator_limits
