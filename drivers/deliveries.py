@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable
 from typing import Any, Final
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 LOWEST_US: Final = 1
@@ -38,6 +39,25 @@ def encode(h: HdrHistogram) -> str:
 def decode_into(h: HdrHistogram, text: str) -> None:
     if text:
         h.decode_and_add(text.encode())
+
+
+def recorded(h: HdrHistogram) -> list[tuple[int, int]]:
+    """(highest equivalent value, count) of every non-empty bucket, read from the counts array with numpy.
+
+    hdrh's ``get_recorded_iterator`` is pure Python and walks every bucket up to the largest value: called on the
+    coordinator every second it took ~40 % of a generator process and held its event loop ~150 ms."""
+    counts = np.ctypeslib.as_array(h.counts)[: h.counts_len]
+    idx = np.flatnonzero(counts)
+    if idx.size == 0:
+        return []
+    bucket = (idx >> h.sub_bucket_half_count_magnitude) - 1
+    sub = (idx & (h.sub_bucket_half_count - 1)) + h.sub_bucket_half_count
+    first = bucket < 0
+    sub[first] -= h.sub_bucket_half_count
+    bucket[first] = 0
+    shift = bucket + h.unit_magnitude
+    highest = (sub << shift) + (np.int64(1) << shift) - 1
+    return list(zip(highest.tolist(), counts[idx].tolist(), strict=True))
 
 
 def summary_ms(h: HdrHistogram, percentiles: Iterable[float] = (50, 90, 99, 99.9)) -> dict[str, float]:

@@ -405,3 +405,16 @@ def test_clock_summary_and_validity() -> None:
         "w1: clock offset known only to ±0.400 ms > 0.3 ms"]
     assert clock_reasons(c, runner, 1.0, uncorrected=True) == [
         "w1: clock -50.200 ms off the master's and latencies not corrected (--no-clock-correction)"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=3_600_000_000), min_size=0, max_size=400))
+def test_recorded_buckets_match_hdrh_iteration(values: list[int]) -> None:
+    from drivers.deliveries import new_histogram, recorded
+
+    h = new_histogram()
+    for v in values:
+        h.record_value(v)
+    slow = [(h.get_highest_equivalent_value(i.value_iterated_to), i.count_at_value_iterated_to)
+            for i in h.get_recorded_iterator()]
+    assert recorded(h) == slow
