@@ -157,10 +157,9 @@ class Search:
         if step.held:
             self.lo = step.level if self.lo is None else max(self.lo, step.level)
         else:
+            # a generator-limited step narrows like any failure (nothing above it is measurable); if it stays the
+            # lowest failure the answer is generator-bound, but a server failure found below it is a capacity
             self.hi = step.level if self.hi is None else min(self.hi, step.level)
-            if step.generator_limits:  # the generator cannot go higher: searching above it measures nothing
-                self._finish()
-                return
         if self.hi is None:  # still bracketing upwards
             if step.level >= self.maximum:
                 self._finish()
