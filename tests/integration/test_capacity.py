@@ -1,0 +1,55 @@
+"""chatbench capacity end to end: a server held to a tenth of a core by a cgroup has a capacity the search finds,
+and a generator held to a tenth of a core makes the answer generator-bound (invalid, exit non-zero)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="CPU quotas need root (cgroups)")]
+
+SEARCH = ["large_group_burst", "--members", "10", "--senders", "2", "--connect-rate", "100",
+          "--slo", "p99<100ms,lost=0", "--step-s", "3", "--warm-s", "1", "--confirm-s", "4",
+          "--server-arg=--send-rate", "--server-arg=0", "--server-arg=--sqlite-synchronous=normal"]
+
+
+def capacity(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    proc = subprocess.run([sys.executable, "-m", "chatbench.cli", "capacity", *SEARCH, *args, "--results-dir",
+                           str(tmp)], cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "COLUMNS": "200"})
+    files = sorted(tmp.glob("*.json"))
+    assert len(files) == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, orjson.loads(files[0].read_bytes())
+
+
+def test_a_server_held_to_a_tenth_of_a_core_has_a_capacity(tmp_path: Path) -> None:
+    proc, bundle = capacity(tmp_path, "--start", "40", "--resolution", "0.25", "--server-cpu-quota", "0.1")
+    m = bundle["metrics"]
+    c = m["capacity"]  # type: ignore[index]
+    assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:]  # type: ignore[index]
+    assert c["generator_bound"] is False and c["confirmed"] is True  # type: ignore[index]
+    assert c["capacity"] < c["first_failed"] <= c["capacity"] * 1.25 + 1e-9  # type: ignore[index, operator]
+    steps = c["steps"]  # type: ignore[index]
+    failed = min((s for s in steps if not s["held"] and s["phase"] != "confirm"), key=lambda s: s["level"])
+    # the server was the limit: near its quota at the first failure, the generator far from its own
+    assert failed["server_cpu"] >= 0.07 and failed["generator_cpu"] < 0.9 and not failed["generator_limits"]
+    assert bundle["config"]["server_cpu_quota"] == 0.1  # type: ignore[index]
+    assert "capacity bracket 40.0 msg/s" in proc.stdout  # live progress, step by step
+    assert "server_cpu=0.1 cores" in proc.stdout or "capacity msg/s" in proc.stdout
+
+
+def test_a_generator_that_breaks_first_makes_the_answer_generator_bound(tmp_path: Path) -> None:
+    proc, bundle = capacity(tmp_path, "--start", "800", "--growth", "4", "--resolution", "0.5",
+                            "--generator-cpu-quota", "0.1")
+    m = bundle["metrics"]
+    c = m["capacity"]  # type: ignore[index]
+    assert c["generator_bound"] is True and c["capacity"] is None  # type: ignore[index]
+    assert proc.returncode != 0 and not m["valid"]  # type: ignore[index]
+    assert any("generator-bound" in r for r in m["invalid_reasons"])  # type: ignore[index, union-attr]
