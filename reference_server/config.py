@@ -50,6 +50,10 @@ class ServerConfig:
     max_body_chars: int = protocol.DEFAULT_MAX_BODY_CHARS
     send_rate: float | None = 50.0  # messages/s per user (token bucket; a reconnect does not refill it)
     send_burst: int = 100
+    # every request but send, and every frame that is not a valid request, spends the server time it took from a
+    # per-user bucket (a reconnect does not refill it): refilled at this many ms per second (0 = unlimited) ...
+    request_budget_ms: float = 100.0
+    request_burst_ms: float = 500.0  # ... holding up to this many ms
     max_send_queue_bytes: int = 4 * 1024 * 1024  # per connection; past it: close 4001 slow consumer
     # Timeouts
     idle_timeout_s: float = 75.0  # nothing received for this long: close 4000
@@ -90,6 +94,9 @@ _HELP: dict[str, str] = {
     "max_body_chars": "max message body length",
     "send_rate": "max sends per second per user, across its connections and reconnects (0 = unlimited)",
     "send_burst": "send-rate bucket size (per user)",
+    "request_budget_ms": "server time (ms) per second each user's requests other than send may use; over it its "
+                         "connection is not read until the budget refills, and new connections get 429 (0 = unlimited)",
+    "request_burst_ms": "request-budget bucket size in ms of server time (per user)",
     "max_send_queue_bytes": "per-connection send-queue bound",
     "idle_timeout_s": "close connections silent for this many seconds",
     "shutdown_grace_s": "seconds to flush on SIGTERM",

@@ -2,9 +2,20 @@
 
 Every server → client frame is built once (``frames.ws_frame``) and its bytes are appended to each receiving
 connection's queue; one flush per event-loop turn writes each dirty connection's queue with a single
-``transport.write`` — a burst of k messages costs one write per receiver, not k. A connection whose
-transport stops draining (``pause_writing``) keeps queueing; past ``max_send_queue_bytes`` it is closed
-with 4001 (slow consumer) and resumes later with sync. Frames in are handed to the logic layer.
+``transport.write`` — a burst of k messages costs one write per receiver, not k. Frames in are handed to the
+logic layer.
+
+Bounded work and memory per connection:
+
+* every reply (``send``) counts against ``max_send_queue_bytes`` at once, with what the transport still buffers,
+  so a connection over it is closed with 4001 (slow consumer) before another of its frames is worked on; pushes
+  (``queue``) count once its socket stops draining (``pause_writing``). A closed one is not read any more and
+  resumes later with sync;
+* one read of a connection's socket is worked on for at most ``SLICE_S``; the frames left of it wait in the
+  connection's inbox (the socket is not read meanwhile) and are worked on in later loop turns, in turn with the
+  other connections', so no one client holds the loop;
+* once the server closes a connection, or the WebSocket library has sent a close frame (a frame over
+  ``max_frame_bytes``, a protocol violation), nothing more of it reaches the logic.
 """
 
 from __future__ import annotations
@@ -12,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,13 +51,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.gateway")
 
+#: the most time one read of a connection is worked on before the rest waits for a later loop turn (seconds)
+SLICE_S = 0.002
+
 
 class Conn(WSListener):
     """One client connection (``roles.Client`` to the logic, ``roles.Receiver`` to the local fan-out).
     ``queue`` is the only way bytes go to the client."""
 
-    __slots__ = ("active", "closing", "gw", "idle_ticks", "paused", "pending", "pending_bytes", "raw", "transport",
-                 "uid")
+    __slots__ = ("active", "closing", "gw", "held", "idle_ticks", "inbox", "paused", "pending", "pending_bytes",
+                 "raw", "slice_at", "transport", "uid")
 
     def __init__(self, gw: Gateway, uid: int) -> None:
         super().__init__()
@@ -58,6 +74,9 @@ class Conn(WSListener):
         self.closing = False
         self.active = True  # set by every inbound frame; cleared by the idle sweeper
         self.idle_ticks = 0
+        self.inbox: deque[bytes | None] | None = None  # frames waiting for a later loop turn (the socket is not read)
+        self.slice_at = 0.0  # when work on the current read of the socket began (0: between reads)
+        self.held = False  # waiting for the user's request budget to refill (a timer puts it back in turn)
 
     # -- picows callbacks
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -66,19 +85,58 @@ class Conn(WSListener):
         self.gw.attach(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.closing or transport.is_close_frame_sent:
+            return  # closing (a frame over the size limit, a protocol violation): nothing more reaches the logic
         self.active = True
+        if frame.rsv1 or frame.rsv2 or frame.rsv3:  # no extension is negotiated, so no bit has a meaning
+            self.gw.violation("rsv_bits")
+            self.close(CloseCode.PROTOCOL_ERROR, "reserved bits set without a negotiated extension")
+            return
         t = frame.msg_type
         if t is WSMsgType.TEXT and frame.fin:
-            self.gw.logic.handle(self, frame.get_payload_as_bytes())
+            self.work(frame.get_payload_as_bytes())
         elif t is WSMsgType.PING:
             transport.send_pong(frame.get_payload_as_bytes())
         elif t is WSMsgType.CLOSE:
+            self.inbox = None
             self.flush_now()
             code = frame.get_close_code()
             transport.send_close(code if code.value else WSCloseCode.OK)  # no status given: answer 1000
             transport.disconnect()
         elif t is not WSMsgType.PONG:
+            self.work(None)
+        if frame.last_in_buffer:
+            self.slice_at = 0.0
+
+    def work(self, payload: bytes | None) -> None:
+        """Hand one frame to the logic now, or to the inbox: once this read has had its slice of the loop, or while
+        the user's request budget is used up (None: a frame the edge cannot hand on, binary or fragmented)."""
+        if self.inbox is not None:
+            self.inbox.append(payload)
+            return
+        wait = self.gw.logic.budget_wait(self.uid)
+        if not wait:
+            now = perf_counter()
+            if not self.slice_at:
+                self.slice_at = now
+            elif now - self.slice_at >= SLICE_S:
+                wait = -1.0  # no wait, only the rest of this read's work in a later turn
+        if wait:
+            self.inbox = deque((payload,))
+            assert self.raw is not None
+            self.raw.pause_reading()
+            if wait > 0:
+                self.gw.hold(self, wait)
+            else:
+                self.gw.later(self)
+            return
+        self.hand_on(payload)
+
+    def hand_on(self, payload: bytes | None) -> None:
+        if payload is None:
             self.gw.logic.reject_frame(self, "binary and fragmented frames are not supported")
+        else:
+            self.gw.logic.handle(self, payload)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closing = True
@@ -98,16 +156,30 @@ class Conn(WSListener):
     # -- sending
     def queue(self, frame: bytes) -> None:
         """Queue one built frame; the flush at the end of this loop turn writes it."""
-        if not self.pending or self.paused:  # a paused connection is re-checked against its bound each time
+        if not self.pending:
             self.gw.dirty.append(self)
         self.pending.append(frame)
         self.pending_bytes += len(frame)
+        if self.paused and self.pending_bytes > self.gw.config.max_send_queue_bytes:
+            self.overflow()  # the socket does not drain (a burst to one that does is written by this turn's flush)
 
     def send(self, payload: bytes) -> None:
-        """Queue one reply and make sure a flush follows."""
+        """Queue one reply and make sure a flush follows; counted with what the transport still buffers, so the
+        connection is closed (4001) before another of its requests is worked on if they pass the bound."""
+        if self.closing:
+            return
+        self.queue(ws_frame(payload))
+        raw = self.raw
+        if (not self.closing and raw is not None
+                and self.pending_bytes + raw.get_write_buffer_size() > self.gw.config.max_send_queue_bytes):
+            self.overflow()
+        self.gw.kick()
+
+    def overflow(self) -> None:
+        """Over the send-queue bound: drop what is queued, stop reading, close with 4001."""
         if not self.closing:
-            self.queue(ws_frame(payload))
-            self.gw.kick()
+            self.gw.metrics.slow_consumer_disconnects.inc()
+            self.close(CloseCode.SLOW_CONSUMER, "send queue over its bound; resume with sync", flush=False)
 
     def flush_now(self) -> None:
         if self.pending and self.raw is not None and not self.closing:
@@ -121,7 +193,12 @@ class Conn(WSListener):
             return
         if flush:
             self.flush_now()
+        else:
+            self.pending.clear()
+            self.pending_bytes = 0
         self.closing = True
+        self.inbox = None
+        self.raw.pause_reading()
         self.raw.write(close_frame(code, reason))
         self.transport.disconnect(graceful=True)
         # a consumer that never drains would hold the socket until TCP gives up: abort it
@@ -141,6 +218,8 @@ class Gateway:
         self.online: dict[int, Conn] = {}
         self.dirty: list[Conn] = []
         self._flush_scheduled = False
+        self.waiting: deque[Conn] = deque()  # connections with frames in their inbox, worked on in turn
+        self._drain_scheduled = False
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.accepting = True
@@ -200,6 +279,8 @@ class Gateway:
             return refuse(401, "invalid token")
         if not self.logic.user_exists(uid):
             return refuse(403, f"user {uid} does not exist")
+        if not self.logic.admits(uid):
+            return refuse(429, f"user {uid} is over its request budget; retry later")
         return Conn(self, uid)
 
     def attach(self, conn: Conn) -> None:
@@ -223,21 +304,72 @@ class Gateway:
     def flush(self) -> None:
         self._flush_scheduled = False
         dirty, self.dirty = self.dirty, []
-        limit = self.config.max_send_queue_bytes
         for conn in dirty:
-            if conn.closing or not conn.pending:
-                continue
-            if conn.paused:
-                if conn.pending_bytes > limit:
-                    self.metrics.slow_consumer_disconnects.inc()
-                    conn.close(CloseCode.SLOW_CONSUMER, "send queue over its bound; resume with sync", flush=False)
-                continue  # resume_writing puts it back on the dirty list
+            if conn.closing or not conn.pending or conn.paused:
+                continue  # resume_writing puts a paused one back on the dirty list
             pending, raw = conn.pending, conn.raw
             assert raw is not None  # a connection is attached, so queued to, only once connected
             raw.write(pending[0] if len(pending) == 1 else b"".join(pending))
             pending.clear()
             conn.pending_bytes = 0
         self.logic.after_flush()
+
+    # -- inbound work, a slice per connection per loop turn
+    def later(self, conn: Conn) -> None:
+        """conn's inbox has frames: work on them in later loop turns, in turn with the other waiting ones."""
+        self.waiting.append(conn)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self.loop.call_soon(self._drain)
+
+    def hold(self, conn: Conn, wait: float) -> None:
+        """conn's user has no request budget left: its inbox waits ``wait`` s before it is worked on again."""
+        conn.held = True
+        self.loop.call_later(wait, self._unhold, conn)
+
+    def _unhold(self, conn: Conn) -> None:
+        conn.held = False
+        if conn.inbox is not None and not conn.closing:
+            self.later(conn)
+
+    def _drain(self) -> None:
+        """One slice of the loop (at least one frame) for the waiting connections, in turn; the rest next turn."""
+        self._drain_scheduled = False
+        waiting, budget_wait = self.waiting, self.logic.budget_wait
+        start = perf_counter()
+        while waiting:
+            conn = waiting.popleft()
+            inbox = conn.inbox
+            if inbox is None or conn.closing or conn.held:
+                continue
+            while inbox and conn.inbox is inbox:
+                wait = budget_wait(conn.uid)
+                if wait:
+                    self.hold(conn, wait)
+                    break
+                conn.hand_on(inbox.popleft())
+                if perf_counter() - start >= SLICE_S:
+                    break
+            if conn.held:
+                pass  # its timer puts it back
+            elif inbox and conn.inbox is inbox:
+                waiting.append(conn)
+            elif conn.inbox is inbox:
+                conn.inbox = None
+                conn.slice_at = 0.0
+                if conn.raw is not None and not conn.closing:
+                    conn.raw.resume_reading()
+            if perf_counter() - start >= SLICE_S:
+                break
+        if waiting and not self._drain_scheduled:
+            # after a slice's pause: I/O and other callbacks run first, and the loop thread leaves the GIL to the
+            # writer thread for a while (busy without a pause, it would starve every commit: a convoy)
+            self._drain_scheduled = True
+            self.loop.call_later(SLICE_S, self._drain)
+
+    def violation(self, reason: str) -> None:
+        """A client broke the WebSocket protocol (counted, not logged: hostile clients must not fill the disk)."""
+        self.metrics.protocol_violations.labels(reason).inc()
 
     def queued_bytes(self) -> float:
         total = 0

@@ -1,5 +1,9 @@
 """Per-user budgets: token buckets keyed by uid, owned by the logic, so a reconnect does not refill one.
 
+Two kinds of use: ``take`` one token per request (the send rate), or ``spend`` what a request cost — the server
+time it took — which may leave the bucket in debt (the request budget of every other kind); ``exhausted`` says
+whether a user has nothing left.
+
 A user whose bucket is full holds no entry (an unknown uid has a full bucket), and entries that have refilled
 are swept once the table has doubled since the last sweep: memory follows the users who spent tokens lately,
 at O(1) amortized per request.
@@ -33,6 +37,27 @@ class TokenBuckets:
         if len(self._buckets) >= self._sweep_at:
             self._sweep(now)
         return ok
+
+    def spend(self, uid: int, amount: float) -> None:
+        """Take ``amount`` from uid's bucket, into debt if it holds less."""
+        now = self.clock()
+        tokens, at = self._buckets.get(uid, (self.burst, now))
+        self._buckets[uid] = (min(self.burst, tokens + (now - at) * self.rate) - amount, now)
+        if len(self._buckets) >= self._sweep_at:
+            self._sweep(now)
+
+    def exhausted(self, uid: int) -> bool:
+        """Whether uid's bucket holds nothing (or is in debt) now."""
+        entry = self._buckets.get(uid)
+        return entry is not None and entry[0] + (self.clock() - entry[1]) * self.rate <= 0.0
+
+    def wait_s(self, uid: int) -> float:
+        """Seconds until uid's bucket holds something again (0.0: it does now)."""
+        entry = self._buckets.get(uid)
+        if entry is None:
+            return 0.0
+        tokens = entry[0] + (self.clock() - entry[1]) * self.rate
+        return 0.0 if tokens > 0.0 else -tokens / self.rate + 1e-4
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from reference_server import protocol
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.logic")
 
+#: what a request other than send costs of its user's request budget at least (seconds of server time)
+MIN_REQUEST_COST_S = 50e-6
+
 
 class ChatLogic:
     """The request handling of the server (``roles.Logic``): the embedded gateway's clients and a cluster logic
@@ -52,6 +56,9 @@ class ChatLogic:
         self.accepting = True
         # per user, not per connection: reconnecting must not refill a bucket
         self.send_buckets = TokenBuckets(config.send_rate, config.send_burst) if config.send_rate else None
+        # the request budget, in seconds of server time per user
+        self.request_budget = (TokenBuckets(config.request_budget_ms / 1000, config.request_burst_ms / 1000)
+                               if config.request_budget_ms > 0 else None)
         self._flushed_sts: list[int] = []  # accept times of messages fanned out since the last flush
         self._req = {op: metrics.requests.labels(op) for op in ("send", "sync", "read", "unread", "delete", "recall",
                                                            "ping")}
@@ -60,10 +67,18 @@ class ChatLogic:
     def user_exists(self, uid: int) -> bool:
         return uid in self.directory.users
 
+    def admits(self, uid: int) -> bool:
+        """A new connection of uid is accepted unless its request budget is used up (a reconnect refills nothing)."""
+        return self.request_budget is None or not self.request_budget.exhausted(uid)
+
+    def budget_wait(self, uid: int) -> float:
+        return 0.0 if self.request_budget is None else self.request_budget.wait_s(uid)
+
     def on_disconnect(self, conn: Client) -> None:
         pass  # nothing of a user lives on its connection
 
     def on_connect(self, conn: Client) -> None:
+        start = perf_counter()
         c = self.config
         gids = sorted(self.directory.groups_of(conn.uid))
         groups = [self._state(conn.uid, self.directory.groups[gid]) for gid in gids]
@@ -74,6 +89,8 @@ class ChatLogic:
         ))
         if self.store.offline.buffers:
             self.store.submit(OfflineDrainJob(conn.uid, lambda job: self._drained(conn, job)))
+        if self.request_budget is not None:  # hello is work done for the user: a reconnect loop pays for itself
+            self.request_budget.spend(conn.uid, max(perf_counter() - start, MIN_REQUEST_COST_S))
 
     def _drained(self, conn: Client, job: OfflineDrainJob) -> None:
         """Event loop: send the user's drained offline buffer as it sees each entry now."""
@@ -85,15 +102,26 @@ class ChatLogic:
 
     def reject_frame(self, conn: Client, why: str) -> None:
         self._error(conn, ProtocolError(ErrorCode.BAD_FRAME, why))
+        if self.request_budget is not None:
+            self.request_budget.spend(conn.uid, MIN_REQUEST_COST_S)
 
     def handle(self, conn: Client, payload: bytes) -> None:
+        """One text frame. A valid send is paid from the send rate; anything else from the request budget: the
+        server time it took (at least MIN_REQUEST_COST_S). An edge that can stops reading a user whose budget is
+        used up (``budget_wait``); one that cannot (a cluster's gateways) gets rate_limited for such requests."""
+        budget = self.request_budget
+        start = perf_counter()
         try:
             req = protocol.decode_request(payload, max_body_chars=self.config.max_body_chars)
             # exact-type dispatch (cheaper than isinstance; mypy narrows it too)
             if type(req) is Send:
                 self._req["send"].inc()
                 self._send(conn, req)
-            elif type(req) is Sync:
+                return
+            if budget is not None and budget.exhausted(conn.uid):
+                raise ProtocolError(ErrorCode.RATE_LIMITED, f"over the request budget of {budget.rate * 1000:g} ms of "
+                                    "server time per second; not served", req.rid)
+            if type(req) is Sync:
                 self._req["sync"].inc()
                 self._sync(conn, req)
             elif type(req) is Read:
@@ -113,6 +141,8 @@ class ChatLogic:
                 conn.send(protocol.encode_pong(req.rid))
         except ProtocolError as exc:
             self._error(conn, exc)
+        if budget is not None:
+            budget.spend(conn.uid, max(perf_counter() - start, MIN_REQUEST_COST_S))
 
     def _error(self, conn: Client, exc: ProtocolError) -> None:
         self.metrics.errors.labels(exc.code).inc()
@@ -201,7 +231,13 @@ class ChatLogic:
         self.store.submit(ReadJob(conn.uid, req.gid, req.seq, req.rid, done))
 
     def _unread(self, conn: Client, req: Unread) -> None:
-        gids = sorted(self.directory.groups_of(conn.uid)) if req.gids is None else list(req.gids)
+        if req.gids is None:
+            gids = sorted(self.directory.groups_of(conn.uid))
+        else:
+            gids = list(dict.fromkeys(req.gids))  # a repeated gid is reported once
+            if len(gids) > protocol.MAX_UNREAD_GIDS:
+                raise ProtocolError(ErrorCode.BAD_FIELD, f"'gids' names {len(gids)} groups, at most "
+                                    f"{protocol.MAX_UNREAD_GIDS}", req.rid)
         groups = [self._group(conn.uid, gid, req.rid) for gid in gids]
         conn.send(protocol.encode_unread_reply(req.rid, [self._state(conn.uid, g) for g in groups]))
 

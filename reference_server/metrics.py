@@ -77,6 +77,10 @@ class ServerMetrics:
         self.idle_disconnects = Counter(
             "chat_idle_disconnects", "Connections closed after idle_timeout without inbound frames", registry=registry
         )
+        self.protocol_violations = Counter(
+            "chat_protocol_violations", "Client WebSocket protocol violations, by reason (counted, not logged)",
+            ["reason"], registry=registry,
+        )
         self.sync_requests = Counter("chat_sync_requests", "Sync (pull by seq) requests served", registry=registry)
         self.requests = Counter("chat_requests", "Client requests by op", ["op"], registry=registry)
         self.errors = Counter("chat_errors", "Error frames sent, by code", ["code"], registry=registry)

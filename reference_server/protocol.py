@@ -36,6 +36,12 @@ DEV_ADMIN_TOKEN: Final = "chatbench-dev-admin"
 DEFAULT_MAX_FRAME_BYTES: Final = 64 * 1024
 DEFAULT_MAX_BODY_CHARS: Final = 4096
 MAX_SYNC_LIMIT: Final = 1000
+#: a sync page also ends after the entry that brings its size to this many bytes, each entry counting its body's
+#: UTF-8 bytes plus SYNC_ENTRY_BYTES (about what its other fields take on the wire)
+MAX_SYNC_PAGE_BYTES: Final = 64 * 1024
+SYNC_ENTRY_BYTES: Final = 128
+#: an ``unread`` request names at most this many distinct groups (repeats count once)
+MAX_UNREAD_GIDS: Final = 1000
 WS_PATH: Final = "/ws"
 
 
@@ -69,7 +75,7 @@ class ErrorCode(StrEnum):
     BODY_TOO_LONG = "body_too_long"  # ``body`` longer than the server's max_body_chars
     NOT_MEMBER = "not_member"  # the user is not a member of the group (or the group does not exist)
     NO_SUCH_MESSAGE = "no_such_message"  # delete of a seq the group does not have
-    RATE_LIMITED = "rate_limited"  # over the user's send rate (reconnecting does not refill it); not accepted
+    RATE_LIMITED = "rate_limited"  # over the user's send rate or request budget (reconnecting refills neither)
     RECALL_REFUSED = "recall_refused"  # not the sender's own ordinary message, or past the recall window
     UNAVAILABLE = "unavailable"  # the server is shutting down or its storage failed; retry elsewhere
 

@@ -36,6 +36,13 @@ class Logic(Protocol):
 
     def user_exists(self, uid: int) -> bool: ...
 
+    def admits(self, uid: int) -> bool:
+        """Whether a new connection of uid is accepted now (False: its request budget is used up)."""
+
+    def budget_wait(self, uid: int) -> float:
+        """Seconds until uid's request budget holds something again (0.0: now): the edge reads nothing more of
+        the user's connection until then."""
+
     def on_connect(self, conn: Client) -> None: ...
 
     def on_disconnect(self, conn: Client) -> None: ...

@@ -50,6 +50,12 @@ class RemoteLogic:
     def user_exists(self, uid: int) -> bool:
         return True  # the logic node refuses unknown users (close 1008) right after the upgrade
 
+    def admits(self, uid: int) -> bool:
+        return True  # the budgets live at the logic node, which answers over-budget requests with rate_limited
+
+    def budget_wait(self, uid: int) -> float:
+        return 0.0
+
     def handle(self, conn: Client, payload: bytes) -> None:
         self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.REQ, self.node.gw, conn.uid, payload))
 

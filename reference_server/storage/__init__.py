@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from reference_server.protocol import Kind, Message
+from reference_server.protocol import MAX_SYNC_PAGE_BYTES, SYNC_ENTRY_BYTES, Kind, Message
 from reference_server.tally import Tally
 
 if TYPE_CHECKING:
@@ -37,7 +37,8 @@ class Storage(ABC):
 
     @abstractmethod
     def history(self, db: sqlite3.Connection, uid: int, gid: int, after: int, limit: int) -> tuple[list[Message], int]:
-        """Entries visible to uid with seq > after, oldest first, scanning at most ``limit`` seqs.
+        """One sync page: entries visible to uid with seq > after, oldest first, scanning the next ``limit`` seqs
+        — or fewer: the page also ends after the entry that makes it full (``page_bytes``), in every mode alike.
 
         Returns the visible entries and the last seq scanned (``after`` if none), so a caller pages on
         with ``after = last`` even when deletes or private messages hid every row of a page.
@@ -73,6 +74,26 @@ class Storage(ABC):
             return msg
         msgs, _ = self.history(db, uid, gid, seq - 1, 1)
         return msgs[0] if msgs and msgs[0].seq == seq else None
+
+
+def entry_bytes(msg: Message) -> int:
+    """What an entry counts toward a sync page's MAX_SYNC_PAGE_BYTES: its body's UTF-8 bytes + SYNC_ENTRY_BYTES."""
+    body = msg.body
+    return (len(body) if body.isascii() else len(body.encode())) + SYNC_ENTRY_BYTES
+
+
+def scan_end(db: sqlite3.Connection, gid: int, after: int, limit: int) -> int:
+    """The last of the next ``limit`` seqs stored after ``after`` (``after`` if there are none): a page's range."""
+    row = db.execute("SELECT seq FROM messages WHERE gid = ? AND seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
+                     (gid, after, limit - 1)).fetchone()
+    if row is not None:
+        return int(row[0])
+    (top,) = db.execute("SELECT max(seq) FROM messages WHERE gid = ? AND seq > ?", (gid, after)).fetchone()
+    return int(top) if top is not None else after
+
+
+def page_full(size: int) -> bool:
+    return size >= MAX_SYNC_PAGE_BYTES
 
 
 def create(name: str, config: ServerConfig | None = None) -> Storage:

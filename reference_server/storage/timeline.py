@@ -16,7 +16,7 @@ import orjson
 
 from reference_server.directory import audience
 from reference_server.protocol import Kind, Message
-from reference_server.storage import Storage
+from reference_server.storage import Storage, entry_bytes, page_full, scan_end
 from reference_server.tally import Tally
 
 _COLUMNS = "seq, sender, cts, sts, body, recipients, kind, ref, uids"
@@ -108,30 +108,25 @@ class TimelineStorage(Storage):
     def history(self, db: sqlite3.Connection, uid: int, gid: int, after: int, limit: int) -> tuple[list[Message], int]:
         """Scan the timeline; a diffused entry is visible if uid still has its index row, another one if it is
         for uid and not in uid's delete index."""
-        rows = db.execute(
-            f"SELECT {_COLUMNS}, diffused FROM messages WHERE gid = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (gid, after, limit),
-        ).fetchall()
-        if not rows:
+        upto = scan_end(db, gid, after, limit)
+        if upto <= after:
             return [], after
-        last = rows[-1][0]
-        deleted = self._seqs(db, "deletes", uid, gid, after, last)
-        indexed = self._seqs(db, "inbox", uid, gid, after, last) if any(r[9] for r in rows) else set()
-        out = []
-        for row in rows:
+        deleted = self._seqs(db, "deletes", uid, gid, after, upto)
+        indexed = self._seqs(db, "inbox", uid, gid, after, upto)
+        out: list[Message] = []
+        size = 0
+        for row in db.execute(f"SELECT {_COLUMNS}, diffused FROM messages WHERE gid = ? AND seq > ? AND seq <= ? "
+                              "ORDER BY seq", (gid, after, upto)):
             seq = row[0]
-            if row[6] == Kind.RECALLED:
-                continue
-            if row[9]:
-                if seq in indexed:
-                    out.append(row_message(gid, row))
-                continue
-            if seq in deleted:
+            if row[6] == Kind.RECALLED or (seq not in indexed if row[9] else seq in deleted):
                 continue
             msg = row_message(gid, row)
-            if msg.visible_to(uid):
+            if row[9] or msg.visible_to(uid):
                 out.append(msg)
-        return out, last
+                size += entry_bytes(msg)
+                if page_full(size):
+                    return out, seq
+        return out, upto
 
     @staticmethod
     def _seqs(db: sqlite3.Connection, table: str, uid: int, gid: int, after: int, upto: int) -> set[int]:

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Mapping
 
 from reference_server.protocol import Kind, Message
+from reference_server.storage import entry_bytes, page_full, scan_end
 from reference_server.storage.timeline import _COLUMNS, TimelineStorage, row_message
 
 
@@ -18,18 +19,26 @@ class WriteStorage(TimelineStorage):
         return True
 
     def history(self, db: sqlite3.Connection, uid: int, gid: int, after: int, limit: int) -> tuple[list[Message], int]:
+        """The user's own index rows in the page's range: the same seqs scanned, the same page as every mode."""
+        upto = scan_end(db, gid, after, limit)
+        if upto <= after:
+            return [], after
         cols = ", ".join("m." + c.strip() for c in _COLUMNS.split(","))
-        rows = db.execute(
+        out: list[Message] = []
+        size = 0
+        for row in db.execute(
             f"SELECT {cols} FROM inbox i JOIN messages m ON m.gid = i.gid AND m.seq = i.seq "
-            "WHERE i.uid = ? AND i.gid = ? AND i.seq > ? ORDER BY i.seq LIMIT ?",
-            (uid, gid, after, limit),
-        ).fetchall()
-        if len(rows) == limit:
-            last = rows[-1][0]
-        else:  # the index is exhausted: everything up to the group's latest seq has been scanned
-            (top,) = db.execute("SELECT max(seq) FROM messages WHERE gid = ?", (gid,)).fetchone()
-            last = max(after, top or 0)
-        return [row_message(gid, r) for r in rows if r[6] != Kind.RECALLED], last
+            "WHERE i.uid = ? AND i.gid = ? AND i.seq > ? AND i.seq <= ? ORDER BY i.seq",
+            (uid, gid, after, upto),
+        ):
+            if row[6] == Kind.RECALLED:
+                continue
+            msg = row_message(gid, row)
+            out.append(msg)
+            size += entry_bytes(msg)
+            if page_full(size):
+                return out, msg.seq
+        return out, upto
 
     def countable(self, db: sqlite3.Connection, uid: int, gid: int, after: int, upto: int) -> int:
         if upto <= after:
