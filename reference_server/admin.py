@@ -55,7 +55,8 @@ def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: Co
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/admin/"):
-            given = request.headers.get("Authorization", "").encode()
+            # header values may carry undecodable bytes (surrogate escapes): compared as the bytes they were
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, token):
                 return _bad(401, "admin endpoints need 'Authorization: Bearer <admin token>'")
         try:
@@ -163,7 +164,7 @@ def observability_app(registry: CollectorRegistry, health: Health,
 
 
 def _path_id(request: web.Request, name: str) -> int:
-    raw = request.match_info[name]
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > protocol.MAX_ID:
-        raise AdminError(400, f"{name} must be an integer id")
-    return int(raw)
+    value = protocol.parse_id(request.match_info[name])
+    if value is None:
+        raise AdminError(400, f"{name} must be an integer id in [0, 2**63)")
+    return value

@@ -26,7 +26,7 @@ import time
 from collections import deque
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from picows import (
     WSCloseCode,
@@ -51,8 +51,62 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.gateway")
 
+_WS_VERSIONS = ("13", "8", "7")  # what the WebSocket library accepts
 #: the most time one read of a connection is worked on before the rest waits for a later loop turn (seconds)
 SLICE_S = 0.002
+
+
+_CLOSE_REASONS = {1002: "protocol_error", 1007: "invalid_utf8", 1009: "frame_too_big"}
+
+
+class Violations(logging.Handler):
+    """Client protocol violations are counted (``chat_protocol_violations_total{reason}``), not logged one by one:
+    a hostile client must not fill the disk. At most one WARNING line per reason a minute says how many there were.
+
+    It is also the WebSocket library's log handler (the library's logger is this process' ``chat.picows``, which
+    does not propagate): the library's parser errors are client violations and are counted; everything else it
+    logs goes on to the root logger's handlers as before."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+        self._since: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count since)
+
+    def count(self, reason: str) -> None:
+        self.metrics.protocol_violations.labels(reason).inc()
+        now = time.monotonic()
+        at, n = self._since.get(reason, (-self.INTERVAL_S, 0))
+        if now - at >= self.INTERVAL_S:
+            log.warning("%d client protocol violation(s) of kind %s in the last %.0f s (counted in "
+                        "chat_protocol_violations_total; logged at most once a minute)", n + 1, reason,
+                        min(now - at, self.INTERVAL_S))
+            self._since[reason] = (now, 0)
+        else:
+            self._since[reason] = (at, n + 1)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith("WS parser error"):
+            try:
+                code = int(record.args[0][0])  # type: ignore[index]  # ("...: %s", (close code, text))
+            except (TypeError, ValueError, IndexError):
+                code = 0
+            self.count(_CLOSE_REASONS.get(code, f"close_{code}"))
+            return
+        logging.getLogger().handle(record)
+
+    @classmethod
+    def logger(cls, metrics: ServerMetrics) -> logging.Logger:
+        """The library's logger for this process, its records through a fresh handler of this class."""
+        lib = logging.getLogger("chat.picows")
+        lib.propagate = False
+        for h in [h for h in lib.handlers if isinstance(h, cls)]:
+            lib.removeHandler(h)
+        lib.addHandler(cls(metrics))
+        if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+            lib.setLevel(logging.WARNING)  # it logs every connect and disconnect at INFO
+        return lib
 
 
 class Conn(WSListener):
@@ -223,6 +277,7 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.accepting = True
+        self.violations = Violations(metrics)  # replaced by the library's log handler at start
         metrics.add_gauges("chat_connections", "Open client connections", lambda: len(self.online))
         metrics.add_gauges("chat_send_queue_bytes", "Bytes queued to clients: ours plus the transports' buffers",
                            self.queued_bytes)
@@ -230,9 +285,11 @@ class Gateway:
     # -- lifecycle
     async def start(self) -> None:
         c = self.config
+        ws_log = Violations.logger(self.metrics)
+        self.violations = next(h for h in ws_log.handlers if isinstance(h, Violations))
         self._server = await ws_create_server(
             self._route, c.host, c.port, max_frame_size=c.max_frame_bytes, enable_auto_pong=False,
-            websocket_handshake_timeout=5, logger_name="chat.picows", backlog=4096,
+            websocket_handshake_timeout=5, logger_name=ws_log, backlog=4096,
         )
         self._schedule_sweep()
 
@@ -261,21 +318,29 @@ class Gateway:
 
     # -- handshake
     def _route(self, request: WSUpgradeRequest) -> Any:
+        """Auth before the upgrade. Nothing in the request may raise here (the library would answer 500): every
+        malformed part gets its 4xx."""
+
         def refuse(status: int, why: str) -> WSUpgradeResponseWithListener:
             self.metrics.auth_refusals.labels(str(status)).inc()
-            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, why.encode()), None)
+            body = why.encode("utf-8", "backslashreplace")
+            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body), None)
 
-        target = urlsplit(request.path.decode("latin-1"))
-        if target.path != protocol.WS_PATH:
-            return refuse(404, f"no endpoint {target.path}; connect to {protocol.WS_PATH}")
+        # the request target in origin form, taken apart by hand (urlsplit raises on an authority-like "//[")
+        path, _, query = request.path.decode("latin-1").partition("?")
+        if path != protocol.WS_PATH:
+            return refuse(404, f"no endpoint {path[:100]}; connect to {protocol.WS_PATH}")
+        version = request.headers.get("sec-websocket-version")
+        if version not in _WS_VERSIONS:  # checked here: the library's own refusal echoes it and fails on non-ASCII
+            return refuse(400, "Sec-WebSocket-Version must be 13")
         if not self.accepting:
             return refuse(503, "server is shutting down")
-        query = parse_qs(target.query)
-        uid_s, token = query.get("uid", [""])[0], query.get("token", [""])[0]
+        params = parse_qs(query.partition("#")[0])
+        uid_s, token = params.get("uid", [""])[0], params.get("token", [""])[0]
         if not (uid_s.isascii() and uid_s.isdigit()) or not token:
             return refuse(401, "uid and token query parameters are required")
-        uid = int(uid_s)
-        if uid > protocol.MAX_ID or not protocol.verify_token(self.config.secret, uid, token):
+        uid = protocol.parse_id(uid_s)
+        if uid is None or not protocol.verify_token(self.config.secret, uid, token):
             return refuse(401, "invalid token")
         if not self.logic.user_exists(uid):
             return refuse(403, f"user {uid} does not exist")
@@ -369,7 +434,7 @@ class Gateway:
 
     def violation(self, reason: str) -> None:
         """A client broke the WebSocket protocol (counted, not logged: hostile clients must not fill the disk)."""
-        self.metrics.protocol_violations.labels(reason).inc()
+        self.violations.count(reason)
 
     def queued_bytes(self) -> float:
         total = 0

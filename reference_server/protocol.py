@@ -104,6 +104,18 @@ class ProtocolError(Exception):
         self.rid = rid
 
 
+def parse_id(text: str) -> int | None:
+    """An id written in ASCII decimal digits (leading zeros allowed), or None: not digits, or above MAX_ID —
+    checked on the length first, so thousands of digits cost nothing (and never hit int()'s digit limit)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    value = int(digits)
+    return value if value <= MAX_ID else None
+
+
 def now_us() -> int:
     """Wall-clock time in integer microseconds (the unit of every timestamp on the wire)."""
     return time.time_ns() // 1000

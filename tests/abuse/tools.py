@@ -210,16 +210,21 @@ class RawWS:
 
 
 def http_status(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, bytes]:
-    """Send one raw HTTP request; the status of the answer (0: none before the server closed) and its body."""
+    """Send one raw HTTP request; the status of the answer (0: none before the server closed) and its body (read
+    to its Content-Length, or until the server closes)."""
+    data = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(request)
-        data = b""
         try:
             while chunk := s.recv(65536):
                 data += chunk
-                if b"\r\n\r\n" in data and b"content-length" not in data.lower():
-                    break
-        except (ConnectionResetError, TimeoutError):
+                head, sep, body = data.partition(b"\r\n\r\n")
+                if sep:
+                    length = [line.split(b":", 1)[1] for line in head.split(b"\r\n")[1:]
+                              if line.lower().startswith(b"content-length:")]
+                    if length and len(body) >= int(length[0]):
+                        break
+        except OSError:
             pass
     head, _, body = data.partition(b"\r\n\r\n")
     parts = head.split(b" ", 2)
