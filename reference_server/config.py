@@ -55,6 +55,7 @@ class ServerConfig:
     request_budget_ms: float = 100.0
     request_burst_ms: float = 500.0  # ... holding up to this many ms
     max_send_queue_bytes: int = 4 * 1024 * 1024  # per connection; past it: close 4001 slow consumer
+    max_connections: int = 0  # client connections held at once; past it the upgrade gets 503 (0: from the fd limit)
     # Timeouts
     idle_timeout_s: float = 75.0  # nothing received for this long: close 4000
     shutdown_grace_s: float = 5.0
@@ -98,6 +99,8 @@ _HELP: dict[str, str] = {
                          "connection is not read until the budget refills, and new connections get 429 (0 = unlimited)",
     "request_burst_ms": "request-budget bucket size in ms of server time (per user)",
     "max_send_queue_bytes": "per-connection send-queue bound",
+    "max_connections": "client connections held at once, past which upgrades get 503 (0 = the open-file limit minus "
+                       "max(64, limit/8))",
     "idle_timeout_s": "close connections silent for this many seconds",
     "shutdown_grace_s": "seconds to flush on SIGTERM",
     "use_uvloop": "run on uvloop",

@@ -21,6 +21,7 @@ Bounded work and memory per connection:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -42,6 +43,7 @@ from picows import (
 
 from reference_server import protocol
 from reference_server.frames import close_frame, ws_frame
+from reference_server.listen import ListeningSocket, connection_cap
 from reference_server.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -136,6 +138,7 @@ class Conn(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.raw = transport.underlying_transport
+        self.gw.connected += 1
         self.gw.attach(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -193,6 +196,7 @@ class Conn(WSListener):
             self.gw.logic.handle(self, payload)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.gw.connected -= 1
         self.closing = True
         self.pending.clear()
         self.pending_bytes = 0
@@ -278,6 +282,8 @@ class Gateway:
         self._sweeper: asyncio.TimerHandle | None = None
         self.accepting = True
         self.violations = Violations(metrics)  # replaced by the library's log handler at start
+        self.connected = 0  # connections between on_ws_connected and on_ws_disconnected
+        self.max_connections = connection_cap(config.max_connections)
         metrics.add_gauges("chat_connections", "Open client connections", lambda: len(self.online))
         metrics.add_gauges("chat_send_queue_bytes", "Bytes queued to clients: ours plus the transports' buffers",
                            self.queued_bytes)
@@ -287,10 +293,19 @@ class Gateway:
         c = self.config
         ws_log = Violations.logger(self.metrics)
         self.violations = next(h for h in ws_log.handlers if isinstance(h, Violations))
-        self._server = await ws_create_server(
-            self._route, c.host, c.port, max_frame_size=c.max_frame_bytes, enable_auto_pong=False,
-            websocket_handshake_timeout=5, logger_name=ws_log, backlog=4096,
-        )
+        self.max_connections = connection_cap(c.max_connections)
+        sock = ListeningSocket.bind_to(c.host, c.port, self.loop)
+        try:
+            self._server = await ws_create_server(
+                self._route, sock=sock, max_frame_size=c.max_frame_bytes, enable_auto_pong=False,
+                websocket_handshake_timeout=5, logger_name=ws_log, backlog=4096,
+            )
+        except BaseException:
+            sock.close()
+            raise
+        resume = getattr(self._server, "_start_serving_one_listener", None)  # aiofastnet's: accept again
+        if resume is not None:
+            sock.resume = functools.partial(resume, sock)
         self._schedule_sweep()
 
     @property
@@ -335,6 +350,8 @@ class Gateway:
             return refuse(400, "Sec-WebSocket-Version must be 13")
         if not self.accepting:
             return refuse(503, "server is shutting down")
+        if self.connected >= self.max_connections:
+            return refuse(503, f"server is at its connection limit ({self.max_connections}); retry later")
         params = parse_qs(query.partition("#")[0])
         uid_s, token = params.get("uid", [""])[0], params.get("token", [""])[0]
         if not (uid_s.isascii() and uid_s.isdigit()) or not token:

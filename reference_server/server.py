@@ -139,7 +139,8 @@ class EmbeddedServer(ChatServer):
         return f"ws://{self.config.host}:{self.gateway.port}"
 
     def edge_health(self) -> dict[str, object]:
-        return {"connections": len(self.gateway.online), "ws_port": self.gateway.port}
+        return {"connections": len(self.gateway.online), "max_connections": self.gateway.max_connections,
+                "ws_port": self.gateway.port}
 
     async def start_edge(self) -> None:
         await self.gateway.start()

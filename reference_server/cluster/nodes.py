@@ -82,7 +82,8 @@ class GatewayServer:
         ok = not self.stopping and self.node.bus.connected.is_set()
         return ok, {"status": "ok" if ok else ("stopping" if self.stopping else "no redis"), "role": "gateway",
                     "gateway": self.node.gw, "modes": self.config.modes(),
-                    "connections": len(self.node.gateway.online), "ws_port": self.node.gateway.port}
+                    "connections": len(self.node.gateway.online),
+                    "max_connections": self.node.gateway.max_connections, "ws_port": self.node.gateway.port}
 
     async def start(self) -> None:
         await self.node.start()
