@@ -95,7 +95,7 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
     invalid = planned_work_reasons(metrics, requests, run, float(getattr(opts, "max_connect_failures", 0.001)))
     if getattr(opts, "capacity", ""):
         invalid = capacity_result(metrics, invalid)
-    invalid += clock_reasons(metrics["clock"], env.runner, float(getattr(opts, "clock_bound_ms", 1.0)),
+    invalid += clock_reasons(metrics["clock"], bool(run.workers_seen), float(getattr(opts, "clock_bound_ms", 1.0)),
                              bool(getattr(opts, "no_clock_correction", False)))
     metrics["clock"]["corrected"] = not getattr(opts, "no_clock_correction", False)
     out.update({
@@ -159,12 +159,11 @@ def capacity_result(metrics: dict[str, Any], invalid: list[str]) -> list[str]:
     return out
 
 
-def clock_reasons(clock: dict[str, Any], runner: Any, bound_ms: float, uncorrected: bool) -> list[str]:
-    """Why cross-process latencies cannot be trusted to ``bound_ms`` (empty: they can)."""
-    from locust.runners import MasterRunner
-
+def clock_reasons(clock: dict[str, Any], had_workers: bool, bound_ms: float, uncorrected: bool) -> list[str]:
+    """Why cross-process latencies cannot be trusted to ``bound_ms`` (empty: they can). ``had_workers``: a master
+    with worker processes (they must have estimated their offsets)."""
     out = []
-    if isinstance(runner, MasterRunner) and runner.clients.all and not clock["workers"]:
+    if had_workers and not clock["workers"]:
         out.append("no clock offset estimate from any worker")
     for worker, c in clock["workers"].items():
         if c["bound_ms"] > bound_ms:

@@ -389,8 +389,6 @@ def test_clock_keeps_a_precise_estimate_over_a_busy_one() -> None:
 
 
 def test_clock_summary_and_validity() -> None:
-    from types import SimpleNamespace
-
     from drivers.bundle import clock_reasons
 
     totals = Totals()
@@ -399,11 +397,12 @@ def test_clock_summary_and_validity() -> None:
     c = totals.clock_summary()
     w = c["workers"]["w1"]
     assert (w["offset_ms"], w["bound_ms"], w["drift_ms"], w["estimates"], w["rejected"]) == (-50.2, 0.4, 0.2, 2, 1)
-    runner = SimpleNamespace(clients=SimpleNamespace(all=[]))
-    assert clock_reasons(c, runner, 1.0, uncorrected=False) == []
-    assert clock_reasons(c, runner, 0.3, uncorrected=False) == [
+    assert clock_reasons(c, True, 1.0, uncorrected=False) == []
+    assert clock_reasons({**c, "workers": {}}, True, 1.0, uncorrected=False) == [
+        "no clock offset estimate from any worker"]
+    assert clock_reasons(c, True, 0.3, uncorrected=False) == [
         "w1: clock offset known only to ±0.400 ms > 0.3 ms"]
-    assert clock_reasons(c, runner, 1.0, uncorrected=True) == [
+    assert clock_reasons(c, True, 1.0, uncorrected=True) == [
         "w1: clock -50.200 ms off the master's and latencies not corrected (--no-clock-correction)"]
 
 

@@ -97,3 +97,11 @@ def test_committed_baseline_records_are_valid_records() -> None:
     for f in files:
         data = orjson.loads(f.read_bytes())
         assert record.problems(data) == [], f.name
+
+
+def test_unit_tests_never_import_locust() -> None:
+    """Importing locust monkey-patches the process with gevent; after ssl is imported that recurses (seen once
+    as a RecursionError deep in a unit test). The unit suite must stay free of it."""
+    import sys
+
+    assert "locust" not in sys.modules
