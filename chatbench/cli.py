@@ -92,11 +92,15 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
         report.write(paths, Path(args.report), f"chatbench matrix: {args.scenario}")
         console.print(f"report: {args.report}")
-    combos = args.repeat * len(list(itertools.product(*axes.values())))
+    return matrix_exit(args, axes, loaded)
+
+
+def matrix_exit(args: argparse.Namespace, axes: dict[str, list[Any]], loaded: list[dict[str, Any]]) -> int:
+    """1 when a combination produced no bundle, or a run is invalid (unless --accept-invalid); each named."""
     invalid = [b for b in loaded if not b["metrics"].get("valid")]
     for b in invalid:
         console.print(f"[red]invalid run {b['run_id']}: {'; '.join(b['metrics'].get('invalid_reasons', []))}[/]")
-    if len(paths) != combos:
+    if len(loaded) != args.repeat * len(list(itertools.product(*axes.values()))):
         return 1
     return 1 if invalid and not args.accept_invalid else 0
 
@@ -136,13 +140,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
         report.write(paths, Path(args.report), f"chatbench capacity: {args.scenario} ({args.slo})")
         console.print(f"report: {args.report}")
-    invalid = [b for b in loaded if not b["metrics"].get("valid")]
-    for b in invalid:
-        console.print(f"[red]invalid run {b['run_id']}: {'; '.join(b['metrics'].get('invalid_reasons', []))}[/]")
-    combos = args.repeat * len(list(itertools.product(*axes.values())))
-    if len(paths) != combos:
-        return 1
-    return 1 if invalid and not args.accept_invalid else 0
+    return matrix_exit(args, axes, loaded)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

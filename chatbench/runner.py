@@ -231,15 +231,7 @@ class Sampler:
 
     def cpu_at(self, t: float) -> float:
         """Server CPU seconds at epoch ``t``, linear between samples."""
-        pts = sorted(self.cpu + [(ts, cpu) for ts, _, cpu in self.samples])
-        if not pts:
-            return 0.0
-        if t <= pts[0][0]:
-            return pts[0][1]
-        for (ta, ca), (tb, cb) in itertools.pairwise(pts):
-            if ta <= t <= tb:
-                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
-        return pts[-1][1]
+        return record.cpu_at(self.cpu + [(ts, cpu) for ts, _, cpu in self.samples], t)
 
     def traffic_end(self) -> float | None:
         """Epoch of the first scrape after which neither messages nor deliveries changed (None: never quiet)."""

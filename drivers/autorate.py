@@ -19,11 +19,12 @@ from typing import Any
 
 import gevent
 
+from drivers.bundle import server_counters
 from drivers.capacity import Search, Slo, Step, judge
 from drivers.clock import CLOCK
 from drivers.deliveries import summary_ms
 from drivers.totals import CPU_SATURATED, LAG_SATURATED_MS, Totals
-from record.promtext import bucket_quantiles, counters, delta
+from record.promtext import bucket_quantiles, delta
 
 log = logging.getLogger("chatbench.capacity")
 
@@ -65,18 +66,6 @@ def _set(env: Environment, level: float, done: bool = False) -> None:
         env.runner.send_message("chatbench_level", {"level": level, "done": done})
 
 
-def _server(env: Environment) -> dict[str, float]:
-    from drivers.bundle import _admin
-
-    admin = _admin(env)
-    if admin is None:
-        return {}
-    try:
-        return counters(admin.metrics_text())
-    except Exception:
-        return {}
-
-
 def control(env: Environment, totals: Totals, start_at: float) -> None:
     """The coordinator's search loop (a greenlet); ``start_at``: reference epoch s when the search phase begins
     (after connecting). Judged on what was merged into ``totals`` during each step."""
@@ -96,10 +85,10 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         gevent.sleep(float(opts.capacity_warm_s))
         hold = confirm_s if phase == "confirm" else float(opts.capacity_step_s)
         totals.start_interval()
-        c0, s0, t0 = dict(totals.counts), _server(env), CLOCK.time()
+        c0, s0, t0 = dict(totals.counts), server_counters(env), CLOCK.time()
         gevent.sleep(hold)
         interval = totals.take_interval()
-        c1, s1, t1 = dict(totals.counts), _server(env), CLOCK.time()
+        c1, s1, t1 = dict(totals.counts), server_counters(env), CLOCK.time()
         cpu, lag = totals.health_in(t0, t1 + 2.5)  # health samples cover the 2 s before their stamp
         lat = summary_ms(interval.h, (50, 90, 99, 99.9))
         step = Step(level, phase, latency_ms={k: v for k, v in lat.items() if k.startswith("p")},

@@ -7,6 +7,7 @@ the CLI all build and read records the same way.
 
 from record.build import (
     SERVER_COUNTERS,
+    cpu_at,
     cpu_in_window,
     derive,
     finish,
@@ -19,7 +20,7 @@ from record.schema import API_VERSION, FIELDS, KINDS, Field, problems
 from record.store import RecordError, dumps, load, load_all, write, write_new
 
 __all__ = [
-    "API_VERSION", "FIELDS", "KINDS", "SERVER_COUNTERS", "Field", "RecordError", "cpu_in_window", "derive", "dumps",
-    "finish", "generator_cpu", "load", "load_all", "new", "new_run_id", "problems", "server_figures", "write",
-    "write_new",
+    "API_VERSION", "FIELDS", "KINDS", "SERVER_COUNTERS", "Field", "RecordError", "cpu_at", "cpu_in_window", "derive",
+    "dumps", "finish", "generator_cpu", "load", "load_all", "new", "new_run_id", "problems", "server_figures",
+    "write", "write_new",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
 from record.machine import git_info, machine_info
@@ -72,22 +73,23 @@ def server_figures(after: dict[str, float], before: dict[str, float]) -> dict[st
     }
 
 
-def cpu_in_window(samples: list[tuple[float, float]] | list[list[float]], t0: float, t1: float) -> float:
-    """CPU seconds spent between t0 and t1 from (epoch s, cumulative CPU s) samples, linear between samples and
-    clipped to the samples' span."""
-    pts = sorted((float(t), float(c)) for t, c in samples)
-    if not pts or t1 <= t0:
+def cpu_at(samples: Sequence[Sequence[float]], t: float) -> float:
+    """Cumulative CPU seconds at epoch ``t`` from (epoch s, cumulative CPU s) samples: linear between samples,
+    clipped to their span (0.0 without samples)."""
+    pts = sorted((float(ts), float(c)) for ts, c in samples)
+    if not pts:
         return 0.0
+    if t <= pts[0][0]:
+        return pts[0][1]
+    for (ta, ca), (tb, cb) in itertools.pairwise(pts):
+        if ta <= t <= tb:
+            return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
+    return pts[-1][1]
 
-    def at(t: float) -> float:
-        if t <= pts[0][0]:
-            return pts[0][1]
-        for (ta, ca), (tb, cb) in itertools.pairwise(pts):
-            if ta <= t <= tb:
-                return ca + (cb - ca) * ((t - ta) / (tb - ta) if tb > ta else 1.0)
-        return pts[-1][1]
 
-    return at(t1) - at(t0)
+def cpu_in_window(samples: Sequence[Sequence[float]], t0: float, t1: float) -> float:
+    """CPU seconds spent between t0 and t1 (see :func:`cpu_at`)."""
+    return cpu_at(samples, t1) - cpu_at(samples, t0) if t1 > t0 else 0.0
 
 
 def generator_cpu(metrics: dict[str, Any], t0: float, t1: float) -> None:
