@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from reference_server.store import Store
 
 MAX_BULK = 1_000_000
+#: bulk work on the event loop is done this many ids at a time, letting everything else run in between
+CHECK_SLICE = 50_000
+#: users are created this many at a time, each chunk one writer transaction, so sends commit in between
+USER_CHUNK = 20_000
 
 Health = Callable[[], tuple[bool, dict[str, object]]]
 #: a cluster front's choice of gateway for a new connection (None: no live gateway)
@@ -39,11 +43,17 @@ def _bad(status: int, message: str) -> web.Response:
     return _json({"error": message}, status)
 
 
-def _ids(value: Any, what: str) -> list[int]:
-    if type(value) is not list or any(type(v) is not int or not 0 <= v <= protocol.MAX_ID for v in value):
+async def _ids(value: Any, what: str) -> list[int]:
+    """A list of ids, checked a slice at a time (a million of them would hold the loop for a while)."""
+    if type(value) is not list:
         raise AdminError(400, f"{what} must be a list of integer ids in [0, 2**63)")
     if len(value) > MAX_BULK:
         raise AdminError(400, f"{what}: at most {MAX_BULK} per request")
+    for i in range(0, len(value), CHECK_SLICE):
+        if any(type(v) is not int or not 0 <= v <= protocol.MAX_ID for v in value[i:i + CHECK_SLICE]):
+            raise AdminError(400, f"{what} must be a list of integer ids in [0, 2**63)")
+        if len(value) > CHECK_SLICE:
+            await asyncio.sleep(0)
     return value
 
 
@@ -79,20 +89,36 @@ def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: Co
         store.submit(job)
         return await job.future
 
-    async def create_users(request: web.Request) -> web.Response:
+    async def create_users(request: web.Request) -> web.StreamResponse:
         data = await body(request)
         if "ids" in data:
-            uids = _ids(data["ids"], "ids")
+            uids = await _ids(data["ids"], "ids")
         else:
             first, count = data.get("first"), data.get("count")
             if (type(first) is not int or type(count) is not int or first < 0 or not 0 < count <= MAX_BULK
                     or first + count - 1 > protocol.MAX_ID):
                 raise AdminError(400, f"give 'ids' (a list) or 'first' and 'count' (1..{MAX_BULK})")
             uids = list(range(first, first + count))
-        result = await run(CreateUsers(asyncio.get_running_loop(), uids))
-        if data.get("tokens"):
-            result["tokens"] = {str(u): protocol.user_token(config.secret, u) for u in uids}
-        return _json(result)
+        loop = asyncio.get_running_loop()
+        created = 0
+        for i in range(0, len(uids), USER_CHUNK):  # idempotent, so chunks may commit apart
+            n = (await run(CreateUsers(loop, uids[i:i + USER_CHUNK])))["created"]
+            assert isinstance(n, int)
+            created += n
+        head = {"created": created, "requested": len(uids)}
+        if not data.get("tokens"):
+            return _json(head)
+        # a million tokens: computed and written a slice at a time (tens of MB of JSON, never whole in memory)
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(orjson.dumps(head)[:-1] + b',"tokens":{')
+        secret = config.secret
+        for i in range(0, len(uids), CHECK_SLICE // 5):
+            part = orjson.dumps({str(u): protocol.user_token(secret, u) for u in uids[i:i + CHECK_SLICE // 5]})
+            await resp.write((b"," if i else b"") + part[1:-1])
+        await resp.write(b"}}")
+        await resp.write_eof()
+        return resp
 
     async def create_groups(request: web.Request) -> web.Response:
         data = await body(request)
@@ -103,14 +129,14 @@ def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: Co
         for g in raw:
             if type(g) is not dict or type(g.get("gid")) is not int or not 0 <= g["gid"] <= protocol.MAX_ID:
                 raise AdminError(400, "each group needs an integer 'gid' in [0, 2**63)")
-            groups.append((g["gid"], _ids(g.get("members", []), f"members of group {g['gid']}")))
+            groups.append((g["gid"], await _ids(g.get("members", []), f"members of group {g['gid']}")))
         return _json(await run(CreateGroups(asyncio.get_running_loop(), groups)))
 
     async def change_members(request: web.Request) -> web.Response:
         gid = _path_id(request, "gid")
         data = await body(request)
-        add = _ids(data.get("add", []), "add")
-        remove = _ids(data.get("remove", []), "remove")
+        add = await _ids(data.get("add", []), "add")
+        remove = await _ids(data.get("remove", []), "remove")
         return _json(await run(ChangeMembers(asyncio.get_running_loop(), gid, add, remove, logic.publish)))
 
     async def get_group(request: web.Request) -> web.Response:

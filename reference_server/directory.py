@@ -51,6 +51,9 @@ def audience(members: Mapping[int, int], entry: Entry, among: Iterable[int] | No
     return [u for u in among if members.get(u, seq) < seq and u != sender and (to is None or u in to)]
 
 
+_NONE: frozenset[int] = frozenset()
+
+
 @dataclass(slots=True)
 class Directory:
     users: set[int] = field(default_factory=set)
@@ -60,17 +63,31 @@ class Directory:
     on_members_changed: Callable[[int], None] | None = None
 
     def groups_of(self, uid: int) -> frozenset[int]:
-        return self.user_groups.get(uid, frozenset())
+        return self.user_groups.get(uid, _NONE)
 
-    def set_members(self, group: Group, members: dict[int, int]) -> None:
-        """Swap in a new member map and keep user_groups in step (writer thread, after commit)."""
+    def set_members(self, group: Group, members: dict[int, int], added: Iterable[int] | None = None,
+                    removed: Iterable[int] | None = None) -> None:
+        """Swap in a new member map and keep user_groups in step (writer thread, after commit). ``added`` and
+        ``removed``: the change, when the caller knows it (otherwise it is found by comparing the two maps — a
+        pass over both, which a large group makes long)."""
         old = group.members
-        for uid in old.keys() - members.keys():
-            self.user_groups[uid] = self.groups_of(uid) - {group.gid}
-            group.read.pop(uid, None)
-        for uid in members.keys() - old.keys():
-            self.user_groups[uid] = self.groups_of(uid) | {group.gid}
-            group.read[uid] = members[uid]
+        if added is None or removed is None:
+            removed, added = old.keys() - members.keys(), members.keys() - old.keys()
+        gid = group.gid
+        ug, read = self.user_groups, group.read
+        only = frozenset((gid,))  # shared by every user in no other group (frozensets never change)
+        for uid in removed:
+            have = ug.get(uid)
+            if have is not None:
+                if have == only:
+                    del ug[uid]
+                else:
+                    ug[uid] = have - only
+            read.pop(uid, None)
+        for uid in added:
+            have = ug.get(uid)
+            ug[uid] = only if have is None else have | only
+            read[uid] = members[uid]
         group.members = members
         if self.on_members_changed is not None:
             self.on_members_changed(group.gid)

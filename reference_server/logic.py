@@ -8,7 +8,7 @@ never affects the connection or anyone else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,26 @@ log = logging.getLogger("chat.logic")
 
 #: what a request other than send costs of its user's request budget at least (seconds of server time)
 MIN_REQUEST_COST_S = 50e-6
+
+
+class _WithRemoved(Mapping[int, int]):
+    """A group's members plus those a leave signal removed (they hear it), without copying a large group."""
+
+    __slots__ = ("members", "removed")
+
+    def __init__(self, members: Mapping[int, int], removed: dict[int, int]) -> None:
+        self.members, self.removed = members, removed
+
+    def __getitem__(self, uid: int) -> int:
+        got = self.removed.get(uid)
+        return self.members[uid] if got is None else got
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self.removed
+        yield from (u for u in self.members if u not in self.removed)
+
+    def __len__(self) -> int:
+        return len(self.members) + len(self.removed)  # disjoint: the removed are no longer members
 
 
 class ChatLogic:
@@ -185,9 +205,9 @@ class ChatLogic:
         """Event loop, after the commit: push a signal to the group's online members (and to ``also``, users
         no longer in the group who must hear it: the removed members of a leave signal)."""
         assert self.fanout is not None
-        members = self.directory.groups[msg.gid].members
+        members: Mapping[int, int] = self.directory.groups[msg.gid].members
         if also:  # a view of the members that still holds them (joined before the signal), for this push only
-            members = {**members, **dict.fromkeys(also, msg.seq - 1)}
+            members = _WithRemoved(members, dict.fromkeys(also, msg.seq - 1))
         n = self.fanout.push(msg, ws_frame(protocol.encode_push(msg)), members)
         self.metrics.deliveries.inc(n)
 

@@ -42,6 +42,9 @@ MAX_SYNC_PAGE_BYTES: Final = 64 * 1024
 SYNC_ENTRY_BYTES: Final = 128
 #: an ``unread`` request names at most this many distinct groups (repeats count once)
 MAX_UNREAD_GIDS: Final = 1000
+#: a join/leave signal lists the members it names (``uids``) only up to this many; it always says how many
+#: (``count``), so its size does not grow with the size of the change
+MAX_SIGNAL_UIDS: Final = 100
 WS_PATH: Final = "/ws"
 
 
@@ -340,7 +343,10 @@ class Message:
     to: tuple[int, ...] | None = None  # private: visible only to these members and the sender
     kind: str = Kind.MSG
     ref: int = 0  # RECALL: the recalled seq
-    uids: tuple[int, ...] | None = None  # JOIN/LEAVE: the members added/removed
+    # JOIN/LEAVE: the members added/removed (all of them in memory, where the server knows them; on the wire and
+    # in storage only up to MAX_SIGNAL_UIDS), and how many (``count``: what a signal read back without them says)
+    uids: tuple[int, ...] | None = None
+    count: int = 0
 
     def wire(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -357,9 +363,22 @@ class Message:
             obj["kind"] = str(self.kind)
             if self.kind == Kind.RECALL:
                 obj["ref"] = self.ref
+            elif self.kind == Kind.JOIN or self.kind == Kind.LEAVE:
+                obj["count"] = self.members_named
+                if self.uids is not None and len(self.uids) <= MAX_SIGNAL_UIDS:
+                    obj["uids"] = list(self.uids)
             elif self.uids is not None:
                 obj["uids"] = list(self.uids)
         return obj
+
+    @property
+    def members_named(self) -> int:
+        """JOIN/LEAVE: how many members were added/removed."""
+        return len(self.uids) if self.uids is not None else self.count
+
+    def bounded(self) -> tuple[int, ...] | None:
+        """The ``uids`` as the wire and storage keep them: None past MAX_SIGNAL_UIDS."""
+        return self.uids if self.uids is not None and len(self.uids) <= MAX_SIGNAL_UIDS else None
 
     def visible_to(self, uid: int) -> bool:
         return self.to is None or uid == self.sender or uid in self.to
@@ -478,7 +497,7 @@ def message_from_wire(obj: dict[str, Any]) -> Message:
         return Message(
             gid=obj["gid"], seq=obj["seq"], sender=obj["from"], cts=obj["cts"], sts=obj["sts"], body=obj["body"],
             to=tuple(to) if to is not None else None, kind=obj.get("kind", Kind.MSG), ref=obj.get("ref", 0),
-            uids=tuple(uids) if uids is not None else None,
+            uids=tuple(uids) if uids is not None else None, count=obj.get("count", 0),
         )
     except (KeyError, TypeError) as exc:
         raise ProtocolError(ErrorCode.BAD_FRAME, f"not a message: missing or bad {exc}") from None

@@ -21,7 +21,10 @@ class LocalFanout(Fanout):
     def push(self, msg: Message, frame: bytes, members: Mapping[int, int]) -> int:
         online = self.sockets.online
         n = 0
-        for uid in audience(members, msg):
+        # a group larger than this process' connections (a million members, a few thousand online): walk the
+        # connections, not the members (the audience rule either way)
+        among = online if msg.to is None and len(members) > 4 * len(online) else None
+        for uid in audience(members, msg, among):
             conn = online.get(uid)
             if conn is not None and not conn.closing:
                 conn.queue(frame)

@@ -28,6 +28,10 @@ def _ids(raw: str | bytes | None) -> tuple[int, ...] | None:
 
 def row_message(gid: int, row: Sequence[Any]) -> Message:
     seq, sender, cts, sts, body, recipients, kind, ref, uids = row[:9]
+    if kind == Kind.JOIN or kind == Kind.LEAVE:  # ``ref`` holds how many members the signal names
+        members = _ids(uids)
+        return Message(gid, seq, sender, cts, sts, body, _ids(recipients), kind, 0, members,
+                       ref or (len(members) if members is not None else 0))
     return Message(gid, seq, sender, cts, sts, body, _ids(recipients), kind, ref, _ids(uids))
 
 
@@ -41,6 +45,7 @@ class TimelineStorage(Storage):
         return [
             "CREATE TABLE IF NOT EXISTS messages (gid INTEGER NOT NULL, seq INTEGER NOT NULL, "
             "sender INTEGER NOT NULL, cts INTEGER NOT NULL, sts INTEGER NOT NULL, body TEXT NOT NULL, "
+            # ref: a recall's recalled seq, a join/leave's member count; uids: a join/leave's members (up to 100)
             "recipients TEXT, kind TEXT NOT NULL DEFAULT 'msg', ref INTEGER NOT NULL DEFAULT 0, uids TEXT, "
             "diffused INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (gid, seq)) WITHOUT ROWID",
             "CREATE TABLE IF NOT EXISTS deletes (uid INTEGER NOT NULL, gid INTEGER NOT NULL, seq INTEGER NOT NULL, "
@@ -60,8 +65,9 @@ class TimelineStorage(Storage):
         db.execute(
             "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (msg.gid, msg.seq, msg.sender, msg.cts, msg.sts, msg.body,
-             orjson.dumps(msg.to).decode() if msg.to is not None else None, str(msg.kind), msg.ref,
-             orjson.dumps(msg.uids).decode() if msg.uids is not None else None, int(diffused)),
+             orjson.dumps(msg.to).decode() if msg.to is not None else None, str(msg.kind),
+             msg.members_named if msg.kind == Kind.JOIN or msg.kind == Kind.LEAVE else msg.ref,
+             orjson.dumps(uids).decode() if (uids := msg.bounded()) is not None else None, int(diffused)),
         )
         tally.storage["body"] += 1
         if diffused:
