@@ -279,6 +279,7 @@ class Gateway:
         self.waiting: deque[Conn] = deque()  # connections with frames in their inbox, worked on in turn
         self._drain_scheduled = False
         self._server: asyncio.Server | None = None
+        self._port = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self.accepting = True
         self.violations = Violations(metrics)  # replaced by the library's log handler at start
@@ -303,6 +304,7 @@ class Gateway:
         except BaseException:
             sock.close()
             raise
+        self._port = int(sock.getsockname()[1])
         resume = getattr(self._server, "_start_serving_one_listener", None)  # aiofastnet's: accept again
         if resume is not None:
             sock.resume = functools.partial(resume, sock)
@@ -310,8 +312,9 @@ class Gateway:
 
     @property
     def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        """The port listened on (still known once the server stopped listening: /healthz asks while stopping)."""
+        assert self._port, "not started"
+        return self._port
 
     def stop_accepting(self) -> None:
         self.accepting = False

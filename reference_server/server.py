@@ -99,7 +99,8 @@ class ChatServer(ABC):
     # -- lifecycle
     def health(self) -> tuple[bool, dict[str, object]]:
         ok = self.logic.accepting and self.store.failed is None
-        info: dict[str, object] = {"status": "ok" if ok else "stopping", "role": self.config.role,
+        status = "ok" if ok else "stopping" if not self.logic.accepting else "storage_failed"
+        info: dict[str, object] = {"status": status, "role": self.config.role,
                                    "modes": self.config.modes()}
         info.update(self.edge_health())
         return ok, info

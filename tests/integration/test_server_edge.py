@@ -130,3 +130,66 @@ def test_malformed_ids_and_headers_get_a_clear_4xx(server: ServerProcess) -> Non
         got, body = http_status(server.admin_port, request)
         assert got == status, (what, got, body[:200])
     assert errors_logged(server) == []
+
+
+# -- issue 13 item 5: violations counted, not logged; /healthz while stopping
+
+
+def unmasked(payload: bytes) -> bytes:
+    return bytes((0x81, len(payload))) + payload  # a client frame without a mask: close 1002
+
+
+def test_protocol_violations_are_counted_not_logged(server_factory: Callable[..., ServerProcess]) -> None:
+    srv = server_factory("--max-frame-bytes", "1024")
+    provision(srv, 1)
+    n = 150
+    for i in range(2 * n):
+        ws = RawWS(srv.port, ws_target(1))
+        assert ws.status == 101
+        ws.send(unmasked(b'{"op":"ping"}') if i % 2 else client_frame(b"x" * 2000))
+        assert ws.close_code() in (CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG)
+        ws.close()
+    metrics = admin(srv).metrics_text()
+    assert f'chat_protocol_violations_total{{reason="protocol_error"}} {n}.0' in metrics
+    assert f'chat_protocol_violations_total{{reason="frame_too_big"}} {n}.0' in metrics
+    lines = [line for line in srv.log_path.read_text().splitlines() if "protocol violation" in line]
+    assert len(lines) <= 2, lines  # one a minute per kind
+    assert errors_logged(srv) == []
+    assert srv.log_path.stat().st_size < 10_000
+
+
+def test_healthz_answers_503_stopping_during_shutdown(server_factory: Callable[..., ServerProcess]) -> None:
+    # a member that does not read holds the shutdown (its close waits for its socket to drain, then 2 s): the
+    # admin plane answers meanwhile
+    srv = server_factory("--send-rate", "0", "--max-send-queue-bytes", str(64 << 20))
+    provision(srv, 2)
+    slow = RawWS(srv.port, ws_target(2), rcvbuf=4096)
+    assert slow.status == 101
+    sender = RawWS(srv.port, ws_target(1))
+    hello(sender)
+    body = "y" * 4000
+    sender.send(frames(orjson.dumps({"op": "send", "gid": 1, "body": body, "rid": i}) for i in range(2000)))
+    acks = 0
+    while acks < 2000:
+        reply = sender.recv_json()
+        assert reply is not None
+        acks += reply.get("op") == "ack"
+    assert srv.proc is not None
+    srv.proc.terminate()
+    seen: list[tuple[int, str]] = []
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            status, payload = http_status(srv.admin_port, request, timeout=2)
+        except OSError:
+            break  # the admin port closed: the end of the shutdown
+        if status == 0:
+            break
+        seen.append((status, orjson.loads(payload)["status"] if status in (200, 503) else payload[:60].decode()))
+        time.sleep(0.02)
+    assert (503, "stopping") in seen, seen
+    assert {s for s, _ in seen} <= {200, 503}, seen
+    assert srv.proc.wait(15) == 0
+    slow.close()
+    sender.close()
