@@ -93,7 +93,10 @@ def _swarm(srv: ServerProcess, port: int, results: Path) -> subprocess.Popen[str
            "--offline-pct", "50", "--steady-s", "2", "--offline-s", "2", "--storm-s", "3", "--tail-s", "1",
            "--profile-mix", "wifi:30", "--host", srv.ws_url, "--admin-url", srv.admin_url,
            "--admin-token", ADMIN_TOKEN, "--chat-secret", SECRET, "--results-dir", str(results),
-           "--metrics-port", str(port), "--stop-timeout", "3"]
+           "--metrics-port", str(port), "--stop-timeout", "3",
+           # fan-out completion is exported as messages settle, --fanout-settle-s after their send (30 s by
+           # default, so that late receivers still count): this run is shorter than that
+           "--fanout-settle-s", "1"]
     return subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
