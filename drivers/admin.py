@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 
+from record.promtext import counters
+
 #: an opener that ignores http(s)_proxy from the environment: the toolkit talks to its own servers directly
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -95,3 +97,20 @@ class AdminClient:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"server at {self.url} not healthy after {timeout:g} s: {exc}") from exc
                 time.sleep(0.1)
+
+
+def from_options(opts: Any) -> AdminClient | None:
+    """The admin client a swarm's options name (``--admin-url``, ``--admin-token``), or None without a URL."""
+    url = getattr(opts, "admin_url", "") if opts is not None else ""
+    return AdminClient(url, getattr(opts, "admin_token", ""), timeout=10) if url else None
+
+
+def server_counters(opts: Any) -> dict[str, float]:
+    """The server's /metrics, flattened (``record.promtext.counters``), or {} if the admin plane cannot be read."""
+    admin = from_options(opts)
+    if admin is None:
+        return {}
+    try:
+        return counters(admin.metrics_text())
+    except Exception:
+        return {}

@@ -19,7 +19,7 @@ from typing import Any
 
 import gevent
 
-from drivers.bundle import server_counters
+from drivers.admin import server_counters
 from drivers.capacity import Search, Slo, Step, judge
 from drivers.clock import CLOCK
 from drivers.deliveries import summary_ms
@@ -85,10 +85,10 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         gevent.sleep(float(opts.capacity_warm_s))
         hold = confirm_s if phase == "confirm" else float(opts.capacity_step_s)
         totals.start_interval()
-        c0, s0, t0 = dict(totals.counts), server_counters(env), CLOCK.time()
+        c0, s0, t0 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
         gevent.sleep(hold)
         interval = totals.take_interval()
-        c1, s1, t1 = dict(totals.counts), server_counters(env), CLOCK.time()
+        c1, s1, t1 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
         cpu, lag = totals.health_in(t0, t1 + 2.5)  # health samples cover the 2 s before their stamp
         lat = summary_ms(interval.h, (50, 90, 99, 99.9))
         step = Step(level, phase, latency_ms={k: v for k, v in lat.items() if k.startswith("p")},

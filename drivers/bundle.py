@@ -15,35 +15,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import record
-from drivers.admin import AdminClient
+from drivers import admin
+from drivers.admin import from_options
 from drivers.ledger import now_us
 from drivers.totals import Totals
-from record.promtext import counters, delta
+from record.promtext import delta
 
 if TYPE_CHECKING:  # no locust import at run time: importing locust monkey-patches the process with gevent
     from locust.env import Environment
 
     from drivers.swarm import RunState
 
-def _admin(env: Environment) -> AdminClient | None:
-    opts = env.parsed_options
-    url = getattr(opts, "admin_url", "") if opts is not None else ""
-    return AdminClient(url, getattr(opts, "admin_token", ""), timeout=10) if url else None
-
-
 def server_counters(env: Environment) -> dict[str, float]:
-    """The server's /metrics, flattened (``record.promtext.counters``), or {} if the admin plane cannot be read."""
-    admin = _admin(env)
-    if admin is None:
-        return {}
-    try:
-        return counters(admin.metrics_text())
-    except Exception:
-        return {}
+    """The server's /metrics, flattened, or {} if the admin plane cannot be read."""
+    return admin.server_counters(env.parsed_options)
 
 
 def _server_modes(env: Environment) -> dict[str, Any]:
-    admin = _admin(env)
+    admin = from_options(env.parsed_options)
     if admin is None:
         return {}
     with contextlib.suppress(Exception):
