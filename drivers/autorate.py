@@ -27,6 +27,9 @@ from drivers.totals import CPU_SATURATED, LAG_SATURATED_MS, Totals
 from record.promtext import bucket_quantiles, delta
 
 log = logging.getLogger("chatbench.capacity")
+#: a step is held until about this many messages were sent (at most MAX_HOLD_FACTOR × its nominal time)
+MIN_MESSAGES = 20
+MAX_HOLD_FACTOR = 4
 
 
 @dataclass
@@ -84,6 +87,8 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         _set(env, level)
         gevent.sleep(float(opts.capacity_warm_s))
         hold = confirm_s if phase == "confirm" else float(opts.capacity_step_s)
+        # long enough for MIN_MESSAGES at this level (a step that sends nothing proves nothing), within reason
+        hold = min(max(hold, MIN_MESSAGES / level), MAX_HOLD_FACTOR * hold)
         totals.start_interval()
         c0, s0, t0 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
         gevent.sleep(hold)

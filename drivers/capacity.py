@@ -94,7 +94,9 @@ def judge(step: Step, slo: Slo, cpu_limit: float, lag_limit_ms: float) -> None:
         value = step.latency_ms.get(name)
         if value is not None and value >= ceiling:
             step.failures.append(f"latency {name} {value:.1f} ms ≥ {ceiling:g} ms")
-    if step.deliveries == 0 and step.sent > 0:
+    if step.sent == 0:  # nothing to judge: the level is below what a step can measure, or the senders stalled
+        step.generator_limits.append("nothing was sent during the step")
+    elif step.deliveries == 0:
         step.failures.append("no delivery arrived")
     if step.lost > slo.lost:
         step.failures.append(f"lost {step.lost} > {slo.lost}")

@@ -100,3 +100,9 @@ def test_a_server_limit_below_the_generators_is_still_found() -> None:
     answer = run(Search(100, growth=4, resolution=0.05), capacity=900, generator_limit=1000)
     assert answer["generator_bound"] is False
     assert isinstance(answer["capacity"], float) and 900 / 1.05 <= answer["capacity"] < 900
+
+
+def test_a_step_that_sent_nothing_proves_nothing() -> None:
+    step = Step(0.2, "bracket", deliveries=0, sent=0)
+    judge(step, Slo.parse("p99<100ms"), cpu_limit=0.9, lag_limit_ms=250)
+    assert not step.held and step.generator_limits == ["nothing was sent during the step"]
