@@ -74,6 +74,10 @@ class ServerMetrics:
             "chat_slow_consumer_disconnects", "Connections closed because their send queue passed its bound",
             registry=registry,
         )
+        self.resume_disconnects = Counter(
+            "chat_resume_disconnects", "Connections a cluster gateway closed (4003) because it may have missed bus "
+            "messages for them (a Redis outage, a pub/sub reconnect, a dropped publish)", registry=registry,
+        )
         self.idle_disconnects = Counter(
             "chat_idle_disconnects", "Connections closed after idle_timeout without inbound frames", registry=registry
         )

@@ -95,6 +95,7 @@ class CloseCode(IntEnum):
     IDLE_TIMEOUT = 4000  # nothing received for idle_timeout seconds
     SLOW_CONSUMER = 4001  # the connection's send queue passed its bound; resume with sync
     REPLACED = 4002  # the same user connected again elsewhere on this server
+    RESUME = 4003  # a cluster gateway may have missed bus messages for this connection: resume by seq
 
 
 class ProtocolError(Exception):

@@ -8,6 +8,12 @@ checks but does not hold is counted in ``chat_gateway_filtered_total``.
 
 The gateway keeps its entries in the central online registry (uid → gateway), a liveness key with a
 short TTL, and its connection count (the front hands new connections to the least-loaded gateway).
+
+No push is silently lost on a live connection: a gateway that may have missed bus messages — a gap in the
+numbers of what it received (cluster/bus.py), fewer messages than the logic node says it sent (PROBE → STATE, at
+start and after every reconnect), or the logic node saying it missed requests of this gateway (RESET) — closes
+all its clients with 4003, and they resume by seq. After losing Redis it holds its requests until the logic node
+answers a PROBE (it listens again), so requests sent meanwhile are not lost on the way.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("chat.cluster.gateway")
 
 MEMBER_BATCH = 100  # the lesson: member lists reach gateways about 100 at a time
+PROBE_EVERY_S = 0.5  # a PROBE is repeated this often until the logic node answers
+HOLD_MAX_S = 5.0  # requests held after a reconnect are sent anyway after this long without an answer
 LOAD_KEY = "chat:load"  # hash gateway id -> connections
 URL_KEY = "chat:gateways"  # hash gateway id -> public ws:// URL
 ALIVE_TTL_S = 2  # refreshed every HEARTBEAT_S: a dead gateway is forgotten within 2 s
@@ -64,10 +72,12 @@ class RemoteLogic:
 
     def on_connect(self, conn: Client) -> None:
         self.node.registry[conn.uid] = True
+        self.node.ungreeted.add(conn.uid)  # no push before its hello
         self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.CONNECT, self.node.gw, conn.uid))
 
     def on_disconnect(self, conn: Client) -> None:
         self.node.registry[conn.uid] = False
+        self.node.ungreeted.discard(conn.uid)
         self.node.bus.publish(wire.LOGIC_CHANNEL, wire.request(wire.DISCONNECT, self.node.gw, conn.uid))
 
     def after_flush(self) -> None:
@@ -85,15 +95,25 @@ class GatewayNode:
         self.members: dict[int, dict[int, int]] = {}  # gid -> uid -> join seq, fetched on first use
         self._waiting: dict[int, list[wire.Decoded]] = {}  # group messages held while their members load
         self.registry: dict[int, bool] = {}  # uid -> online here (True) / gone (False), not yet in redis
+        # connected, hello not yet here: pushes that arrive before it are at or below its max seqs (the logic node
+        # sent them before it handled the connect, and it sends in order), so they are left to the client's sync
+        self.ungreeted: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.public_url = config.public_url
+        self._answered = asyncio.Event()  # the logic node answered the last PROBE
+        self._prober: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         handlers = {wire.gateway_channel(self.gw): self._on_message, wire.CONTROL_CHANNEL: self._on_control}
         if self.config.fanout == "broadcast":
             handlers[wire.BROADCAST_CHANNEL] = self._on_message
+        self._counted = [ch for ch in (wire.gateway_channel(self.gw), wire.BROADCAST_CHANNEL, wire.CONTROL_CHANNEL)
+                         if ch in handlers]
         self.bus.on_reconnect.append(self._reregister)
+        self.bus.on_gap.append(self._gap)
+        self.bus.on_lost.append(self.bus.hold)  # until the logic node answers a PROBE again
         await self.bus.start(handlers)
+        self._probe()  # where counting starts
         await self.gateway.start()
         if not self.public_url:
             self.public_url = f"ws://{self.config.host}:{self.gateway.port}"
@@ -101,6 +121,8 @@ class GatewayNode:
         self._tasks = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self._flush_registry())]
 
     async def stop(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
         for task in self._tasks:
             task.cancel()
         try:
@@ -122,6 +144,10 @@ class GatewayNode:
                 self._deliver(m, members)
         elif m.kind in (wire.TO_USER, wire.PUSH):
             conn = online.get(m.uid)
+            if m.kind == wire.TO_USER:
+                self.ungreeted.discard(m.uid)  # the first reply to a connection is its hello
+            elif m.uid in self.ungreeted:
+                return
             if conn is not None and not conn.closing:
                 conn.queue(m.payload)
                 self.gateway.kick()
@@ -133,11 +159,59 @@ class GatewayNode:
             conn = online.get(m.uid)
             if conn is not None:
                 conn.close(CloseCode(m.code), m.payload.decode())
+        elif m.kind == wire.STATE:
+            self._on_state(m.payload)
+        elif m.kind == wire.RESET:
+            self._resume_all("the logic node missed requests of this gateway")
 
     def _on_control(self, data: bytes) -> None:
         m = wire.decode(data)
         if m.kind == wire.MEMBERS:
             self.members.pop(m.uid, None)
+        elif m.kind == wire.PROBE_ALL:  # the logic node is back: the number of what we sent it (a gap is a loss)
+            sent = self.bus.count(wire.LOGIC_CHANNEL)
+            self.bus.publish(wire.LOGIC_CHANNEL, wire.counts(self.gw, self.bus.epoch, sent), urgent=True,
+                             numbered=False)
+
+    # -- losses on the bus: close the clients, they resume by seq
+    def _gap(self, channel: str, epoch: int, data: bytes) -> None:
+        self._resume_all(f"bus messages lost on {channel}")
+
+    def _resume_all(self, why: str) -> None:
+        conns = [c for c in self.gateway.online.values() if not c.closing]
+        for conn in conns:
+            conn.close(CloseCode.RESUME, "messages for you may have been lost; reconnect and resume by seq")
+        self.metrics.resume_disconnects.inc(len(conns))
+        log.warning("gateway %d: %s: closed its %d clients with %d (they resume by seq)", self.gw, why, len(conns),
+                    CloseCode.RESUME)
+
+    def _probe(self) -> None:
+        """Ask the logic node how many messages it sent this gateway (until it answers)."""
+        self._answered.clear()
+        if self._prober is None or self._prober.done():
+            self._prober = asyncio.get_running_loop().create_task(self._probing())
+
+    async def _probing(self) -> None:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + HOLD_MAX_S
+        while not self._answered.is_set():
+            self.bus.publish(wire.LOGIC_CHANNEL, wire.probe(self.gw), urgent=True, numbered=False)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), PROBE_EVERY_S)
+            if self.bus.held and loop.time() > give_up:
+                log.warning("gateway %d: no answer from the logic node for %.0f s; sending the held requests",
+                            self.gw, HOLD_MAX_S)
+                self.bus.release()
+
+    def _on_state(self, data: bytes) -> None:
+        """The logic node's counts: anything it sent on a channel of ours that never arrived is a loss."""
+        epoch, own, broadcast, control = wire.decode_state(data)
+        sent = {wire.gateway_channel(self.gw): own, wire.BROADCAST_CHANNEL: broadcast, wire.CONTROL_CHANNEL: control}
+        lost = [ch for ch in self._counted if self.bus.check(ch, epoch, sent[ch])]
+        if lost:
+            self._resume_all(f"bus messages lost on {', '.join(lost)}")
+        self._answered.set()
+        self.bus.release()
 
     def _deliver(self, m: wire.Decoded, members: dict[int, int]) -> None:
         online, seq, frame = self.gateway.online, m.seq, m.payload
@@ -153,9 +227,10 @@ class GatewayNode:
             receivers = audience(members, m)
             checked = len(members) if m.to is None else len(m.to)
         delivered = 0
+        ungreeted = self.ungreeted
         for uid in receivers:
             conn = online.get(uid)
-            if conn is not None and not conn.closing:
+            if conn is not None and not conn.closing and uid not in ungreeted:
                 conn.queue(frame)
                 delivered += 1
         self.gateway.kick()
@@ -229,4 +304,5 @@ class GatewayNode:
         for uid in self.gateway.online:
             self.registry[uid] = True
         self.members.clear()
+        self._probe()
         await self._heartbeat_once()

@@ -79,6 +79,8 @@ class LogicNode:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.bus.on_reconnect.append(self._mirror_all)
+        self.bus.on_reconnect.append(self._probe_all)
+        self.bus.on_gap.append(self._gap)
         await self.bus.start({wire.LOGIC_CHANNEL: self._on_bus})
         await self._mirror_all()
         self._tasks.append(asyncio.create_task(self._purge_dead_gateways()))
@@ -103,6 +105,30 @@ class LogicNode:
                 del self.conns[m.uid]
                 self._route(m.uid, m.gw, -1)
                 self.logic.on_disconnect(conn)
+        elif m.kind == wire.PROBE:  # a gateway (re)started counting: how many messages it should have had from us
+            gw = m.gw
+            self.bus.publish(wire.gateway_channel(gw), wire.state(
+                self.bus.epoch, self.bus.count(wire.gateway_channel(gw)), self.bus.count(wire.BROADCAST_CHANNEL),
+                self.bus.count(wire.CONTROL_CHANNEL)), urgent=True, numbered=False)
+        elif m.kind == wire.COUNTS:  # what a gateway sent us: any of it that never arrived is a loss
+            gw, epoch, sent = wire.decode_counts(data)
+            if self.bus.check(wire.LOGIC_CHANNEL, epoch, sent):
+                self._reset(gw)
+
+    # -- losses on the bus
+    def _gap(self, channel: str, epoch: int, data: bytes) -> None:
+        """Requests of a gateway went missing: it closes its clients (4003) and they resume by seq."""
+        if channel != wire.LOGIC_CHANNEL:
+            return
+        self._reset(wire.decode(data).gw)
+
+    def _reset(self, gw: int) -> None:
+        log.warning("requests of gateway %d were lost on the bus: telling it to close its clients", gw)
+        self.bus.publish(wire.gateway_channel(gw), wire.reset(), urgent=True)
+
+    async def _probe_all(self) -> None:
+        """Back on the bus: each gateway answers how many requests it sent."""
+        self.bus.publish(wire.CONTROL_CHANNEL, wire.probe_all(), urgent=True, numbered=False)
 
     def _connect(self, gw: int, uid: int) -> None:
         self.gateways.add(gw)
@@ -133,12 +159,16 @@ class LogicNode:
 
     async def locate(self, uids: Sequence[int]) -> list[int | None]:
         """Each user's gateway from the central online registry, counted as registry reads."""
+        conns = self.conns
         try:
             where = await self.bus.redis.hmget(ONLINE_KEY, list(uids))
-        except Exception:
-            where = [None] * len(uids)  # registry unreachable: receivers repair by sync
+        except Exception:  # registry unreachable (a Redis outage): this node's own record of who is where
+            return [conns[u].gw if u in conns else None for u in uids]
         self.metrics.registry_reads.inc(len(uids))
-        return [int(gw) if gw is not None else None for gw in where]
+        # where this node knows better (the registry lags a login by its 50 ms flush, and comes back empty after
+        # a Redis restart), its own record wins: a user online here is never skipped
+        return [conns[u].gw if u in conns else int(gw) if gw is not None else None
+                for u, gw in zip(uids, where, strict=True)]
 
     def _route(self, uid: int, gw: int, delta: int) -> None:
         """Keep the routed registry: the user's groups gain or lose one online member at gateway gw."""

@@ -13,11 +13,19 @@ frames for clients travel already WebSocket-framed, so a gateway only appends by
 | CHANGE | logic → gateway(s) | gid, seq, joined, left uids | a join/leave signal's frame (see below) |
 | CLOSE_USER | logic → one gateway | uid, close code | reason (UTF-8) |
 | MEMBERS | logic → every gateway | gid | — (the member list changed: drop the cached copy) |
+| PROBE | gateway → logic | gateway id | — ("how many messages have you sent me?": at start and after a reconnect) |
+| STATE | logic → one gateway | logic epoch, its counts on that gateway's channel, broadcast, control | — |
+| PROBE_ALL | logic → every gateway | — | — ("how many requests have you sent me?": after its reconnect) |
+| COUNTS | gateway → logic | gateway id, its epoch, its count on the logic channel | — |
+| RESET | logic → one gateway | — | — (some of your requests never reached me: close your clients, 4003) |
 
 CHANGE travels where the group's messages travel, so a gateway applies a membership change to its copy of the
 member list in seq order with them: no message after a leave reaches the removed member, none after a join misses
 the newcomer, and the removed members hear their leave signal. MEMBERS (after the Redis mirror is rewritten) only
 keeps cold copies fresh.
+
+Every bus message also travels in the bus' envelope (publisher epoch, number on the channel: cluster/bus.py),
+which finds messages lost between; PROBE/STATE and PROBE_ALL/COUNTS find those lost at the end of a stream.
 """
 
 from __future__ import annotations
@@ -37,10 +45,16 @@ CLOSE_USER: Final = 6
 MEMBERS: Final = 7
 PUSH: Final = 8
 CHANGE: Final = 9
+PROBE: Final = 10
+STATE: Final = 11
+PROBE_ALL: Final = 12
+COUNTS: Final = 13
+RESET: Final = 14
 
 #: metric label of each type
 KIND_NAMES: Final = {REQ: "request", CONNECT: "control", DISCONNECT: "control", TO_USER: "reply", GROUP: "group",
-                     CLOSE_USER: "control", MEMBERS: "control", PUSH: "push", CHANGE: "group"}
+                     CLOSE_USER: "control", MEMBERS: "control", PUSH: "push", CHANGE: "group", PROBE: "control",
+                     STATE: "control", PROBE_ALL: "control", COUNTS: "control", RESET: "control"}
 
 _GW_UID = struct.Struct("!BHQ")  # type, gateway id, uid
 _UID = struct.Struct("!BQ")  # type, uid | gid
@@ -48,6 +62,8 @@ _GROUP = struct.Struct("!BQQQI")  # type, gid, seq, sender, recipient count
 _CHANGE = struct.Struct("!BQQII")  # type, gid, seq, joined count, left count
 _CLOSE = struct.Struct("!BQH")  # type, uid, code
 _ID = struct.Struct("!Q")
+_STATE = struct.Struct("!BIQQQ")  # type, logic epoch, its counts on the gateway's channel, broadcast, control
+_COUNTS = struct.Struct("!BHIQ")  # type, gateway id, gateway epoch, its count on the logic channel
 
 LOGIC_CHANNEL: Final = "chat:logic"
 BROADCAST_CHANNEL: Final = "chat:broadcast"
@@ -95,6 +111,38 @@ def members_changed(gid: int) -> bytes:
     return _UID.pack(MEMBERS, gid)
 
 
+def probe(gw: int) -> bytes:
+    return _GW_UID.pack(PROBE, gw, 0)
+
+
+def state(epoch: int, own: int, broadcast: int, control: int) -> bytes:
+    return _STATE.pack(STATE, epoch, own, broadcast, control)
+
+
+def decode_state(data: bytes) -> tuple[int, int, int, int]:
+    """(logic epoch, its counts on the gateway's channel, on broadcast, on control)."""
+    _, epoch, own, broadcast, control = _STATE.unpack_from(data)
+    return epoch, own, broadcast, control
+
+
+def probe_all() -> bytes:
+    return _UID.pack(PROBE_ALL, 0)
+
+
+def counts(gw: int, epoch: int, sent: int) -> bytes:
+    return _COUNTS.pack(COUNTS, gw, epoch, sent)
+
+
+def decode_counts(data: bytes) -> tuple[int, int, int]:
+    """(gateway id, gateway epoch, its count on the logic channel)."""
+    _, gw, epoch, sent = _COUNTS.unpack_from(data)
+    return gw, epoch, sent
+
+
+def reset() -> bytes:
+    return _UID.pack(RESET, 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     kind: int
@@ -111,7 +159,9 @@ class Decoded:
 
 def decode(data: bytes) -> Decoded:
     kind = data[0]
-    if kind in (REQ, CONNECT, DISCONNECT):
+    if kind in (STATE, PROBE_ALL, COUNTS, RESET):
+        return Decoded(kind, payload=data)  # decode_state, decode_counts
+    if kind in (REQ, CONNECT, DISCONNECT, PROBE):
         _, gw, uid = _GW_UID.unpack_from(data)
         return Decoded(kind, gw=gw, uid=uid, payload=data[_GW_UID.size:])
     if kind in (TO_USER, PUSH, MEMBERS):
