@@ -226,7 +226,9 @@ class ChatLogic:
         self.metrics.sync_requests.inc()
         after = max(req.after, group.members[conn.uid])
         msgs, last = self.store.storage.history(self.store.reader, conn.uid, req.gid, after, req.limit)
-        max_seq = max(group.max_seq, last)  # read after the query: a commit may have landed in between
+        # read after the query: a commit may have landed in between (the scan saw it before the directory did);
+        # nothing scanned (after at or past the latest seq): the latest seq, not ``after``
+        max_seq = max(group.max_seq, last) if last > after else group.max_seq
         conn.send(protocol.encode_sync_page(req.rid, req.gid, msgs, last, last < max_seq, max_seq))
 
     def _state(self, uid: int, group: Group) -> GroupState:

@@ -134,6 +134,9 @@ def test_sync_pages(server: ServerProcess, connect: Connect) -> None:
     assert [m["seq"] for m in page["msgs"]] == list(range(21, 26)) and page["more"] is False
     assert [m["body"] for m in b.sync_all(1, 0)] == bodies
     assert b.sync(1, 25)["msgs"] == []
+    # past the latest seq: an empty page that gives the group's latest seq, not the after asked for
+    assert {k: v for k, v in b.sync(1, 40).items() if k != "rid"} == {
+        "op": "sync", "gid": 1, "msgs": [], "next": 40, "more": False, "max": 25}
 
 
 def test_read_unread_delete(server: ServerProcess, connect: Connect) -> None:

@@ -9,6 +9,10 @@ unread = the messages in the user's own history above its read mark that it did 
 private messages never show up where they must not; in ``buffer`` every entry of a user's history reached it
 by push or by its offline frame; in ``rate-limited`` every signal did (ordinary copies may be dropped, never a
 message after sync).
+
+Sync paging is compared page by page (``next``, ``more``, ``max`` and the entries of every page, at several
+limits, and past the latest seq), not only the history it adds up to: ``limit`` counts seqs in every storage mode,
+and a page ends at the same entry when it is full by bytes (``test_sync_pages_end_alike_by_count_and_by_bytes``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ STORAGE = ("read", "write", "hybrid")
 UNREAD = ("seq", "per-message", "merged")
 OFFLINE = ("pull", "buffer", "rate-limited")
 COMBOS = list(itertools.product(STORAGE, UNREAD, OFFLINE))
+PAGE_LIMITS = (1, 4)
 USERS = [1, 2, 3, 4, 5]
 GID = 1
 
@@ -86,7 +91,9 @@ def replay(tmp: Path, modes: tuple[str, str, str], ops: list[tuple[str, int, Any
         for uid in USERS:
             hist = h.history(uid, GID)
             state = h.request(uid, protocol.encode_unread, [GID])
-            out["users"][uid] = {"history": hist, "unread": state.get("groups", state.get("code"))}
+            out["users"][uid] = {"history": hist, "unread": state.get("groups", state.get("code")),
+                                 "pages": {limit: h.pages(uid, GID, limit) for limit in PAGE_LIMITS},
+                                 "past_the_end": _strip(h.request(uid, protocol.encode_sync, GID, 10_000, 5))}
         out["received"] = {uid: [f for f in frames if f.get("op") in ("msg", "offline")]
                            for uid, frames in h.received.items()}
         out["dropped"] = h.counter("chat_offline_dropped_total")
@@ -117,6 +124,18 @@ def check_facts(modes: tuple[str, str, str], result: dict[str, Any]) -> None:
             assert hist == groups == "not_member"
             continue
         (g,) = groups
+        for limit, pages in user["pages"].items():  # limit counts seqs: each page scans exactly the next ones
+            after: int | None = None  # the first page starts at the user's join (clamped)
+            for page in pages:
+                if after is not None:
+                    assert after < page["next"] <= after + limit, (uid, limit, page)
+                assert all(after is None or after < m["seq"] for m in page["msgs"]), (uid, limit, page)
+                assert all(m["seq"] <= page["next"] for m in page["msgs"]), (uid, limit, page)
+                assert page["more"] == (page["next"] < page["max"]), (uid, limit, page)
+                after = page["next"]
+        end = user["past_the_end"]  # past the latest seq: empty, not more, and the group's latest seq as max
+        assert end["msgs"] == [] and end["more"] is False and end["max"] == max(m["seq"] for m in hist) \
+            if hist else end["msgs"] == [], end
         assert not recalled & {m["seq"] for m in hist}, "a recalled message is still in a history"
         for m in hist:
             assert m.get("to") is None or uid == m["from"] or uid in m["to"], "private message leaked"
@@ -133,7 +152,8 @@ def check_facts(modes: tuple[str, str, str], result: dict[str, Any]) -> None:
 def comparable(result: dict[str, Any]) -> dict[str, Any]:
     """Without server clock readings (``sts``), which differ from run to run."""
     users = {uid: {"unread": u["unread"], "history": u["history"] if isinstance(u["history"], str) else
-                   [_strip(m) for m in u["history"]]} for uid, u in result["users"].items()}
+                   [_strip(m) for m in u["history"]], "pages": u["pages"], "past_the_end": u["past_the_end"]}
+             for uid, u in result["users"].items()}
     return {"replies": result["replies"], "users": users}
 
 
@@ -202,3 +222,35 @@ def test_edge_conversations(ops: list[tuple[str, int, Any]]) -> None:
             check_facts(modes, result)
             reference = reference or comparable(result)
             assert comparable(result) == reference, modes
+
+
+def test_sync_pages_end_alike_by_count_and_by_bytes() -> None:
+    """Long bodies fill a page by bytes before ``limit`` (64 KiB: each entry counts its body's UTF-8 bytes + 128):
+    every storage mode ends it at the same entry, with deletes and private messages among them, and pages on."""
+    from reference_server.protocol import MAX_SYNC_PAGE_BYTES, SYNC_ENTRY_BYTES
+
+    body = "é" * 1500  # 3000 UTF-8 bytes
+    per_page = -(-MAX_SYNC_PAGE_BYTES // (3000 + SYNC_ENTRY_BYTES))  # entries that fill a page
+    results = {}
+    for storage in STORAGE:
+        with tempfile.TemporaryDirectory(prefix="chatbench-modes-") as tmp:
+            h = Harness(Path(tmp) / "chat.db", storage=storage, hybrid_threshold=4)
+            try:
+                h.provision(USERS, {GID: [1, 2, 3, 4]})
+                for uid in (1, 2, 3):
+                    h.online(uid)
+                for i in range(3 * per_page):
+                    to = [3] if i % 7 == 3 else None  # private to 3: a hole in 2's pages, an entry in 3's
+                    h.request(1, protocol.encode_send, GID, body, 0, to)
+                for seq in range(5, 3 * per_page, 11):
+                    h.request(2, protocol.encode_delete, GID, seq)
+                results[storage] = {uid: {limit: h.pages(uid, GID, limit) for limit in (1000, per_page // 2)}
+                                    for uid in (1, 2, 3)}
+            finally:
+                h.close()
+    assert results["write"] == results["read"] == results["hybrid"]
+    pages = results["read"][1][1000]
+    assert [len(p["msgs"]) for p in pages] == [per_page, per_page, per_page], "full by bytes at the same entry"
+    assert all(p["next"] == p["msgs"][-1]["seq"] for p in pages)
+    two = results["read"][2][1000]
+    assert two[0]["next"] > per_page and len(two[0]["msgs"]) == per_page  # its holes do not count toward bytes
