@@ -94,6 +94,45 @@ def cumulative_counts(h: HdrHistogram, bounds_s: Iterable[float]) -> list[int]:
     return out
 
 
+def hdr_index(h: HdrHistogram, us: np.ndarray[Any, np.dtype[np.int64]]) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """hdrh's counts index of each value (1 ≤ value < 2**53), computed as its ``_counts_index_for`` does, in bulk."""
+    # bit length of (value | sub_bucket_mask), exact through frexp for values below 2**53
+    bits = np.frexp((us | h.sub_bucket_mask).astype(np.float64))[1].astype(np.int64)
+    bucket = bits - (h.unit_magnitude + h.sub_bucket_half_count_magnitude + 1)
+    sub = us >> (bucket + h.unit_magnitude)
+    index: np.ndarray[Any, np.dtype[np.int64]] = ((bucket + 1) << h.sub_bucket_half_count_magnitude) + sub \
+        - h.sub_bucket_half_count
+    return index
+
+
+_bounds: list[int] = []  # _bounds[i - 1]: the smallest value of LogBuckets bucket i (i ≥ 1)
+_bounds_array: np.ndarray[Any, np.dtype[np.int64]] = np.zeros(0, np.int64)
+
+
+def _log_bounds(upto: int) -> np.ndarray[Any, np.dtype[np.int64]]:
+    """Bucket lower bounds covering values up to ``upto``: ``searchsorted(bounds, v, "right")`` is LogBuckets'
+    ``int(log(v) * K) if v > 1 else 0`` for every v ≥ 1 (that expression does not decrease with v)."""
+    global _bounds_array
+    if _bounds and _bounds[-1] > upto:
+        return _bounds_array
+    k, log = LogBuckets._K, math.log
+
+    def bucket(v: int) -> int:
+        return int(log(v) * k) if v > 1 else 0
+
+    i = len(_bounds) + 1
+    while not _bounds or _bounds[-1] <= upto:
+        v = max(2, math.ceil(math.exp(i / k)))
+        while v > 2 and bucket(v - 1) >= i:
+            v -= 1
+        while bucket(v) < i:
+            v += 1
+        _bounds.append(v)
+        i += 1
+    _bounds_array = np.array(_bounds, np.int64)
+    return _bounds_array
+
+
 class Recorder:
     """One HDR histogram with clamping counted, not hidden (negative clock skew or over an hour)."""
 
@@ -109,6 +148,28 @@ class Recorder:
         else:
             self.clamped += 1
             self.h.record_value(LOWEST_US if us < LOWEST_US else HIGHEST_US)
+
+    def record_many(self, us: np.ndarray[Any, np.dtype[np.int64]]) -> None:
+        """:meth:`record` for every value of an int64 array, in bulk (the receive engine's batches): the same
+        counts, clamping, total, min and max as recording them one by one."""
+        n = int(us.size)
+        if n == 0:
+            return
+        out = int(np.count_nonzero((us < LOWEST_US) | (us > HIGHEST_US)))
+        if out:
+            self.clamped += out
+            us = np.clip(us, LOWEST_US, HIGHEST_US)
+        h = self.h
+        idx = hdr_index(h, us)
+        counts = np.ctypeslib.as_array(h.counts)
+        if n < 256:
+            np.add.at(counts, idx, 1)
+        else:  # latencies cluster: count over their index range only
+            lo, hi = int(idx.min()), int(idx.max())
+            counts[lo:hi + 1] += np.bincount(idx - lo, minlength=hi - lo + 1).astype(np.uint64)
+        h.total_count += n
+        h.min_value = min(h.min_value, int(us.min()))
+        h.max_value = max(h.max_value, int(us.max()))
 
     def take(self) -> dict[str, Any]:
         """Snapshot (encoded) and reset."""
@@ -149,6 +210,24 @@ class LogBuckets:
         self.min = lo if self.count == 0 else min(self.min, lo)
         self.max = hi if self.count == 0 else max(self.max, hi)
         self.count += len(values)
+
+    def add_latencies(self, values: list[int]) -> None:
+        """:meth:`add_many` of the values with each one below 1 counted as 1 (a fan-out part's latencies), in
+        bulk with numpy: the same buckets (from the same ``math.log``, through :func:`_log_bounds`), min and max."""
+        n = len(values)
+        if n < 64:
+            self.add_many([v if v > 0 else 1 for v in values])
+            return
+        arr = np.maximum(np.fromiter(values, np.int64, n), 1)
+        idx = np.searchsorted(_log_bounds(int(arr.max())), arr, side="right")
+        keys, counts = np.unique(idx, return_counts=True)
+        b = self.buckets
+        for i, c in zip(keys.tolist(), counts.tolist(), strict=True):
+            b[i] = b.get(i, 0) + c
+        lo, hi = int(arr.min()), int(arr.max())
+        self.min = lo if self.count == 0 else min(self.min, lo)
+        self.max = hi if self.count == 0 else max(self.max, hi)
+        self.count += n
 
     def to_wire(self) -> list[Any]:
         return [self.count, self.min, self.max, list(self.buckets.items())]

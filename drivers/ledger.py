@@ -143,11 +143,13 @@ class ReceiverLedger:
             gl.read = reply["read"]
 
     # -- the hot path (receive thread / greenlet)
-    def on_push(self, frame: Frame) -> None:
+    def on_push(self, frame: Frame, t_us: int | None = None) -> None:
+        """One push; ``t_us`` is when it was received (default: now). drivers/batchledger.py applies whole
+        batches of pushes with the same result."""
         ledger = self.ledger
         if ledger.frozen:
             return
-        t = CLOCK.now_us()
+        t = CLOCK.now_us() if t_us is None else t_us
         gid = frame["gid"]
         seq = frame["seq"]
         gl = self.groups.get(gid)
@@ -406,7 +408,7 @@ class Ledger:
         fan_wire = []
         for (gid, seq), lats in fan.items():
             b = LogBuckets()
-            b.add_many([v if v > 0 else 1 for v in lats])
+            b.add_latencies(lats)
             fan_wire.append([gid, seq, b.to_wire()])
         return {
             "counts": counts, "latency": latency.take(), "send_ack": send_ack.take(), "catchup": catchup.take(),

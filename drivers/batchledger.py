@@ -1,0 +1,382 @@
+"""The delivery ledger in batch form: pushes received together are applied to the process's :class:`Ledger` at
+once, with exactly the result :meth:`ReceiverLedger.on_push` gives frame by frame.
+
+The receive engine (:mod:`drivers.engine`) hands over, per batch, three parallel lists in arrival order: each push
+frame's raw JSON payload, the slot of the connection it came on (:meth:`BatchLedger.register`) and ``time.time_ns()``
+when it was read. :meth:`BatchLedger.apply` then
+
+1. parses each *distinct* payload once (a message's frames are byte-identical on every connection: the server
+   encodes a push once) and maps every frame to its message;
+2. cuts the batch into runs of consecutive frames of one connection and one group, and checks each run in one step
+   against its :class:`GroupLedger`: the run is *in order* when its first seq is ``last + 1``, every next seq is the
+   previous one + 1 and every frame is a message with a send timestamp — then ``last`` moves to the run's last seq.
+   Any other run (a hole, a duplicate, a reorder, catch-up overlap, a signal, a group not in the hello, a frame
+   that is not a message) goes frame by frame through :meth:`ReceiverLedger.on_push` itself, in arrival order,
+   with each frame's own receive time — so every exception is counted by the one implementation in
+   :mod:`drivers.ledger`;
+3. accounts the in-order frames in bulk: ``delivered``, receive time − ``cts`` into the HDR histogram
+   (:meth:`Recorder.record_many`), the per-message fan-out lists, and per network profile the same.
+
+Runs are checked in batch order, so a (receiver, group) seen in two runs of one batch is checked against the state
+the first run left. The ledger objects stay the only state (nothing is cached between batches): repairs, catch-up
+and the end-of-run reconciliation see every seq the moment its batch is applied. Everything here runs on one thread
+(the swarm's gevent thread), like the rest of the ledger.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from drivers.clock import CLOCK
+from drivers.ledger import Frame, GroupLedger, Ledger, ReceiverLedger
+
+__all__ = ["BatchLedger"]
+
+I64: Final = np.int64
+_NO_GID: Final = -2**63  # never a gid (_as_message takes gids above it only)
+_EQ: Final = bytes.__eq__
+_LAST: Final = attrgetter("last")
+
+ErrorFn = Callable[[int, BaseException], None]  # (slot, exception) for a frame the ledger could not take
+
+
+def _as_message(payload: bytes) -> tuple[Frame | None, int, int, int, bool]:
+    """(parsed frame or None, gid, seq, cts, in-order-able) of one distinct payload."""
+    try:
+        frame = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, 0, 0, 0, False
+    if not isinstance(frame, dict) or frame.get("op") != "msg":
+        return frame if isinstance(frame, dict) else None, 0, 0, 0, False
+    gid, seq, cts = frame.get("gid"), frame.get("seq"), frame.get("cts")
+    if type(gid) is not int or type(seq) is not int or type(cts) is not int or not _NO_GID < gid < 2**63 \
+            or not 0 <= seq < 2**62 or not 0 < cts < 2**62:
+        # a signal (cts 0) or anything unusual: ReceiverLedger.on_push decides, frame by frame
+        return frame, 0, 0, 0, False
+    return frame, gid, seq, cts, True
+
+
+class BatchLedger:
+    """Applies batches of received pushes to ``ledger`` (see the module doc). One per generator process."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.receivers: list[ReceiverLedger | None] = []
+        #: per slot: the receiver's GroupLedger when it has exactly one group (the run check's short way), else None
+        self._slot_gl: list[GroupLedger | None] = []
+        self._slot_gid = np.zeros(0, I64)  # that group's gid, or _NO_GID
+        self._slot_rid = np.zeros(0, I64)  # the receiver's identity (id()), to keep a receiver's runs together
+        self._profiles: dict[int, str] = {}  # slot -> network profile of its receiver, for slots that have one
+        self._free: list[int] = []
+        self._lag = 1  # the frame distance at which equal payloads repeat, as the last batch had it
+        self.batches = 0
+        self.frames = 0
+        self.in_order = 0  # frames taken by the run check (the rest went through on_push)
+
+    # -- connection slots (the engine tags every frame with its connection's slot)
+    def register(self, rl: ReceiverLedger) -> int:
+        """A slot for one connection of receiver ``rl`` (its ``profile`` is read here: set it before)."""
+        if self._free:
+            slot = self._free.pop()
+            self.receivers[slot] = rl
+        else:
+            slot = len(self.receivers)
+            self.receivers.append(rl)
+            self._slot_gl.append(None)
+            if slot >= self._slot_gid.size:
+                size = max(64, 2 * self._slot_gid.size)
+                self._slot_gid = np.resize(self._slot_gid, size)
+                self._slot_rid = np.resize(self._slot_rid, size)
+        self._slot_rid[slot] = id(rl)
+        if rl.profile is not None:
+            self._profiles[slot] = rl.profile
+        self.refresh(slot)
+        return slot
+
+    def refresh(self, slot: int) -> None:
+        """Re-read the slot's receiver's groups (call after its hello: on_connect creates them)."""
+        rl = self.receivers[slot]
+        gl = next(iter(rl.groups.values())) if rl is not None and len(rl.groups) == 1 else None
+        self._slot_gl[slot] = gl
+        self._slot_gid[slot] = _NO_GID if gl is None else gl.gid
+
+    def release(self, slot: int) -> None:
+        """The connection of ``slot`` ended and its last frames were applied: the slot may be reused."""
+        if 0 <= slot < len(self.receivers) and self.receivers[slot] is not None:
+            self.receivers[slot] = None
+            self._slot_gl[slot] = None
+            self._slot_gid[slot] = _NO_GID
+            self._slot_rid[slot] = 0
+            self._profiles.pop(slot, None)
+            self._free.append(slot)
+
+    # -- the hot path
+    def _identify(self, payloads: Sequence[bytes], slot: Any, reads: Any) -> tuple[Any, list[bytes]]:
+        """(message index of every frame, the distinct payloads in index order).
+
+        Frames of one message are equal bytes, and a batch repeats them at a fixed distance: 1 when each read holds
+        one frame (paced), the number of frames per read when the server coalesces. Comparing each frame with the
+        one that far back (``bytes ==``, no hashing) leaves a few *roots*; only those are looked up by content.
+        Without such a distance every frame is looked up (each payload hashed once)."""
+        n = len(payloads)
+        lags = [self._lag]
+        if n > 8:
+            if reads is None:  # frames per read unknown: runs of one connection
+                cut = np.flatnonzero(slot[1:] != slot[:-1])
+                reads = np.diff(cut, prepend=-1) if cut.size else None
+            if reads is not None:
+                short = reads[reads < 256]
+                typical = int(np.bincount(short).argmax()) if short.size else 1
+                if typical not in lags:
+                    lags.append(typical)
+            if 1 not in lags:
+                lags.append(1)
+        for lag in lags:
+            if not 0 < lag < n:
+                continue
+            same = np.fromiter(map(_EQ, payloads[lag:], payloads[:-lag]), np.bool_, n - lag)
+            root = np.ones(n, np.bool_)
+            root[lag:] = ~same
+            roots = np.flatnonzero(root)
+            if roots.size > max(16, n >> 3):
+                continue
+            self._lag = lag
+            index: dict[bytes, int] = {}
+            rid = np.empty(roots.size, np.intp)
+            for j, i in enumerate(roots.tolist()):
+                payload = payloads[i]
+                m = index.get(payload)
+                if m is None:
+                    m = index[payload] = len(index)
+                rid[j] = m
+            if roots.size == n:
+                return rid, list(index)
+            # each frame takes the index of the latest root in its column of a (rows × lag) layout
+            rows = -(-n // lag)
+            at = np.zeros(rows * lag, np.intp)
+            at[roots] = rid
+            mark = np.full(rows * lag, -1, np.intp)
+            mark[roots] = roots // lag
+            mark[n:] = rows - 1  # padding: roots of their own
+            last = np.maximum.accumulate(mark.reshape(rows, lag), axis=0)
+            ids = at.reshape(rows, lag)[last, np.arange(lag)].ravel()[:n]
+            return ids, list(index)
+        distinct: dict[bytes, Any] = dict.fromkeys(payloads)
+        for i, payload in enumerate(distinct):
+            distinct[payload] = i
+        return np.fromiter(map(distinct.__getitem__, payloads), np.intp, n), list(distinct)
+
+    def apply(self, payloads: Sequence[bytes], slots: Sequence[int], times_ns: Sequence[int],
+              on_error: ErrorFn | None = None) -> list[tuple[int, Frame]]:
+        """Apply one batch: each frame's payload, connection slot and receive time (``time.time_ns()``); return
+        the frames that were not pushes (slot, frame), in order, for the caller to dispatch (the engine sends a
+        connection's replies around its batches, so normally there are none)."""
+        n = len(payloads)
+        if n == 0 or self.ledger.frozen:
+            return []
+        return self._apply(payloads, np.fromiter(slots, I64, n), np.fromiter(times_ns, I64, n), None, on_error)
+
+    def apply_reads(self, payloads: Sequence[bytes], ends: Sequence[int], slots: Sequence[int],
+                    times_ns: Sequence[int], on_error: ErrorFn | None = None) -> list[tuple[int, Frame]]:
+        """:meth:`apply` of a batch given per socket read: read i delivered ``payloads[ends[i-1]:ends[i]]`` on
+        ``slots[i]`` at ``times_ns[i]`` (what the engine collects)."""
+        n = len(payloads)
+        if n == 0 or self.ledger.frozen:
+            return []
+        r = len(ends)
+        counts: Any = np.diff(np.fromiter(ends, I64, r), prepend=0)
+        slot = np.repeat(np.fromiter(slots, I64, r), counts)
+        t_ns = np.repeat(np.fromiter(times_ns, I64, r), counts)
+        return self._apply(payloads, slot, t_ns, counts, on_error)
+
+    def _apply(self, payloads: Sequence[bytes], slot: Any, t_ns: Any, reads: Any,
+               on_error: ErrorFn | None) -> list[tuple[int, Frame]]:
+        n = len(payloads)
+        self.batches += 1
+        self.frames += n
+        # 1. every frame → its message; each distinct payload parsed once
+        ids, distinct = self._identify(payloads, slot, reads)
+        frames: list[Frame | None] = []
+        m_gid: list[int] = []
+        m_seq: list[int] = []
+        m_cts: list[int] = []
+        m_ok: list[bool] = []
+        others = False
+        for payload in distinct:
+            frame, gid, seq, cts, ok = _as_message(payload)
+            frames.append(frame)
+            m_gid.append(gid)
+            m_seq.append(seq)
+            m_cts.append(cts)
+            m_ok.append(ok)
+            if not ok and (frame is None or frame.get("op") != "msg"):
+                others = True
+        offset = CLOCK.offset_us if CLOCK.correct else 0
+        t_us = t_ns // 1000 + offset
+        if len(distinct) == 1:
+            gid_a = np.full(n, m_gid[0], I64)
+            seq_a = np.full(n, m_seq[0], I64)
+            ok_a = np.full(n, m_ok[0], np.bool_)
+        else:
+            gid_a = np.array(m_gid, I64)[ids]
+            seq_a = np.array(m_seq, I64)[ids]
+            ok_a = np.array(m_ok, np.bool_)[ids]
+        # 2. runs of one (connection, group); a run is checkable when all its frames are messages in seq steps of 1
+        bad = ~ok_a
+        if n > 1:
+            brk = np.flatnonzero((slot[1:] != slot[:-1]) | (gid_a[1:] != gid_a[:-1])) + 1
+            step_bad = seq_a[1:] != seq_a[:-1] + 1
+            step_bad[brk - 1] = False
+            bad[1:] |= step_bad
+        else:
+            brk = np.zeros(0, np.intp)
+        starts = np.concatenate((np.zeros(1, np.intp), brk))
+        ends = np.concatenate((brk, np.full(1, n, np.intp)))
+        run_k = slot[starts]
+        run_first = seq_a[starts]
+        run_last = seq_a[ends - 1]
+        # the short way: an in-order run to a receiver of one group, the group of the run; a receiver with any other
+        # run in this batch has all its runs checked the general way, in batch order
+        short = ~np.logical_or.reduceat(bad, starts) & (gid_a[starts] == self._slot_gid[run_k])
+        general: Any = None
+        if not short.all():
+            rid = self._slot_rid[run_k]
+            short &= ~np.isin(rid, rid[~short])
+            general = np.flatnonzero(~short)
+        slow: list[int] = []  # runs that went through on_push
+        slot_gl = self._slot_gl
+        sidx = np.flatnonzero(short) if general is not None else None
+        rk = run_k if sidx is None else run_k[sidx]
+        rf = run_first if sidx is None else run_first[sidx]
+        rl_ = run_last if sidx is None else run_last[sidx]
+        gls = list(map(slot_gl.__getitem__, rk.tolist()))
+        if rk.size and int(np.bincount(rk).max()) == 1:
+            # each receiver once: read every `last` at once, check, write the new ones back
+            ok = rf == np.fromiter(map(_LAST, gls), I64, len(gls)) + 1
+            if ok.all():
+                deque(map(setattr, gls, repeat("last"), rl_.tolist()), maxlen=0)
+            else:
+                good = np.flatnonzero(ok)
+                deque(map(setattr, [gls[i] for i in good.tolist()], repeat("last"), rl_[good].tolist()), maxlen=0)
+                for i in np.flatnonzero(~ok).tolist():
+                    r = i if sidx is None else int(sidx[i])
+                    slow.append(r)
+                    k = int(run_k[r])
+                    self._slow_run(self.receivers[k], k, int(starts[r]), int(ends[r]), ids, t_us, frames, on_error)
+        else:  # a receiver in several runs: in batch order, each against what the one before left
+            for r, gl, first, last in zip(range(rk.size) if sidx is None else sidx.tolist(), gls, rf.tolist(),
+                                          rl_.tolist(), strict=True):
+                if first == gl.last + 1:  # type: ignore[union-attr]
+                    gl.last = last  # type: ignore[union-attr]
+                else:
+                    slow.append(r)
+                    k = int(run_k[r])
+                    self._slow_run(self.receivers[k], k, int(starts[r]), int(ends[r]), ids, t_us, frames,
+                                   on_error)
+        if general is not None:
+            receivers = self.receivers
+            for r, k, gid, first, last, b in zip(general.tolist(), run_k[general].tolist(),
+                                                 gid_a[starts[general]].tolist(), run_first[general].tolist(),
+                                                 run_last[general].tolist(),
+                                                 np.logical_or.reduceat(bad, starts)[general].tolist(), strict=True):
+                rl = receivers[k]
+                if rl is None:  # a released slot (the engine releases a slot after its last batch): nothing to do
+                    slow.append(r)
+                    continue
+                gl = rl.groups.get(gid)
+                if not b and gl is not None and first == gl.last + 1:
+                    gl.last = last
+                    continue
+                slow.append(r)
+                self._slow_run(rl, k, int(starts[r]), int(ends[r]), ids, t_us, frames, on_error)
+        # 3. the in-order frames in bulk
+        if slow:
+            fast = np.ones(n, np.bool_)
+            for r in slow:
+                fast[starts[r]:ends[r]] = False
+            fi = np.flatnonzero(fast)
+            nf = int(fi.size)
+        else:
+            fi = None
+            nf = n
+        self.in_order += nf
+        if nf:
+            lat = t_us - (np.full(n, m_cts[0], I64) if len(distinct) == 1 else np.array(m_cts, I64)[ids])
+            fid = ids
+            fslot = slot
+            if fi is not None:
+                lat, fid, fslot = lat[fi], ids[fi], slot[fi]
+            self._account(nf, lat, fid, fslot, m_gid, m_seq)
+        if not others:
+            return []
+        out: list[tuple[int, Frame]] = []
+        for i, (k, m) in enumerate(zip(slot.tolist(), ids.tolist(), strict=True)):
+            frame = frames[m]
+            if not m_ok[m] and (frame is None or frame.get("op") != "msg"):
+                if frame is None:
+                    if on_error is not None:
+                        on_error(k, ValueError(f"unparsable server frame: {payloads[i][:80]!r}"))
+                else:
+                    out.append((k, frame))
+        return out
+
+    def _slow_run(self, rl: ReceiverLedger | None, k: int, start: int, end: int, ids: Any, t_us: Any,
+                  frames: list[Frame | None], on_error: ErrorFn | None) -> None:
+        if rl is None:
+            return
+        for m, t in zip(ids[start:end].tolist(), t_us[start:end].tolist(), strict=True):
+            frame = frames[m]
+            if frame is None or frame.get("op") != "msg":
+                continue  # not a push: returned to the caller
+            try:
+                rl.on_push(frame, t)
+            except Exception as exc:  # a malformed push: the caller counts it, the batch goes on
+                if on_error is not None:
+                    on_error(k, exc)
+        if len(rl.groups) != (0 if self._slot_gl[k] is None else 1) or self._slot_gl[k] is None:
+            self.refresh(k)  # on_push may have added a group the hello did not have
+
+    def _account(self, nf: int, lat: Any, fid: Any, fslot: Any, m_gid: list[int], m_seq: list[int]) -> None:
+        """What on_push does for each in-order push after its seq check: delivered, latency, fan-out, profile."""
+        ledger = self.ledger
+        ledger.delivered += nf
+        ledger.latency.record_many(lat)
+        # fan-out: each message's latencies onto its list (order within a list does not matter)
+        fan = ledger.fan
+        if int(fid.min()) == int(fid.max()):
+            groups: list[tuple[int, Any]] = [(int(fid[0]), lat)]
+        else:
+            order = np.argsort(fid, kind="stable")
+            sid = fid[order]
+            cut = np.flatnonzero(sid[1:] != sid[:-1]) + 1
+            slat = lat[order]
+            groups = list(zip(sid[np.concatenate((np.zeros(1, np.intp), cut))].tolist(), np.split(slat, cut),
+                              strict=True))
+        for m, part in groups:
+            key = (m_gid[m], m_seq[m])
+            lst = fan.get(key)
+            if lst is None:
+                fan[key] = part.tolist()
+            else:
+                lst.extend(part.tolist())
+        # network profiles (weak networks): their members' figures apart as well
+        if not self._profiles:
+            return
+        profiles = self._profiles
+        by_profile: dict[str, list[int]] = {}
+        for k in np.unique(fslot).tolist():
+            name = profiles.get(k)
+            if name is not None:
+                by_profile.setdefault(name, []).append(k)
+        for name, ks in by_profile.items():
+            mask = np.isin(fslot, np.array(ks, I64))
+            prof = ledger.profile(name)
+            prof["counts"]["delivered"] += int(np.count_nonzero(mask))
+            prof["latency"].record_many(lat[mask])

@@ -1,0 +1,767 @@
+"""The receive engine: every member connection of a generator process in ONE asyncio event loop (uvloop + picows)
+running in a real OS thread, pushes handed to the ledger in batches.
+
+Why. Per delivered push the swarm's :class:`drivers.client.ChatClient` path pays a gevent socket read, its own
+frame cutting, a full ``orjson.loads`` and the per-frame ledger with a pure-Python HDR record; a generator then
+costs more per delivery than the server it measures (issue 15). Here the engine thread does, per frame, only
+what picows calls it for: the payload's bytes, the connection's slot and ``time.time_ns()`` go onto three lists.
+Every ``flush_frames`` frames or ``flush_s`` (and before any other frame of any connection: a reply, an end) those
+lists go to the swarm's thread, where
+:class:`drivers.batchledger.BatchLedger` applies them with the full ledger's result (order, holes, duplicates,
+catch-up overlap, latency into HDR, fan-out parts, per-profile figures).
+
+Threads. Locust runs on gevent; the engine thread is a real one (``gevent.monkey.get_original("_thread",
+"start_new_thread")`` — under monkey-patching ``threading.Thread`` would start a greenlet) and never touches a
+gevent primitive: it talks to the gevent side through a deque and a thread-safe ``async_`` watcher of the hub;
+the gevent side talks to it through ``loop.call_soon_threadsafe``. Every module the engine thread uses is imported
+before it starts (an import in that thread could deadlock on gevent's patched import lock). Without gevent
+(plain scripts, tests) a real thread takes the gevent side's place.
+
+Everything the ledger owns stays on the swarm's thread: hello (``ReceiverLedger.on_connect``), batches, replies,
+ends of connections arrive there in the order the engine saw them, so a reply (a sync page of a repair) is
+handled after every push that came before it on the wire, as with ChatClient.
+
+:class:`EngineClient` is the member's handle: a :class:`ChatClient` whose socket lives in the engine (the same
+request methods, exceptions and callbacks: ``send``, ``send_nowait``, ``sync``, ``read``, ``unread``, ``close``,
+``closed``, ``dead``, ``hello``, ``on_frame``, ``on_hello``). Heartbeats and dead-connection detection (a ping
+unanswered for ``pong_timeout_s``) run in the engine. Without a ledger an EngineClient hands pushes to
+``on_message`` one by one (scripting), like ChatClient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import orjson
+import uvloop
+from picows import WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
+
+from drivers.batchledger import BatchLedger
+from drivers.client import (
+    ABNORMAL_CLOSURE,
+    ChatClient,
+    ChatClientError,
+    ConnectionClosed,
+    ConnectRefused,
+    FrameCallback,
+    RequestTimeout,
+    ServerError,
+)
+from drivers.fast_receiver import PUSH_PREFIX
+from drivers.ledger import Frame, Ledger, ReceiverLedger
+from reference_server import protocol
+
+__all__ = ["Engine", "EngineClient", "engine_for"]
+
+log = logging.getLogger(__name__)
+_picows_log = logging.getLogger("chatbench.engine.picows")
+
+_TEXT: Final = WSMsgType.TEXT
+_BINARY: Final = WSMsgType.BINARY
+_CLOSE: Final = WSMsgType.CLOSE
+_CONTINUATION: Final = WSMsgType.CONTINUATION
+_PING: Final = protocol.encode_ping(None)  # the engine's heartbeat; the server's pong has no rid either
+_NO_STATUS: Final = 1005
+#: picows read buffer per connection (it grows when a frame needs more): 10,000 connections × 4 KB
+_READ_BUFFER: Final = 4096
+
+asyncio.get_event_loop_policy()  # create the policy here, not in the engine thread (its lock may be gevent's)
+
+
+def _gevent_patched() -> bool:
+    mod = sys.modules.get("gevent.monkey")
+    return mod is not None and bool(mod.is_module_patched("threading"))
+
+
+def _real_thread(target: Callable[[], None], name: str) -> None:
+    """Start an OS thread even under gevent's monkey-patching (threading.Thread would be a greenlet then)."""
+    if _gevent_patched():
+        from gevent import monkey
+
+        monkey.get_original("_thread", "start_new_thread")(target, ())
+    else:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+
+class _Waker:
+    """Wakes the swarm's side from the engine thread: a gevent hub watcher, or a real thread."""
+
+    def __init__(self, drain: Callable[[], None]) -> None:
+        self._drain = drain
+        self._stopped = False
+        if _gevent_patched():
+            import gevent
+            import gevent.event
+
+            self._event: Any = gevent.event.Event()
+            hub = gevent.get_hub()
+            self._watcher = hub.loop.async_()
+            self._watcher.ref = False
+            self._watcher.start(self._event.set)
+            self.send = self._watcher.send
+            gevent.spawn(self._loop)
+        else:
+            self._event = threading.Event()
+            self.send = self._event.set
+            threading.Thread(target=self._loop, name="chat-engine-drain", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._event.set()
+
+    def _loop(self) -> None:
+        event = self._event
+        while not self._stopped:
+            event.wait()
+            event.clear()
+            try:
+                self._drain()
+            except Exception:  # never: every item is handled under its own guard
+                log.exception("receive engine: draining failed")
+
+
+class _Conn(WSListener):
+    """One connection, engine-thread side (Engine._classes makes the classes; the direct one takes pushes without a
+    look: set when the hello came, for a connection with a ledger and no read reply due)."""
+
+    __slots__ = ("beat", "cid", "close_code", "close_reason", "dead", "fragments", "hello", "ledgered",
+                 "pending_pong", "pings", "pong_after", "reads", "slot", "transport")
+
+    def __init__(self, cid: int, slot: int, direct: bool) -> None:
+        super().__init__()
+        self.cid = cid
+        self.slot = slot
+        self.ledgered = direct  # pushes go to the batch ledger (else one by one to the client)
+        self.hello = False
+        self.transport: WSTransport | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.dead = False
+        self.reads: set[int] = set()  # rids of read requests in flight
+        self.beat: asyncio.TimerHandle | None = None
+        self.pings = 0  # heartbeat pings sent
+        self.pong_after = 0  # pings sent when the latest pong came
+        self.pending_pong = False
+        self.fragments: list[bytes] = []
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:  # replaced per engine (Engine._classes)
+        raise NotImplementedError
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:  # replaced per engine
+        raise NotImplementedError
+
+
+class Engine:
+    """The process's receive engine (see the module doc). ``ledger``: the Ledger its batches go to."""
+
+    #: the engine loop's clock tick: batch sizes are checked (and the loop's lateness measured) this often
+    TICK_S: Final = 0.01
+
+    def __init__(self, ledger: Ledger, *, flush_s: float = 0.05, flush_frames: int = 4096,
+                 switch_interval_s: float | None = None) -> None:
+        self.ledger = ledger
+        #: lower the process's GIL switch interval to this when the engine starts (None: leave it). Not done by
+        #: default: on CPython 3.11 a 1 ms interval made pytest sessions end with "AST constructor recursion depth
+        #: mismatch" about every other run when proxy threads logged tracebacks (the AST state is not thread-safe)
+        self.switch_interval_s = switch_interval_s
+        self.batch = BatchLedger(ledger)
+        # a batch costs a fixed ~0.2 ms to apply beside its per-frame work: hand over a few thousand at a time
+        # (the ledger sees a push at most flush_s late; its receive time is taken when it is read)
+        self.flush_s = flush_s
+        self.flush_frames = flush_frames
+        self._flushed_at = 0.0
+        self._clients: dict[int, EngineClient] = {}  # cid -> handle (swarm side)
+        self._cids = itertools.count(1)
+        self._out: deque[tuple[Any, ...]] = deque()
+        self._signalled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._conns: dict[int, _Conn] = {}  # cid -> connection (engine thread)
+        self._by_slot: dict[int, EngineClient] = {}  # batch-ledger slot -> handle (swarm side)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waker: _Waker | None = None
+        self._lag_ms = 0.0  # worst lateness of the engine loop's flush tick since lag_ms() was last called
+        self.batches_out = 0
+        self._pid = os.getpid()
+        self._conn_class, self._direct_class, self._take, self._mark, self._push = self._classes()
+
+    # ------------------------------------------------------------------------------------------------
+    # the engine thread's hot path: three lists, swapped at each flush
+    def _classes(self) -> tuple[type[_Conn], type[_Conn], Callable[[], tuple[list[bytes], list[int], list[int],
+                                                                            list[int]] | None],
+                                Callable[[_Conn], None], Callable[[_Conn, bytes], None]]:
+        """The engine thread's connection classes over four lists, swapped at each flush: every push payload, and
+        per socket read (its last frame) the number of payloads so far, the connection's slot, time.time_ns()."""
+        payloads: list[bytes] = []
+        ends: list[int] = []
+        slots: list[int] = []
+        times: list[int] = []
+        pa, ea, ka, ta = payloads.append, ends.append, slots.append, times.append
+        now = time.time_ns
+        prefix = PUSH_PREFIX
+        engine = self
+
+        def pending() -> int:
+            return len(payloads)
+
+        def mark(conn: _Conn) -> None:
+            """The frames since the last mark came in one read of ``conn``, now."""
+            n = len(payloads)
+            if n and (not ends or ends[-1] != n):
+                ea(n)
+                ka(conn.slot)
+                ta(now())
+
+        class Conn(_Conn):
+            """Every frame through Engine._frame (before hello, while a read reply is due, without a ledger)."""
+
+            __slots__ = ()
+
+            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+                engine._frame(self, transport, frame, frame.get_payload_as_bytes())
+
+            def on_ws_disconnected(self, transport: WSTransport) -> None:
+                engine._disconnected(self)
+
+        class DirectConn(Conn):
+            """Push frames straight onto the lists: the hot path."""
+
+            __slots__ = ()
+
+            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+                p = frame.get_payload_as_bytes()
+                if p.startswith(prefix):
+                    pa(p)
+                    if frame.last_in_buffer:
+                        ea(len(payloads))
+                        ka(self.slot)
+                        ta(now())
+                else:
+                    engine._frame(self, transport, frame, p)
+
+        def take() -> tuple[list[bytes], list[int], list[int], list[int]] | None:
+            nonlocal payloads, ends, slots, times, pa, ea, ka, ta
+            if not payloads:
+                return None
+            if not ends or ends[-1] != len(payloads):  # never: every read ends with a marked frame
+                log.error("receive engine: %d frames without their read dropped", len(payloads) - (ends or [0])[-1])
+                del payloads[(ends or [0])[-1]:]
+                if not payloads:
+                    return None
+            out = payloads, ends, slots, times
+            payloads, ends, slots, times = [], [], [], []
+            pa, ea, ka, ta = payloads.append, ends.append, slots.append, times.append
+            return out
+
+        def push(conn: _Conn, p: bytes) -> None:
+            pa(p)
+
+        self._pending = pending
+        return Conn, DirectConn, take, mark, push
+
+    def _set_direct(self, conn: _Conn, direct: bool) -> None:
+        conn.__class__ = self._direct_class if direct else self._conn_class
+
+    def _post(self, item: tuple[Any, ...]) -> None:
+        self._out.append(item)
+        if not self._signalled:
+            self._signalled = True
+            assert self._waker is not None
+            self._waker.send()
+
+    def _flush(self, conn: _Conn | None = None) -> None:
+        """Hand the batch over; ``conn``: the connection whose read is being handled (its frames so far)."""
+        if conn is not None:
+            self._mark(conn)
+        assert self._loop is not None
+        self._flushed_at = self._loop.time()
+        batch = self._take()
+        if batch is not None:
+            self.batches_out += 1
+            self._post(("batch", *batch))
+
+    def _frame(self, conn: _Conn, transport: WSTransport, frame: WSFrame, p: bytes) -> None:
+        """Every frame that is not a push on a direct connection (engine thread)."""
+        try:
+            self._other(conn, transport, frame, p)
+        finally:
+            if frame.last_in_buffer:
+                self._mark(conn)  # pushes this read put on the lists (a connection that is not direct)
+
+    def _other(self, conn: _Conn, transport: WSTransport, frame: WSFrame, p: bytes) -> None:
+        mt = frame.msg_type
+        if mt is _CLOSE:
+            if conn.close_code is None:
+                conn.close_code = int.from_bytes(p[:2], "big") if len(p) >= 2 else _NO_STATUS
+                conn.close_reason = p[2:].decode("utf-8", "replace")
+            with contextlib.suppress(Exception):
+                if not transport.is_close_frame_sent:
+                    transport.send(_CLOSE, p[:2])  # echo, as websocket-client does
+                transport.disconnect()
+            return
+        if mt is _CONTINUATION or ((mt is _TEXT or mt is _BINARY) and not frame.fin):
+            conn.fragments.append(p)
+            if not frame.fin:
+                return
+            p = b"".join(conn.fragments)
+            conn.fragments.clear()
+        elif mt is not _TEXT and mt is not _BINARY:
+            return  # a pong to picows' own ping, or anything else without meaning here
+        try:
+            obj = orjson.loads(p)
+        except orjson.JSONDecodeError as exc:
+            self._flush(conn)
+            self._post(("error", conn.cid, exc))
+            return
+        if not isinstance(obj, dict):
+            self._flush(conn)
+            self._post(("error", conn.cid, ChatClientError(f"server frame is not an object: {p[:80]!r}")))
+            return
+        op = obj.get("op")
+        if not conn.hello:
+            conn.hello = True
+            if op == "hello":
+                self._set_direct(conn, conn.ledgered and not conn.reads)
+                self._flush(conn)
+                self._post(("hello", conn.cid, obj))
+            else:
+                err: ChatClientError = ServerError(str(obj.get("code")), str(obj.get("msg", "")), obj.get("rid")) \
+                    if op == "error" else ChatClientError(f"expected a hello frame first, got {op!r}")
+                self._post(("failed", conn.cid, err))
+                transport.disconnect(graceful=False)
+            return
+        if op == "msg" and conn.ledgered:
+            self._push(conn, p)
+            return
+        if op == "pong" and "rid" not in obj:
+            conn.pending_pong = False
+            conn.pong_after = conn.pings
+            return
+        rid = obj.get("rid")
+        if rid is not None and conn.reads:
+            conn.reads.discard(rid)
+            self._set_direct(conn, conn.ledgered and not conn.reads)
+        self._flush(conn)
+        self._post(("frame", conn.cid, obj))
+
+    def _disconnected(self, conn: _Conn) -> None:
+        if self._conns.get(conn.cid) is conn:
+            del self._conns[conn.cid]
+        if conn.beat is not None:
+            conn.beat.cancel()
+        self._flush()
+        code = conn.close_code if conn.close_code is not None else ABNORMAL_CLOSURE
+        reason = conn.close_reason if conn.close_code is not None else "connection ended without a close frame"
+        self._post(("closed", conn.cid, code, reason, conn.dead, conn.hello))
+
+    # ------------------------------------------------------------------------------------------------
+    # engine-thread commands (scheduled from the swarm side with _call)
+    async def _open(self, cid: int, slot: int, url: str, timeout: float, heartbeat_s: float | None,
+                    pong_timeout_s: float | None, direct: bool) -> None:
+        conn = self._conn_class(cid, slot, direct)
+        self._conns[cid] = conn
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(
+                ws_connect(lambda: conn, url, websocket_handshake_timeout=timeout, logger_name=_picows_log,
+                           enable_auto_pong=True, read_buffer_init_size=_READ_BUFFER), timeout)
+        except WSHandshakeError as exc:
+            resp = exc.response
+            err: BaseException = ConnectRefused(resp.status, exc.raw_body) if resp is not None \
+                else ChatClientError(f"connect to {url} failed: {exc}")
+        except TimeoutError:
+            err = RequestTimeout("connect", timeout)
+        except (OSError, WSError, ConnectionError) as exc:
+            err = exc if isinstance(exc, OSError) else ChatClientError(f"connect to {url} failed: {exc}")
+        except Exception as exc:
+            err = ChatClientError(f"connect to {url} failed: {exc!r}")
+        else:
+            conn.transport = transport
+
+            def no_hello() -> None:
+                if not conn.hello and self._conns.get(cid) is conn:
+                    conn.hello = True
+                    self._post(("failed", cid, RequestTimeout("hello", timeout)))
+                    transport.disconnect(graceful=False)
+
+            loop.call_later(timeout, no_hello)
+            if heartbeat_s:
+                conn.beat = loop.call_later(heartbeat_s, self._beat, conn, heartbeat_s, pong_timeout_s)
+            return
+        self._conns.pop(cid, None)
+        conn.hello = True
+        self._post(("failed", cid, err))
+        self._post(("closed", cid, ABNORMAL_CLOSURE, str(err), False, False))
+
+    def _beat(self, conn: _Conn, interval: float, pong_timeout_s: float | None) -> None:
+        t = conn.transport
+        if t is None or t.is_disconnected or self._conns.get(conn.cid) is not conn:
+            return
+        try:
+            t.send(_TEXT, _PING)
+        except Exception:
+            return
+        loop = asyncio.get_running_loop()
+        conn.pings += 1
+        if pong_timeout_s and not conn.pending_pong:  # the first ping without its pong: it must come in time
+            conn.pending_pong = True
+            loop.call_later(pong_timeout_s, self._check_pong, conn, conn.pings, pong_timeout_s)
+        conn.beat = loop.call_later(interval, self._beat, conn, interval, pong_timeout_s)
+
+    def _check_pong(self, conn: _Conn, ping: int, timeout: float) -> None:
+        """Dead unless a pong came since ping number ``ping`` (pongs come in order: any one answers it)."""
+        t = conn.transport
+        if conn.pending_pong and t is not None and not t.is_disconnected and conn.pong_after < ping:
+            conn.dead = True
+            conn.close_code = ABNORMAL_CLOSURE
+            conn.close_reason = f"dead connection: no pong within {timeout:g} s"
+            t.disconnect(graceful=False)
+
+    def _send(self, cid: int, payloads: Sequence[bytes], reads: Sequence[int]) -> None:
+        conn = self._conns.get(cid)
+        t = None if conn is None else conn.transport
+        if conn is None or t is None or t.is_disconnected:
+            return  # the end of the connection is on its way to the swarm side and fails the requests
+        if reads:
+            conn.reads.update(reads)
+            self._set_direct(conn, False)
+        try:
+            for payload in payloads:
+                t.send(_TEXT, payload)
+        except Exception as exc:
+            conn.close_code = ABNORMAL_CLOSURE
+            conn.close_reason = f"send failed: {exc}"
+            t.disconnect(graceful=False)
+
+    def _send_raw(self, cid: int, data: bytes, binary: bool) -> None:
+        conn = self._conns.get(cid)
+        if conn is not None and conn.transport is not None and not conn.transport.is_disconnected:
+            conn.transport.send(_BINARY if binary else _TEXT, data)
+
+    def _close(self, cid: int, code: int, reason: str, timeout: float) -> None:
+        conn = self._conns.get(cid)
+        t = None if conn is None else conn.transport
+        if conn is None or t is None or t.is_disconnected:
+            return
+        try:
+            t.send(_CLOSE, code.to_bytes(2, "big") + reason.encode())
+        except Exception:
+            t.disconnect(graceful=False)
+            return
+        asyncio.get_running_loop().call_later(timeout, self._abort, cid)
+
+    def _abort(self, cid: int) -> None:
+        conn = self._conns.get(cid)
+        if conn is not None and conn.transport is not None:
+            conn.transport.disconnect(graceful=False)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        if self._stopping:
+            self._flush()
+            return
+        due = getattr(self, "_due", None)
+        now = loop.time()
+        if due is not None:
+            self._lag_ms = max(self._lag_ms, (now - due) * 1000)
+        if self._pending() >= self.flush_frames or now - self._flushed_at >= self.flush_s:
+            self._flush()
+        self._due = now + self.TICK_S
+        loop.call_at(self._due, self._tick)
+
+    # ------------------------------------------------------------------------------------------------
+    # the swarm side
+    def start(self) -> None:
+        """Start the engine thread (once; a forked child starts its own)."""
+        if self._loop is not None and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        # the engine thread takes each receive time when it holds the GIL: the swarm's thread may keep it (applying
+        # a batch, a Locust report) up to the switch interval before handing over (Python's default: 5 ms)
+        if self.switch_interval_s is not None and sys.getswitchinterval() > self.switch_interval_s:
+            sys.setswitchinterval(self.switch_interval_s)
+        self._waker = _Waker(self._drain)
+        loop = uvloop.new_event_loop()
+        self._loop = loop
+
+        def run() -> None:
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+                f.write("chat-engine")  # the OS thread's name (top -H, the receive benchmark's CPU per thread)
+            asyncio.set_event_loop(loop)
+            loop.call_soon(self._tick)
+            loop.run_forever()
+            loop.close()
+
+        _real_thread(run, "chat-engine")
+
+    def stop(self) -> None:
+        """End the engine thread (its connections are dropped) and the swarm side's drain (tests; a process's
+        engine otherwise lives as long as the process)."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        self._stopping = True
+
+        def end() -> None:
+            for conn in list(self._conns.values()):
+                if conn.transport is not None:
+                    conn.transport.disconnect(graceful=False)
+            loop.call_later(0.05, loop.stop)
+
+        loop.call_soon_threadsafe(end)
+        if self._waker is not None:
+            self._waker.stop()
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        loop = self._loop
+        assert loop is not None, "Engine.start() first"
+        loop.call_soon_threadsafe(fn, *args)
+
+    def _spawn(self, coro: Callable[..., Any], *args: Any) -> None:
+        """Run ``coro(*args)`` as a task of the engine loop (not run_coroutine_threadsafe: its future's lock would
+        be gevent's)."""
+        loop = self._loop
+        assert loop is not None, "Engine.start() first"
+
+        def start() -> None:
+            task = loop.create_task(coro(*args))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        loop.call_soon_threadsafe(start)
+
+    def lag_ms(self) -> float:
+        """The engine loop's worst lateness (ms) since the previous call: receive timestamps are this late at most
+        beyond a read's own wait."""
+        lag, self._lag_ms = self._lag_ms, 0.0
+        return lag
+
+    def _drain(self) -> None:
+        """Swarm side: handle everything the engine posted, in order."""
+        out = self._out
+        self._signalled = False
+        while out:
+            item = out.popleft()
+            kind = item[0]
+            try:
+                if kind == "batch":
+                    for slot, frame in self.batch.apply_reads(item[1], item[2], item[3], item[4], self._apply_error):
+                        client = self._by_slot.get(slot)
+                        if client is not None:
+                            client._frame(frame)
+                    continue
+                client = self._clients.get(item[1])
+                if client is None:
+                    continue
+                if kind == "frame":
+                    client._frame(item[2])
+                elif kind == "hello":
+                    client._got_hello(item[2])
+                elif kind == "closed":
+                    del self._clients[item[1]]
+                    client._ended(item[2], item[3], item[4], item[5])
+                elif kind == "failed":
+                    client._failed(item[2])
+                elif kind == "error":
+                    client._callback_error(item[2])
+            except Exception as exc:
+                log.exception("receive engine: handling %s failed", kind, exc_info=exc)
+
+    def _apply_error(self, slot: int, exc: BaseException) -> None:
+        client = self._by_slot.get(slot)
+        if client is not None:
+            client._callback_error(exc)
+
+    def attach(self, client: EngineClient, receiver: ReceiverLedger | None) -> tuple[int, int]:
+        """(connection id, batch-ledger slot or -1) for a new connection of ``client`` (swarm side)."""
+        self.start()
+        cid = next(self._cids)
+        self._clients[cid] = client
+        slot = -1
+        if receiver is not None:
+            slot = self.batch.register(receiver)
+            self._by_slot[slot] = client
+        return cid, slot
+
+    def detach(self, slot: int) -> None:
+        if slot >= 0:
+            self.batch.release(slot)
+            self._by_slot.pop(slot, None)
+
+
+_engines: dict[int, Engine] = {}  # id(ledger) -> its engine, in this process
+_scripting = Ledger()  # the ledger of the engine that holds connections without a receiver ledger
+
+
+def engine_for(ledger: Ledger | None = None) -> Engine:
+    """The process's engine for ``ledger`` (one per ledger; created on first use, started on the first connect);
+    None: the engine of connections that have no receiver ledger."""
+    ledger = _scripting if ledger is None else ledger
+    eng = _engines.get(id(ledger))
+    if eng is None or eng.ledger is not ledger or eng._pid != os.getpid():
+        eng = _engines[id(ledger)] = Engine(ledger)
+    return eng
+
+
+class EngineClient(ChatClient):
+    """A member's connection held by the receive engine (see the module doc).
+
+    ``receiver``: the member's ReceiverLedger: pushes go to it in batches (``on_message`` is then not called);
+    without one, every push goes to ``on_message`` (or ``on_frame``), one by one. ``ledger``/``engine``: which
+    engine (default: the one of ``receiver.ledger``, or of a private Ledger).
+    """
+
+    def __init__(self, url: str, uid: int, token: str, *, receiver: ReceiverLedger | None = None,
+                 engine: Engine | None = None, on_message: FrameCallback | None = None,
+                 on_frame: FrameCallback | None = None, on_hello: FrameCallback | None = None,
+                 request_timeout: float = 10.0, heartbeat_s: float | None = 25.0, connect_timeout: float = 10.0,
+                 pong_timeout_s: float | None = None) -> None:
+        super().__init__(url, uid, token, on_message=on_message, on_frame=on_frame, on_hello=on_hello,
+                         request_timeout=request_timeout, heartbeat_s=heartbeat_s, connect_timeout=connect_timeout,
+                         pong_timeout_s=pong_timeout_s)
+        self.receiver = receiver
+        self._engine = engine if engine is not None else engine_for(None if receiver is None else receiver.ledger)
+        self._cid = 0
+        self._slot = -1
+        self._ready = threading.Event()
+        self._ended_event = threading.Event()
+        self._failure: BaseException | None = None
+        self._connected = False
+
+    # -- connection
+    def connect(self) -> Frame:
+        """Open the connection in the engine, wait for the ``hello`` and return it (ChatClient.connect's errors)."""
+        if self._cid or self._closing:
+            raise ChatClientError("connect() may be called once per ChatClient")
+        eng = self._engine
+        self._cid, self._slot = eng.attach(self, self.receiver)
+        target = self.url + protocol.ws_query(self.uid, self.token)
+        eng._spawn(eng._open, self._cid, self._slot, target, self.connect_timeout, self.heartbeat_s,
+                   self.pong_timeout_s if self.heartbeat_s else None, self.receiver is not None)
+        if not self._ready.wait(self.connect_timeout + 5.0):
+            eng._call(eng._abort, self._cid)
+            self._failure = RequestTimeout("connect", self.connect_timeout)
+        if self._failure is not None:
+            self._dropped = True
+            raise self._failure
+        assert self.hello is not None
+        return self.hello
+
+    def _got_hello(self, hello: Frame) -> None:
+        self.hello = hello
+        self._connected = True
+        try:
+            if self._on_hello is not None:  # before any push of this connection is applied
+                self._on_hello(hello)
+        finally:
+            if self._slot >= 0:
+                self._engine.batch.refresh(self._slot)
+            self._ready.set()
+
+    def _failed(self, exc: BaseException) -> None:
+        if self._failure is None and not self._connected:
+            self._failure = exc
+        self._ready.set()
+
+    def _ended(self, code: int, reason: str, dead: bool, had_hello: bool) -> None:
+        """The engine's connection is gone (swarm side): as ChatClient's receive loop ending."""
+        if dead:
+            self.dead = True
+        if self._failure is None and not self._connected:
+            self._failure = ConnectionClosed(code, reason)
+        self._set_close(code, reason)
+        self._engine.detach(self._slot)
+        self._slot = -1
+        self._ready.set()
+        self._end()
+        self._ended_event.set()
+
+    def _end(self) -> None:
+        with self._lock:
+            self._dropped = True
+            pending = list(self._pending.items())
+            self._pending.clear()
+        self._stop.set()
+        for rid, callback in pending:
+            cb: Any = callback
+            if hasattr(cb, "event") and hasattr(cb, "reply"):  # a blocking request's waiter: wake it empty
+                cb.event.set()
+                continue
+            try:
+                callback({"op": "error", "code": "connection_closed", "msg": "connection closed", "rid": rid})
+            except Exception as exc:
+                self._callback_error(exc)
+
+    def _frame(self, frame: Frame) -> None:
+        """A frame for this client that is not a push applied by the batch ledger (swarm side)."""
+        try:
+            if self._on_message is not None and frame.get("op") == "msg":
+                self._on_message(frame)
+            else:
+                self._dispatch(frame)
+        except Exception as exc:
+            self._callback_error(exc)
+
+    def close(self, code: int = protocol.CloseCode.NORMAL, reason: str = "") -> None:
+        """Send a close frame, wait (up to request_timeout) for the end of the connection."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._stop.set()
+        if not self._cid or self._dropped:
+            self._dropped = True
+            return
+        eng = self._engine
+        eng._call(eng._close, self._cid, int(code), reason, self.request_timeout)
+        if not self._ended_event.wait(self.request_timeout + 1.0):
+            eng._call(eng._abort, self._cid)
+            self._ended_event.wait(self.request_timeout)
+
+    def _shutdown_socket(self) -> None:
+        if self._cid:
+            self._engine._call(self._engine._abort, self._cid)
+
+    # -- requests: ChatClient's, written through the engine
+    def _start_requests(self, encodes: Sequence[Callable[[int], bytes]],
+                        callbacks: Sequence[FrameCallback | None]) -> list[int]:
+        if not self._cid or not self._connected:
+            raise ChatClientError("not connected")
+        with self._lock:
+            if self._closing or self._dropped:
+                raise ConnectionClosed(self.close_code, self.close_reason)
+            rids = [next(self._rids) for _ in encodes]
+            for rid, callback in zip(rids, callbacks, strict=True):
+                if callback is not None:
+                    self._pending[rid] = callback
+        try:
+            payloads = [encode(rid) for encode, rid in zip(encodes, rids, strict=True)]
+        except BaseException:
+            self._forget(rids)
+            raise
+        # a read's reply starts like a push: the engine looks at this connection's frames until it came
+        reads = [rid for rid, p in zip(rids, payloads, strict=True) if p.startswith(b'{"op":"read"')]
+        self._engine._call(self._engine._send, self._cid, payloads, reads)
+        return rids
+
+    def send_raw(self, data: str | bytes, *, binary: bool = False) -> None:
+        if not self._cid or not self._connected:
+            raise ChatClientError("not connected")
+        if self.closed:
+            raise ConnectionClosed(self.close_code, self.close_reason)
+        self._engine._call(self._engine._send_raw, self._cid, data.encode() if isinstance(data, str) else data,
+                           binary)
