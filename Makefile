@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-unit system-deps lint types check bench bench-modes bench-check baseline dashboards clean
+.PHONY: demo test test-unit system-deps lint types check bench bench-modes bench-check baseline dashboards clean abuse
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "chatbench needs Python >= 3.11"'
@@ -50,6 +50,11 @@ test: $(STAMP) system-deps
 ## test-unit: the unit tests only (no sockets, no system programs; seconds)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+## abuse: the abuse suite's long part (minutes): 100,000+ generated malformed inputs with a canary group measured
+## throughout, and a 1,000,000-member change; figures in var/abuse/summary.json (docs/abuse.md); the fast part is in make test
+abuse: $(STAMP)
+	$(BIN)/python -m tests.abuse
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -54,6 +54,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("chat.gateway")
 
 _WS_VERSIONS = ("13", "8", "7")  # what the WebSocket library accepts
+
+
+def _sendable_close(code: int) -> bool:
+    """RFC 6455 7.4: the codes a close frame may carry (1004-1006 and 1015 are reserved, 1016-2999 unassigned)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 #: the most time one read of a connection is worked on before the rest waits for a later loop turn (seconds)
 SLICE_S = 0.002
 
@@ -157,8 +162,13 @@ class Conn(WSListener):
         elif t is WSMsgType.CLOSE:
             self.inbox = None
             self.flush_now()
-            code = frame.get_close_code()
-            transport.send_close(code if code.value else WSCloseCode.OK)  # no status given: answer 1000
+            answer = frame.get_close_code()
+            if frame.payload_size == 0:
+                answer = WSCloseCode.OK  # no status given: answer 1000
+            elif not _sendable_close(answer.value):  # no endpoint may send it (the library lets 0, 1006, 5000+ by)
+                self.gw.violation("close_code")
+                answer = WSCloseCode.PROTOCOL_ERROR
+            transport.send_close(answer)
             transport.disconnect()
         elif t is not WSMsgType.PONG:
             self.work(None)

@@ -20,12 +20,13 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from reference_server import fanout, offline, storage, unread
 from reference_server.admin import PickGateway, build_app
 from reference_server.config import ServerConfig
-from reference_server.gateway import Gateway
+from reference_server.gateway import Gateway, Violations
 from reference_server.logic import ChatLogic
 from reference_server.metrics import ServerMetrics
 from reference_server.protocol import CloseCode
@@ -49,7 +50,31 @@ def new_metrics(config: ServerConfig) -> ServerMetrics:
     return ServerMetrics(registry, version=server_version(), modes=config.modes())
 
 
-async def start_http(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+class _ClientHttpErrors(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad request line, a bad header: answered 400) as an ERROR with a
+    traceback: a client error. It is counted as a protocol violation instead (rate-limited log, gateway.Violations);
+    errors of the server's own stay logged."""
+
+    def __init__(self, violations: Violations) -> None:
+        super().__init__()
+        self.violations = violations
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            self.violations.count("http_bad_request")
+            return False
+        return True
+
+
+async def start_http(app: web.Application, host: str, port: int,
+                     metrics: ServerMetrics | None = None) -> tuple[web.AppRunner, int]:
+    """The admin/observability plane; ``metrics``: count clients' malformed HTTP instead of logging each."""
+    if metrics is not None:
+        server_log = logging.getLogger("aiohttp.server")
+        for f in [f for f in server_log.filters if isinstance(f, _ClientHttpErrors)]:
+            server_log.removeFilter(f)
+        server_log.addFilter(_ClientHttpErrors(Violations(metrics)))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
@@ -109,7 +134,7 @@ class ChatServer(ABC):
         self.store.start(self.loop)
         await self.start_edge()
         app = build_app(self.config, self.store, self.logic, self.metrics.registry, self.health, self.pick_gateway)
-        self._runner, self.admin_port = await start_http(app, self.config.host, self.config.admin_port)
+        self._runner, self.admin_port = await start_http(app, self.config.host, self.config.admin_port, self.metrics)
 
     async def shutdown(self) -> None:
         t0 = time.monotonic()

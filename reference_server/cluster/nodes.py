@@ -88,7 +88,8 @@ class GatewayServer:
     async def start(self) -> None:
         await self.node.start()
         self._runner, self.admin_port = await start_http(
-            observability_app(self.metrics.registry, self.health), self.config.host, self.config.admin_port)
+            observability_app(self.metrics.registry, self.health), self.config.host, self.config.admin_port,
+            self.metrics)
 
     async def shutdown(self) -> None:
         self.stopping = True

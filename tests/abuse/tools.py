@@ -220,6 +220,8 @@ def http_status(port: int, request: bytes, timeout: float = 5.0) -> tuple[int, b
                 data += chunk
                 head, sep, body = data.partition(b"\r\n\r\n")
                 if sep:
+                    if head.startswith(b"HTTP/1.1 101"):
+                        break  # upgraded: frames follow, not a body
                     length = [line.split(b":", 1)[1] for line in head.split(b"\r\n")[1:]
                               if line.lower().startswith(b"content-length:")]
                     if length and len(body) >= int(length[0]):
@@ -332,8 +334,9 @@ def _canary_main(url: str, gid: int, sender: int, receiver: int, rate: float) ->
             emit(f"E {orjson.dumps(frame).decode()}")
 
     stop = threading.Event()
-    rx = ChatClient(url, receiver, user_token(SECRET, receiver), on_message=on_msg, heartbeat_s=None)
-    tx = ChatClient(url, sender, user_token(SECRET, sender), heartbeat_s=None)
+    # heartbeats: the receiver sends nothing else, and the idle timeout would close it after 75 s
+    rx = ChatClient(url, receiver, user_token(SECRET, receiver), on_message=on_msg, heartbeat_s=10.0)
+    tx = ChatClient(url, sender, user_token(SECRET, sender), heartbeat_s=10.0)
     rx.connect()
     tx.connect()
 
@@ -347,6 +350,9 @@ def _canary_main(url: str, gid: int, sender: int, receiver: int, rate: float) ->
     due = time.monotonic()
     while not stop.is_set():
         due += period
+        if tx.closed or rx.closed:
+            emit(f"E the canary's connection closed: {tx.close_code or rx.close_code}")
+            break
         tx.send_nowait(gid, "canary", cts=now_us(), on_ack=on_ack)
         delay = due - time.monotonic()
         if delay > 0:
