@@ -31,8 +31,9 @@ VOLATILE_PARAMETERS: Final = RUN_SPECIFIC_OPTIONS
 #: ``workload``: the scenario and a digest of what must be equal to compare (comparability()), so that records of
 #: different workloads in one directory (a benchmark's paced and burst records) form groups of their own
 AXES: Final = ("fanout", "storage", "unread", "offline", "cluster", "server_cpu", "network", "workload")
-#: scenario options that are a configuration axis, not a condition of comparability
-AXIS_PARAMETERS: Final = frozenset({"profile_mix"})
+#: scenario options that are a configuration axis, not a condition of comparability (``receive_engine``: how the
+#: generator receives, drivers/engine.py or ChatClient — the same workload either way)
+AXIS_PARAMETERS: Final = frozenset({"profile_mix", "receive_engine"})
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 import numpy as np
+import numpy.ma  # np.unique imports it on first use: here, not inside a run (it takes ~0.2 s)
 import orjson
 
 from drivers.clock import CLOCK

@@ -31,6 +31,7 @@ unanswered for ``pong_timeout_s``) run in the engine. Without a ledger an Engine
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
@@ -64,7 +65,11 @@ from reference_server import protocol
 __all__ = ["Engine", "EngineClient", "engine_for"]
 
 log = logging.getLogger(__name__)
-_picows_log = logging.getLogger("chatbench.engine.picows")
+# picows logs each connection at INFO: not here (the engine thread should not contend for the handlers' locks, which
+# under gevent are gevent locks). An adapter, so picows makes no child logger per connection.
+_picows_base = logging.getLogger("chatbench.engine.picows")
+_picows_base.setLevel(logging.WARNING)
+_picows_log = logging.LoggerAdapter(_picows_base, {})
 
 _TEXT: Final = WSMsgType.TEXT
 _BINARY: Final = WSMsgType.BINARY
@@ -96,12 +101,15 @@ def _real_thread(target: Callable[[], None], name: str) -> None:
 class _Waker:
     """Wakes the swarm's side from the engine thread: a gevent hub watcher, or a real thread."""
 
-    def __init__(self, drain: Callable[[], None]) -> None:
+    def __init__(self, drain: Callable[[], bool]) -> None:
         self._drain = drain
         self._stopped = False
+        self._yield: Callable[[], None] = lambda: None
         if _gevent_patched():
             import gevent
             import gevent.event
+
+            self._yield = gevent.sleep  # let the other greenlets (senders, Locust's heartbeats) run between slices
 
             self._event: Any = gevent.event.Event()
             hub = gevent.get_hub()
@@ -125,7 +133,8 @@ class _Waker:
             event.wait()
             event.clear()
             try:
-                self._drain()
+                while self._drain():
+                    self._yield()
             except Exception:  # never: every item is handled under its own guard
                 log.exception("receive engine: draining failed")
 
@@ -377,7 +386,10 @@ class Engine:
         try:
             transport, _ = await asyncio.wait_for(
                 ws_connect(lambda: conn, url, websocket_handshake_timeout=timeout, logger_name=_picows_log,
-                           enable_auto_pong=True, read_buffer_init_size=_READ_BUFFER), timeout)
+                           enable_auto_pong=True, read_buffer_init_size=_READ_BUFFER,
+                           # uvloop's own sockets: aiofastnet (picows' default when installed) would connect a
+                           # Python socket, which under gevent's monkey-patching is gevent's, in this thread
+                           use_aiofastnet=False), timeout)
         except WSHandshakeError as exc:
             resp = exc.response
             err: BaseException = ConnectRefused(resp.status, exc.raw_body) if resp is not None \
@@ -544,22 +556,43 @@ class Engine:
 
         loop.call_soon_threadsafe(start)
 
+    @property
+    def running(self) -> bool:
+        """The engine thread was started in this process (and not stopped)."""
+        return self._loop is not None and self._pid == os.getpid() and not self._stopping
+
     def lag_ms(self) -> float:
         """The engine loop's worst lateness (ms) since the previous call: receive timestamps are this late at most
         beyond a read's own wait."""
         lag, self._lag_ms = self._lag_ms, 0.0
         return lag
 
-    def _drain(self) -> None:
-        """Swarm side: handle everything the engine posted, in order."""
+    #: the swarm side handles the engine's items in slices of about this long (then other greenlets run), a batch
+    #: at most APPLY_SLICE frames at a time (a burst's batch can hold 100,000s: ~0.5 µs each)
+    DRAIN_SLICE_S: Final = 0.005
+    APPLY_SLICE: Final = 16384
+
+    def _drain(self) -> bool:
+        """Swarm side: handle what the engine posted, in order, for about DRAIN_SLICE_S; True if items are left."""
         out = self._out
         self._signalled = False
+        until = time.perf_counter() + self.DRAIN_SLICE_S
         while out:
+            if time.perf_counter() > until:
+                return True
             item = out.popleft()
             kind = item[0]
             try:
                 if kind == "batch":
-                    for slot, frame in self.batch.apply_reads(item[1], item[2], item[3], item[4], self._apply_error):
+                    payloads, ends, slots, times = item[1], item[2], item[3], item[4]
+                    if len(payloads) > self.APPLY_SLICE:  # apply a slice, the rest after the other greenlets ran
+                        r = bisect.bisect_left(ends, self.APPLY_SLICE)  # the read that reaches the slice's end
+                        n = ends[r]
+                        if n < len(payloads):
+                            out.appendleft(("batch", payloads[n:], [e - n for e in ends[r + 1:]], slots[r + 1:],
+                                            times[r + 1:]))
+                            payloads, ends, slots, times = payloads[:n], ends[:r + 1], slots[:r + 1], times[:r + 1]
+                    for slot, frame in self.batch.apply_reads(payloads, ends, slots, times, self._apply_error):
                         client = self._by_slot.get(slot)
                         if client is not None:
                             client._frame(frame)
@@ -580,6 +613,7 @@ class Engine:
                     client._callback_error(item[2])
             except Exception as exc:
                 log.exception("receive engine: handling %s failed", kind, exc_info=exc)
+        return False
 
     def _apply_error(self, slot: int, exc: BaseException) -> None:
         client = self._by_slot.get(slot)

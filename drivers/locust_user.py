@@ -1,6 +1,12 @@
 """ChatUser: an abstract Locust user that speaks the chat protocol through :class:`ChatClient`, with every
 delivery checked by the process's ledger (:mod:`drivers.ledger`) and measured in HDR histograms.
 
+``--receive-engine batch`` (the default): the member's ChatClient is a :class:`drivers.engine.EngineClient` — the
+process's receive engine holds every member's connection in one event loop in a real thread and applies pushes to
+the ledger in batches (:mod:`drivers.batchledger`); ``client``: a ChatClient with its own receive greenlet, every
+push through :meth:`ReceiverLedger.on_push`. Requests, reconnects, catch-up and the end-of-run reconciliation are
+the same either way.
+
 Request events (type ``WS``) are fired for connect, reconnect, catch-up, send→ack, sync and read. Deliveries
 are not Locust events (one event per frame costs about a third of the receive throughput): they go to the
 ledger and appear in Locust's statistics as ``HDR`` summary rows, merged across workers (drivers/swarm.py).
@@ -38,6 +44,7 @@ from drivers import autorate, netproxy, swarm
 from drivers.admin import AdminClient, front_gateway
 from drivers.client import ChatClient, ChatClientError
 from drivers.clock import CLOCK
+from drivers.engine import EngineClient, engine_for
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
 from drivers.schedule import LiveSchedule, Schedule
@@ -48,6 +55,9 @@ log = logging.getLogger("chatbench.swarm")
 
 REQUEST_TYPE = "WS"
 UID_BLOCK = 1_000_000
+#: --receive-engine: the member handle each one opens (both ChatClient; see _open)
+RECEIVE_ENGINES = ("batch", "client")
+DEFAULT_RECEIVE_ENGINE = "batch"
 #: file descriptors a generator process may need besides one socket per member (Locust's ZeroMQ sockets, logs,
 #: the interpreter's files — about 15 at rest — plus room for reconnect churn): a process holds at most its
 #: open-file limit minus this many members (19,000 at this machine's 20,000)
@@ -121,6 +131,11 @@ def _options(parser: ArgumentParser) -> None:
                    "scenario's ChatUser.pong_timeout_s)")
     g.add_argument("--backoff-jitter", choices=["full", "none"], env_var="CHATBENCH_BACKOFF_JITTER", default="full",
                    help="reconnect backoff: full jitter, or none (every client waits exactly base·2ⁿ: the herd)")
+    g.add_argument("--receive-engine", choices=list(RECEIVE_ENGINES), env_var="CHATBENCH_RECEIVE_ENGINE",
+                   default=DEFAULT_RECEIVE_ENGINE,
+                   help="how members receive: batch (every connection of the process in one uvloop + picows event "
+                   "loop in a real thread, pushes applied to the ledger in batches: drivers/engine.py) or client (a "
+                   "ChatClient and its greenlet per member, every push through the ledger one by one)")
 
 
 def _profile_mix(spec: str) -> str:
@@ -156,8 +171,32 @@ def _reset_uids(**_: Any) -> None:
     _local_index = itertools.count()  # a new run (web UI) numbers its users from the start again
 
 
+_engine_lag: list[gevent.Greenlet] = []
+
+
+def _watch_engine(environment: Environment, **_: Any) -> None:
+    """A generator process with the receive engine: its event loop's lateness (the receive times' own) goes into
+    the process's health beside the gevent loop's, so a late engine invalidates the run as a late gevent loop does."""
+    for g in _engine_lag:
+        g.kill(block=False)
+    _engine_lag.clear()
+    if isinstance(environment.runner, MasterRunner) or \
+            swarm.option(environment, "receive_engine", DEFAULT_RECEIVE_ENGINE) != "batch":
+        return
+    engine = engine_for(swarm.ledger)
+
+    def watch() -> None:
+        while not swarm.run.flushed:
+            gevent.sleep(swarm.Health.INTERVAL_S)
+            if engine.running:
+                swarm.run.health.lag_ms.append((CLOCK.time(), engine.lag_ms()))
+
+    _engine_lag.append(gevent.spawn(watch))
+
+
 events.init_command_line_parser.add_listener(_options)
 events.test_start.add_listener(_reset_uids)
+events.test_start.add_listener(_watch_engine)
 events.test_start.add_listener(lambda environment, **_: check_open_files(environment))
 events.init.add_listener(_start_metrics)
 swarm.register()
@@ -289,10 +328,20 @@ class ChatUser(User):
         return self.host
 
     def _open(self) -> Frame:
-        client = ChatClient(self._url(), self.uid, self.token, on_message=self.ledger.on_push,
-                            on_hello=self.ledger.on_connect, on_frame=self._on_frame, heartbeat_s=self._heartbeat_s,
-                            request_timeout=self.request_timeout, connect_timeout=self.connect_timeout,
-                            pong_timeout_s=self._pong_timeout_s if self._heartbeat_s else None)
+        pong_timeout_s = self._pong_timeout_s if self._heartbeat_s else None
+        client: ChatClient
+        if swarm.option(self.environment, "receive_engine", DEFAULT_RECEIVE_ENGINE) == "batch":
+            # the process's receive engine holds the connection; pushes reach self.ledger in batches
+            client = EngineClient(self._url(), self.uid, self.token, receiver=self.ledger,
+                                  engine=engine_for(swarm.ledger), on_hello=self.ledger.on_connect,
+                                  on_frame=self._on_frame, heartbeat_s=self._heartbeat_s,
+                                  request_timeout=self.request_timeout, connect_timeout=self.connect_timeout,
+                                  pong_timeout_s=pong_timeout_s)
+        else:
+            client = ChatClient(self._url(), self.uid, self.token, on_message=self.ledger.on_push,
+                                on_hello=self.ledger.on_connect, on_frame=self._on_frame,
+                                heartbeat_s=self._heartbeat_s, request_timeout=self.request_timeout,
+                                connect_timeout=self.connect_timeout, pong_timeout_s=pong_timeout_s)
         hello = client.connect()
         self.client = client
         return hello
