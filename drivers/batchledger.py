@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import islice, repeat
 from operator import attrgetter
 from typing import Any, Final
 
@@ -142,7 +142,7 @@ class BatchLedger:
         for lag in lags:
             if not 0 < lag < n:
                 continue
-            same = np.fromiter(map(_EQ, payloads[lag:], payloads[:-lag]), np.bool_, n - lag)
+            same = np.fromiter(map(_EQ, islice(payloads, lag, None), payloads), np.bool_, n - lag)
             root = np.ones(n, np.bool_)
             root[lag:] = ~same
             roots = np.flatnonzero(root)
@@ -360,13 +360,13 @@ class BatchLedger:
             slat = lat[order]
             groups = list(zip(sid[np.concatenate((np.zeros(1, np.intp), cut))].tolist(), np.split(slat, cut),
                               strict=True))
-        for m, part in groups:
+        for m, part in groups:  # the part as one array: Ledger.take buckets it (LogBuckets.add_latencies)
             key = (m_gid[m], m_seq[m])
             lst = fan.get(key)
             if lst is None:
-                fan[key] = part.tolist()
+                fan[key] = [part]
             else:
-                lst.extend(part.tolist())
+                lst.append(part)
         # network profiles (weak networks): their members' figures apart as well
         if not self._profiles:
             return

@@ -211,14 +211,20 @@ class LogBuckets:
         self.max = hi if self.count == 0 else max(self.max, hi)
         self.count += len(values)
 
-    def add_latencies(self, values: list[int]) -> None:
+    def add_latencies(self, values: list[Any]) -> None:
         """:meth:`add_many` of the values with each one below 1 counted as 1 (a fan-out part's latencies), in
-        bulk with numpy: the same buckets (from the same ``math.log``, through :func:`_log_bounds`), min and max."""
+        bulk with numpy: the same buckets (from the same ``math.log``, through :func:`_log_bounds`), min and max.
+        An element may be an int64 array of values (the batch ledger appends a batch's part of a message so)."""
         n = len(values)
+        try:
+            arr = np.fromiter(values, np.int64, n)
+        except (TypeError, ValueError):  # arrays among the ints
+            arr = np.concatenate([np.atleast_1d(np.asarray(v, np.int64)) for v in values])
+            n = int(arr.size)
         if n < 64:
-            self.add_many([v if v > 0 else 1 for v in values])
+            self.add_many([v if v > 0 else 1 for v in arr.tolist()])
             return
-        arr = np.maximum(np.fromiter(values, np.int64, n), 1)
+        arr = np.maximum(arr, 1)
         idx = np.searchsorted(_log_bounds(int(arr.max())), arr, side="right")
         keys, counts = np.unique(idx, return_counts=True)
         b = self.buckets

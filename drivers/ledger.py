@@ -368,7 +368,7 @@ class Ledger:
         self.latency = Recorder()
         self.send_ack = Recorder()
         self.catchup = Recorder()
-        self.fan: dict[tuple[int, int], list[int]] = {}
+        self.fan: dict[tuple[int, int], list[Any]] = {}  # latencies: ints (on_push), int64 arrays (batch ledger)
         self.sends: list[tuple[int, int, int, int, int, bool]] = []
         self.presence: list[tuple[int, int, int]] = []
         self.profiles: dict[str, dict[str, Any]] = {}  # profile -> latency, catchup (Recorder), counts

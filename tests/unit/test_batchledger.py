@@ -52,10 +52,11 @@ class History:
 
 
 def state(ledger: Ledger, receivers: dict[int, ReceiverLedger]) -> dict[str, Any]:
-    """Everything the ledger knows, in comparable form (fan-out lists as multisets, histograms encoded)."""
+    """Everything the ledger knows, in comparable form (fan-out parts as multisets of latencies — on_push appends
+    ints, the batch ledger arrays —, histograms encoded)."""
     out: dict[str, Any] = {
         "delivered": ledger.delivered, "counts": dict(ledger.counts), "holey": sorted(r.uid for r in ledger.holey),
-        "fan": {k: sorted(v) for k, v in ledger.fan.items()},
+        "fan": {k: sorted(np.concatenate([np.atleast_1d(x) for x in v]).tolist()) for k, v in ledger.fan.items()},
         "groups": {u: {g: (gl.last, dict(gl.holes), sorted(gl.invisible), sorted(gl.repaired), gl.live_from)
                        for g, gl in rl.groups.items()} for u, rl in receivers.items()},
         "pending": {u: dict(rl.pending_catchup) for u, rl in receivers.items()},
