@@ -1,11 +1,11 @@
 """ChatUser: an abstract Locust user that speaks the chat protocol through :class:`ChatClient`, with every
 delivery checked by the process's ledger (:mod:`drivers.ledger`) and measured in HDR histograms.
 
-``--receive-engine batch`` (the default): the member's ChatClient is a :class:`drivers.engine.EngineClient` — the
-process's receive engine holds every member's connection in one event loop in a real thread and applies pushes to
-the ledger in batches (:mod:`drivers.batchledger`); ``client``: a ChatClient with its own receive greenlet, every
-push through :meth:`ReceiverLedger.on_push`. Requests, reconnects, catch-up and the end-of-run reconciliation are
-the same either way.
+``--receive-engine batch``: the member's ChatClient is a :class:`drivers.engine.EngineClient` — the process's
+receive engine holds every member's connection in one event loop in a real thread and applies pushes to the ledger
+in batches (:mod:`drivers.batchledger`); ``client`` (the default, DEFAULT_RECEIVE_ENGINE): a ChatClient with its own
+receive greenlet, every push through :meth:`ReceiverLedger.on_push`. Requests, reconnects, catch-up and the
+end-of-run reconciliation are the same either way.
 
 Request events (type ``WS``) are fired for connect, reconnect, catch-up, send→ack, sync and read. Deliveries
 are not Locust events (one event per frame costs about a third of the receive throughput): they go to the
