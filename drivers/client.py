@@ -521,6 +521,20 @@ class ChatClient:
         ws = self._ws
         if ws is None:
             raise ChatClientError("not connected")
+        rids, payloads = self._register(encodes, callbacks)
+        try:
+            ws.send_texts(payloads)
+        except Exception as exc:
+            # A failed or partial write leaves the stream unusable: drop the connection.
+            self._forget(rids)
+            self._shutdown_socket()
+            raise ConnectionClosed(self.close_code or ABNORMAL_CLOSURE, f"send failed: {exc}") from exc
+        return rids
+
+    def _register(self, encodes: Sequence[Callable[[int], bytes]],
+                  callbacks: Sequence[FrameCallback | None]) -> tuple[list[int], list[bytes]]:
+        """New rids, each callback registered under its rid (unless None), and the encoded payloads; nothing stays
+        registered if encoding fails. Every write path (this socket, the receive engine) goes through it."""
         with self._lock:
             if self._closing or self._dropped:
                 raise ConnectionClosed(self.close_code, self.close_reason)
@@ -533,14 +547,7 @@ class ChatClient:
         except BaseException:
             self._forget(rids)
             raise
-        try:
-            ws.send_texts(payloads)
-        except Exception as exc:
-            # A failed or partial write leaves the stream unusable: drop the connection.
-            self._forget(rids)
-            self._shutdown_socket()
-            raise ConnectionClosed(self.close_code or ABNORMAL_CLOSURE, f"send failed: {exc}") from exc
-        return rids
+        return rids, payloads
 
     def _forget(self, rids: Sequence[int]) -> None:
         for rid in rids:

@@ -775,18 +775,7 @@ class EngineClient(ChatClient):
                         callbacks: Sequence[FrameCallback | None]) -> list[int]:
         if not self._cid or not self._connected:
             raise ChatClientError("not connected")
-        with self._lock:
-            if self._closing or self._dropped:
-                raise ConnectionClosed(self.close_code, self.close_reason)
-            rids = [next(self._rids) for _ in encodes]
-            for rid, callback in zip(rids, callbacks, strict=True):
-                if callback is not None:
-                    self._pending[rid] = callback
-        try:
-            payloads = [encode(rid) for encode, rid in zip(encodes, rids, strict=True)]
-        except BaseException:
-            self._forget(rids)
-            raise
+        rids, payloads = self._register(encodes, callbacks)
         # a read's reply starts like a push: the engine looks at this connection's frames until it came
         reads = [rid for rid, p in zip(rids, payloads, strict=True) if p.startswith(b'{"op":"read"')]
         self._engine._call(self._engine._send, self._cid, payloads, reads)
