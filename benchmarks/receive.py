@@ -55,6 +55,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
+from drivers.engine import DEFAULT_RECEIVE_ENGINE, RECEIVE_ENGINES
+
 if TYPE_CHECKING:
     from drivers.client import ChatClient
     from harness.procs import ServerProcess
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--burst", type=int, default=10, help="messages per write in the burst mode")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--raw", action="store_true", help="count the batch engine's frames without the ledger and HDR")
-    p.add_argument("--receive-engine", choices=["batch", "client"], default="batch",
+    p.add_argument("--receive-engine", choices=list(RECEIVE_ENGINES), default=DEFAULT_RECEIVE_ENGINE,
                    help="the member handles: the receive engine (batch, the swarm's default) or ChatClient")
     p.add_argument("--server-core", type=int, default=0, help="CPU for the server (-1: no pinning)")
     p.add_argument("--receiver-core", type=int, default=1, help="CPU for the receiver process (-1: no pinning)")

@@ -121,7 +121,9 @@ class Search:
     """The search as a state machine: :meth:`next_level` says what to hold next (None: done), :meth:`record`
     takes the judged step. Pure: unit-tested against simulated systems."""
 
-    MAX_CONFIRMS: Final = 2
+    #: confirms tried before the answer is "no level held for the confirm period": each failed confirm moves the
+    #: candidate down to the highest shorter step that held below it (near the knee a short step's p99 is noisy)
+    MAX_CONFIRMS: Final = 3
 
     def __init__(self, start: float, *, growth: float = 2.0, resolution: float = 0.1, maximum: float = math.inf,
                  confirm: bool = True) -> None:

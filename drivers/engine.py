@@ -62,7 +62,11 @@ from drivers.fast_receiver import PUSH_PREFIX
 from drivers.ledger import Frame, Ledger, ReceiverLedger
 from reference_server import protocol
 
-__all__ = ["Engine", "EngineClient", "engine_for"]
+__all__ = ["DEFAULT_RECEIVE_ENGINE", "RECEIVE_ENGINES", "Engine", "EngineClient", "engine_for"]
+
+#: how a swarm's members receive (``--receive-engine``): "batch", this engine; "client", a ChatClient greenlet each
+RECEIVE_ENGINES: Final = ("batch", "client")
+DEFAULT_RECEIVE_ENGINE: Final = "batch"
 
 log = logging.getLogger(__name__)
 # picows logs each connection at INFO: not here (the engine thread should not contend for the handlers' locks, which

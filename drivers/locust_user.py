@@ -1,11 +1,11 @@
 """ChatUser: an abstract Locust user that speaks the chat protocol through :class:`ChatClient`, with every
 delivery checked by the process's ledger (:mod:`drivers.ledger`) and measured in HDR histograms.
 
-``--receive-engine batch``: the member's ChatClient is a :class:`drivers.engine.EngineClient` — the process's
-receive engine holds every member's connection in one event loop in a real thread and applies pushes to the ledger
-in batches (:mod:`drivers.batchledger`); ``client`` (the default, DEFAULT_RECEIVE_ENGINE): a ChatClient with its own
-receive greenlet, every push through :meth:`ReceiverLedger.on_push`. Requests, reconnects, catch-up and the
-end-of-run reconciliation are the same either way.
+``--receive-engine batch`` (the default, DEFAULT_RECEIVE_ENGINE): the member's ChatClient is a
+:class:`drivers.engine.EngineClient` — the process's receive engine holds every member's connection in one event
+loop in a real thread and applies pushes to the ledger in batches (:mod:`drivers.batchledger`); ``client``: a
+ChatClient with its own receive greenlet, every push through :meth:`ReceiverLedger.on_push`. Requests,
+reconnects, catch-up and the end-of-run reconciliation are the same either way.
 
 Request events (type ``WS``) are fired for connect, reconnect, catch-up, send→ack, sync and read. Deliveries
 are not Locust events (one event per frame costs about a third of the receive throughput): they go to the
@@ -44,7 +44,7 @@ from drivers import autorate, netproxy, swarm
 from drivers.admin import AdminClient, front_gateway
 from drivers.client import ChatClient, ChatClientError
 from drivers.clock import CLOCK
-from drivers.engine import EngineClient, engine_for
+from drivers.engine import DEFAULT_RECEIVE_ENGINE, RECEIVE_ENGINES, EngineClient, engine_for
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
 from drivers.schedule import LiveSchedule, Schedule
@@ -55,10 +55,6 @@ log = logging.getLogger("chatbench.swarm")
 
 REQUEST_TYPE = "WS"
 UID_BLOCK = 1_000_000
-#: --receive-engine: the member handle each one opens (both ChatClient; see _open)
-RECEIVE_ENGINES = ("batch", "client")
-#: "client" until the batch engine has passed the whole integration suite on a clean machine (it landed late)
-DEFAULT_RECEIVE_ENGINE = "client"
 #: file descriptors a generator process may need besides one socket per member (Locust's ZeroMQ sockets, logs,
 #: the interpreter's files — about 15 at rest — plus room for reconnect churn): a process holds at most its
 #: open-file limit minus this many members (19,000 at this machine's 20,000)

@@ -78,6 +78,29 @@ def test_a_level_that_does_not_hold_for_the_confirm_period_is_not_the_capacity()
     assert seen.count(answer["capacity"]) >= 1  # type: ignore[arg-type]
 
 
+def test_failed_confirms_walk_down_the_levels_that_held() -> None:
+    """Near the knee a short step may hold where the long confirm does not: each failed confirm tries the next
+    lower level that held, up to Search.MAX_CONFIRMS of them; past that there is no capacity."""
+    def confirm_holds_below(limit: float) -> tuple[dict[str, object], list[float]]:
+        search = Search(10, resolution=0.25)
+        confirms: list[float] = []
+        while (level := search.next_level()) is not None:
+            step = Step(level, search.phase)
+            if search.phase == "confirm":
+                confirms.append(level)
+            if level >= 100 or (search.phase == "confirm" and level > limit):
+                step.failures.append("latency p99 over")
+            search.record(step)
+        return search.answer(), confirms
+
+    answer, confirms = confirm_holds_below(70)  # the third confirm holds (95 and 80 do not)
+    assert len(confirms) == Search.MAX_CONFIRMS == 3 and confirms == sorted(confirms, reverse=True)
+    assert answer["confirmed"] is True and answer["capacity"] == confirms[-1] <= 70
+    answer, confirms = confirm_holds_below(1)  # none does
+    assert len(confirms) == 3 and answer["capacity"] is None and answer["confirmed"] is False
+    assert "no level held for the confirm period" in answer["failed_because"]  # type: ignore[operator]
+
+
 def test_the_maximum_caps_the_search() -> None:
     answer = run(Search(10, maximum=100), capacity=1e9)
     assert answer["capacity"] == 100 and answer["first_failed"] is None
