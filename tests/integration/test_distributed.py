@@ -4,8 +4,10 @@ invalid: clocks left uncorrected, nothing listening, a worker lost mid-run, a wo
 hold its members (docs/distributed.md).
 
 Offsets are reference − worker (drivers/clock.py): a worker whose clock runs 50 ms ahead reads −50 ms. A worker's
-clock is shifted with ``DONT_FAKE_MONOTONIC=1 faketime -f +0.05s`` (Debian package faketime): its wall clock
-moves, its monotonic clock (Locust's and gevent's timers) does not.
+clock is shifted with ``DONT_FAKE_MONOTONIC=1 FAKETIME_FORCE_MONOTONIC_FIX=0 faketime -f +0.05s`` (Debian package
+faketime): its wall clock moves, its monotonic clock (Locust's and gevent's timers) does not. The second variable
+turns off libfaketime's "monotonic fix" (README, "Known dependency defects"): with it, every timed condition wait —
+CPython's GIL hand-over between the swarm's thread and the receive engine's — ends tens of ms to seconds late.
 
 Every wait polls a condition with a deadline; every process is started here and stopped by its PID.
 """
@@ -170,7 +172,7 @@ def run_swarm(tmp: Path, server: ServerProcess, shifts: Sequence[str | None] = (
             env = None
             if shift is not None:
                 cmd = ["faketime", "-f", shift, *cmd]
-                env = {"DONT_FAKE_MONOTONIC": "1"}
+                env = {"DONT_FAKE_MONOTONIC": "1", "FAKETIME_FORCE_MONOTONIC_FIX": "0"}
             procs.append(Proc(inside(i + 1, cmd), tmp / f"worker{i}.log", env, limit if nofile else None))
 
             def registered(i: int = i) -> str | None:
