@@ -53,14 +53,14 @@ COUNTERS: Final = (
     "overlap", "in_flight_at_stop", "unverified_holes", "repair_failed", "unexpected_group", "catchups",
     "catchup_msgs", "catchup_incomplete", "reconnects", "reconnect_failures", "unread_checks", "unread_mismatches",
     "unread_skipped", "missed_send_slots", "late_after_repair", "signals", "no_cts", "offline_frames", "offline_msgs",
-    "offline_dropped_reported", "dead_connections",
+    "offline_dropped_reported", "dead_connections", "connect_failures",
 )
 _SYNC_LIMIT: Final = 1000
 
 
 #: counted per network profile too (weak networks); ``members``: users of the profile that connected
-PROFILE_COUNTERS: Final = ("members", "reconnects", "reconnect_failures", "dead_connections", "delivered", "lost",
-                            "duplicated", "reordered")
+PROFILE_COUNTERS: Final = ("members", "connect_failures", "reconnects", "reconnect_failures", "dead_connections",
+                            "delivered", "lost", "duplicated", "reordered")
 
 
 def now_us() -> int:

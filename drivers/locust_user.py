@@ -303,7 +303,12 @@ class ChatUser(User):
 
     # -- lifecycle
     def on_start(self) -> None:
-        self.hello = self._timed("connect", self._open)
+        try:
+            self.hello = self._timed("connect", self._open)
+        except Exception:
+            # per profile too: a weak network's failed connects are part of its measure (drivers/bundle.py)
+            self.ledger.count("connect_failures")
+            raise
         swarm.users[self.uid] = self
 
     def on_stop(self) -> None:

@@ -117,6 +117,7 @@ FIELDS: Final[tuple[Field, ...]] = (
         ("offline_frames", "offline-buffer frames received"), ("offline_msgs", "messages in them"),
         ("offline_dropped_reported", "drops the server reported in offline frames"),
         ("dead_connections", "connections declared dead by the pong timeout"),
+        ("connect_failures", "members' first connects that failed"),
     )),
     _f("metrics.generator_cpu_ratio", "float", "cores", "highest generator process CPU over the measured phase"),
     _f("metrics.generator_health", "dict", "", "per generator process"),
@@ -148,8 +149,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.by_profile.<profile>.delivery_latency_ms", _SUMMARY, "ms", "the profile's delivery latency"),
     _f("metrics.by_profile.<profile>.catchup_ms", _SUMMARY, "ms", "the profile's catch-up time"),
     *(_f(f"metrics.by_profile.<profile>.{name}", "int", "", f"the profile's {name.replace('_', ' ')}")
-      for name in ("members", "reconnects", "reconnect_failures", "dead_connections", "delivered", "lost",
-                   "duplicated", "reordered")),
+      for name in ("members", "connect_failures", "reconnects", "reconnect_failures", "dead_connections",
+                   "delivered", "lost", "duplicated", "reordered")),
     _f("metrics.by_profile.<profile>.injected_<fault>", "int", "", "what the impairing proxy did to the "
        "profile's connections (delayed, stalled, reset, ...)"),
     # -- a capacity search (--capacity SLO; drivers/capacity.py)

@@ -417,3 +417,27 @@ def test_recorded_buckets_match_hdrh_iteration(values: list[int]) -> None:
     slow = [(h.get_highest_equivalent_value(i.value_iterated_to), i.count_at_value_iterated_to)
             for i in h.get_recorded_iterator()]
     assert recorded(h) == slow
+
+
+def test_connect_failures_on_impairing_profiles_are_their_measure() -> None:
+    """A run is invalid when more than --max-connect-failures of its first connects failed; a connect that failed
+    through an impairing network profile (its stalls and resets) is that profile's figure, not missing work."""
+    from types import SimpleNamespace
+
+    from drivers.bundle import planned_work_reasons
+
+    run: Any = SimpleNamespace(workers_lost=[], finals_missing=[])  # drivers.swarm.RunState's (it imports locust)
+
+    def reasons(failures: int, by_profile: dict[str, dict[str, int]]) -> list[str]:
+        metrics: dict[str, Any] = {"generator_saturated_reasons": [], "sent": 10, "expected_deliveries": 10,
+                                   "latency_clamped": 0,
+                                   "delivered": 10, "by_profile": by_profile}
+        return planned_work_reasons(metrics, {"connect": {"count": 300, "failures": failures}}, run, 0.001)
+
+    assert reasons(0, {}) == []
+    assert reasons(1, {}) == ["1 of 300 connects failed (> 0.1%)"]
+    # the failure was a subway member's: valid, and the profile counts it
+    assert reasons(1, {"direct": {"connect_failures": 0}, "subway": {"connect_failures": 1}}) == []
+    # a direct member failed beside two impaired ones: invalid, and the reason says how many of each
+    assert reasons(3, {"direct": {"connect_failures": 1}, "2g": {"connect_failures": 2}}) == [
+        "1 of 298 connects failed (> 0.1%); 2 more on impairing network profiles"]
