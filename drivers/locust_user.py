@@ -172,8 +172,9 @@ _engine_lag: list[gevent.Greenlet] = []
 
 
 def _watch_engine(environment: Environment, **_: Any) -> None:
-    """A generator process with the receive engine: its event loop's lateness (the receive times' own) goes into
-    the process's health beside the gevent loop's, so a late engine invalidates the run as a late gevent loop does."""
+    """A generator process with the receive engine: the engine's lateness (how long a readable descriptor waits to
+    be read: Engine.probe) goes into the process's health beside the gevent loop's, so a late engine invalidates
+    the run as a late gevent loop does."""
     for g in _engine_lag:
         g.kill(block=False)
     _engine_lag.clear()
@@ -183,10 +184,15 @@ def _watch_engine(environment: Environment, **_: Any) -> None:
     engine = engine_for(swarm.ledger)
 
     def watch() -> None:
+        shipped = time.monotonic()
         while not swarm.run.flushed:
-            gevent.sleep(swarm.Health.INTERVAL_S)
-            if engine.running:
+            gevent.sleep(swarm.Health.TICK_S)  # a probe as often as the gevent loop's own lag is probed
+            if not engine.running:
+                continue
+            engine.probe()
+            if time.monotonic() - shipped >= swarm.Health.INTERVAL_S:
                 swarm.run.health.lag_ms.append((CLOCK.time(), engine.lag_ms()))
+                shipped = time.monotonic()
 
     _engine_lag.append(gevent.spawn(watch))
 

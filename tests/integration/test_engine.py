@@ -246,3 +246,23 @@ def test_half_open_found_by_the_engines_heartbeat_and_resumed(server: ServerProc
     assert counts["lost"] == counts["duplicated"] == counts["reordered"] == 0
     assert counts["catchups"] == 1 and counts["catchup_incomplete"] == 0
     assert counts["delivered"] + counts["catchup_msgs"] == 30 * len(rx)
+
+
+def test_the_engine_lag_probe_measures_how_long_a_readable_descriptor_waits() -> None:
+    """Engine.probe: a stamp written to a pipe the engine reads like its sockets. Idle, it is read at once; while
+    the engine thread is held (here: a callback that blocks it 0.3 s, as a long run of ready sockets would), the
+    stamp waits, and lag_ms() says how long."""
+    engine = new_engine(Ledger())
+    engine.start()
+    wait_until(lambda: engine.running, 5, "the engine started")
+    engine.lag_ms()
+    for _ in range(5):
+        engine.probe()
+        time.sleep(0.01)  # the probe's reader runs in the engine thread: give it the time to read
+    idle = wait_until(lambda: engine.lag_ms() or None, 5, "the idle probes read")
+    assert 0 < idle < 50, idle
+    engine._call(time.sleep, 0.3)  # holds the engine thread (and releases the GIL, as a socket read does)
+    time.sleep(0.05)
+    engine.probe()  # written while the engine is held: read when it is free again, ~0.25 s later
+    held = wait_until(lambda: engine.lag_ms() or None, 5, "the probe read after the hold")
+    assert 200 <= held < 1000, held
