@@ -48,6 +48,8 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
         values = g.values(CAPACITY)
         answers = [b["metrics"].get("capacity") or {} for b in g.bundles]
         gen = sum(1 for a in answers if a.get("generator_bound"))
+        floors = [a["minimum"] for a in answers if a.get("below_minimum")]
+        below = f"< {fmt(min(floors))} (in {len(floors)} of {len(answers)})" if floors else ""
         failed = [a["first_failed"] for a in answers if a.get("first_failed")]
         reasons = sorted({r.split(" ≥ ")[0].split(" > ")[0] for a in answers for r in a.get("failed_because", [])})
         limit = ", ".join(reasons) or "—"
@@ -64,7 +66,7 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
             nxt = "n/a (repeat ≥ 2)" if p is None else (f"[bold]higher[/], p={p:.3f}" if p < ALPHA
                                                          else f"not significant, p={p:.2f}")
         t.add_row(bundles.label(g.key, varying), str(len(g.bundles)),
-                  fmt(statistics.median(values)) if values else "none", spread,
+                  fmt(statistics.median(values)) if values else below or "none", spread,
                   fmt(statistics.median(failed)) if failed else "–", escape(limit) if not gen else limit, nxt)
     t.caption = ("capacity: the highest arrival rate that held the SLO for a step and again for the confirm period; "
                  "medians over the repeats; 'vs next': one-sided Mann-Whitney U against the row below")

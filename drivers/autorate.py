@@ -77,8 +77,10 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
     assert opts is not None
     slo = Slo.parse(opts.capacity)
     confirm_s = float(opts.capacity_confirm_s)
+    # a step holds at most MAX_HOLD_FACTOR × step_s: below this level it cannot send MIN_MESSAGES
+    minimum = min(MIN_MESSAGES / (MAX_HOLD_FACTOR * float(opts.capacity_step_s)), float(opts.capacity_start))
     search = Search(float(opts.capacity_start), growth=float(opts.capacity_growth),
-                    resolution=float(opts.capacity_resolution), maximum=float(opts.capacity_max),
+                    resolution=float(opts.capacity_resolution), maximum=float(opts.capacity_max), minimum=minimum,
                     confirm=confirm_s > 0)
     while CLOCK.time() < start_at:
         gevent.sleep(0.2)

@@ -150,7 +150,7 @@ def capacity_result(metrics: dict[str, Any], invalid: list[str]) -> list[str]:
     elif answer["generator_bound"]:
         out.append(f"generator-bound at {answer['generator_bound_at']:,.1f} msg/s: the generator, not the server, "
                    f"broke first ({'; '.join(answer['failed_because'])})")
-    elif answer["capacity"] is None:
+    elif answer["capacity"] is None and not answer.get("below_minimum"):
         out.append("no capacity found: " + ("; ".join(answer["failed_because"]) or "no level held"))
     return out
 

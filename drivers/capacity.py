@@ -126,9 +126,12 @@ class Search:
     MAX_CONFIRMS: Final = 3
 
     def __init__(self, start: float, *, growth: float = 2.0, resolution: float = 0.1, maximum: float = math.inf,
-                 confirm: bool = True) -> None:
-        if start <= 0 or growth <= 1 or not 0 < resolution < 1:
-            raise ValueError("capacity search: start > 0, growth > 1, 0 < resolution < 1")
+                 minimum: float = 1e-3, confirm: bool = True) -> None:
+        if start <= 0 or growth <= 1 or not 0 < resolution < 1 or not 0 < minimum <= start:
+            raise ValueError("capacity search: 0 < minimum <= start, growth > 1, 0 < resolution < 1")
+        #: the lowest level a step can measure (below it a step sends too little to judge): a configuration that
+        #: fails there has no capacity under the SLO — the answer says so, it is not the generator's limit
+        self.minimum = minimum
         self.growth, self.resolution, self.maximum, self.confirm = growth, resolution, maximum, confirm
         self.steps: list[Step] = []
         self.lo: float | None = None  # highest level that held (below hi)
@@ -170,10 +173,11 @@ class Search:
             else:
                 self._next = min(step.level * self.growth, self.maximum)
             return
-        if self.lo is None:  # failed at the start: bracket downwards
-            self._next = step.level / self.growth
-            if self._next < 1e-3:
+        if self.lo is None:  # failed at the start: bracket downwards, down to the lowest measurable level
+            if step.level <= self.minimum:
                 self._finish()
+            else:
+                self._next = max(step.level / self.growth, self.minimum)
             return
         self._narrow()
 
@@ -210,6 +214,9 @@ class Search:
         if generator_bound or (self.confirm and self.confirmed is not True):
             capacity = None
         because = (first.failures + first.generator_limits) if first else []
+        below = self.lo is None and first is not None and first.level <= self.minimum and not generator_bound
+        if below:
+            because = [*because, f"no level held down to {self.minimum:g}, the lowest a step measures"]
         if self.confirmed is False:
             because = [*because, "no level held for the confirm period"]
         return {
@@ -219,6 +226,8 @@ class Search:
             "failed_because": because,
             "generator_bound": generator_bound,
             "generator_bound_at": first.level if generator_bound and first else None,
+            "below_minimum": below,
+            "minimum": self.minimum,
             "confirmed": self.confirmed,
             "resolution": self.resolution,
             "steps": [s.as_dict() for s in self.steps],

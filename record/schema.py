@@ -166,6 +166,10 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.generator_bound", "bool", "", "the generator broke first: not a server capacity"),
     _f("metrics.capacity.generator_bound_at", "float", "msg/s", "the level where the generator broke"),
     _f("metrics.capacity.confirmed", "bool", "", "the level found held again for --capacity-confirm-s"),
+    _f("metrics.capacity.below_minimum", "bool", "", "no level held down to `minimum`, the server the limit: the "
+       "configuration has no capacity under the SLO (a valid answer; capacity null)"),
+    _f("metrics.capacity.minimum", "float", "msg/s", "the lowest level a step can measure (--capacity-step-s × 4 "
+       "sends 20 messages)"),
     _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
     _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
        "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_p99_ms (the server's "

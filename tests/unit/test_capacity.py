@@ -101,6 +101,19 @@ def test_failed_confirms_walk_down_the_levels_that_held() -> None:
     assert "no level held for the confirm period" in answer["failed_because"]  # type: ignore[operator]
 
 
+def test_a_configuration_that_fails_at_the_lowest_measurable_level_has_no_capacity() -> None:
+    """Failing at every level down to the minimum (a step sends too little below it): no capacity, and not
+    generator-bound — the search does not halve on until steps send nothing."""
+    answer = run(Search(10, minimum=0.625), capacity=0.0)
+    levels = [s["level"] for s in answer["steps"]]  # type: ignore[union-attr]
+    assert min(levels) == 0.625 and len(levels) == 5  # 10, 5, 2.5, 1.25, 0.625
+    assert answer["capacity"] is None and answer["generator_bound"] is False and answer["below_minimum"] is True
+    assert answer["failed_because"] == ["latency p99 over", "no level held down to 0.625, the lowest a step measures"]
+    assert run(Search(10, minimum=0.625), capacity=5)["below_minimum"] is False
+    with pytest.raises(ValueError):
+        Search(1, minimum=2)
+
+
 def test_the_maximum_caps_the_search() -> None:
     answer = run(Search(10, maximum=100), capacity=1e9)
     assert answer["capacity"] == 100 and answer["first_failed"] is None
