@@ -155,11 +155,18 @@ class Search:
             self.hi = step.level
             lower = [s.level for s in self.steps if s.held and s.level < step.level and s.phase != "confirm"]
             self.lo = max(lower) if lower else None
-            if self.lo is None or self._confirms >= self.MAX_CONFIRMS:
+            if self._confirms >= self.MAX_CONFIRMS:
                 self.confirmed = False
                 self._next = None
-                return
-            self._narrow()
+            elif self.lo is None:  # nothing below held a step yet: bracket downwards from here
+                self.phase = "bracket"
+                if step.level <= self.minimum:
+                    self.confirmed = False
+                    self._next = None
+                else:
+                    self._next = max(step.level / self.growth, self.minimum)
+            else:
+                self._narrow()
             return
         if step.held:
             self.lo = step.level if self.lo is None else max(self.lo, step.level)

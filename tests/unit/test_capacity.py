@@ -114,6 +114,22 @@ def test_a_configuration_that_fails_at_the_lowest_measurable_level_has_no_capaci
         Search(1, minimum=2)
 
 
+def test_a_failed_confirm_with_nothing_held_below_brackets_downwards() -> None:
+    """The start level held a short step but not the confirm, and nothing below it was tried: the search goes on
+    downwards (a state that degrades over the run, e.g. a growing write-diffusion table), not 'none' at once."""
+    search = Search(10, resolution=0.25, minimum=0.5)
+    while (level := search.next_level()) is not None:
+        step = Step(level, search.phase)
+        # short steps hold at 10 and below; the long confirm only at 7.5 and below
+        if level > 10 or (search.phase == "confirm" and level > 7.5):
+            step.failures.append("latency p99 over")
+        search.record(step)
+    answer = search.answer()
+    levels = [(s["phase"], s["level"]) for s in answer["steps"]]  # type: ignore[union-attr]
+    assert ("confirm", 10) in levels and ("bracket", 5) in levels  # the failed confirm at 10, then down
+    assert answer["confirmed"] is True and 5 <= answer["capacity"] <= 7.5  # type: ignore[operator]
+
+
 def test_the_maximum_caps_the_search() -> None:
     answer = run(Search(10, maximum=100), capacity=1e9)
     assert answer["capacity"] == 100 and answer["first_failed"] is None
