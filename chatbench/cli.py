@@ -44,11 +44,23 @@ from chatbench.runner import RunConfig, RunOutcome, bundle_stem, execute, scenar
 from dashboards.promql import SERVER_JOB, SWARM_JOB
 from drivers.subprocs import free_port
 from harness.cluster import DEFAULT_FANOUT, Cluster
+from harness.cpuquota import CpuQuotaError, check_cores
 from record.promtext import delta
 
 ROOT = Path(__file__).resolve().parent.parent
 # logs and pipes get wide tables too (rich assumes 80 columns when stdout is not a terminal)
 console = Console(width=int(os.environ.get("COLUMNS", "0") or 0) or (None if sys.stdout.isatty() else 160))
+
+
+def _quota(*, zero_ok: bool) -> Any:
+    """argparse type for a CPU quota in cores (0 = none, where zero_ok): refused before anything starts."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+            return value if zero_ok and value == 0 else check_cores(value)
+        except (ValueError, CpuQuotaError) as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
 
 
 def run_options(r: argparse.ArgumentParser) -> None:
@@ -64,10 +76,10 @@ def run_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--server-arg", action="append", default=[], help="extra server flag (repeatable)")
     r.add_argument("--locust-arg", action="append", default=[], help="extra locust flag (repeatable)")
     r.add_argument("--results-dir", default=str(ROOT / "results"), help="where result bundles go (append-only)")
-    r.add_argument("--server-cpu-quota", type=float, action="append", default=[], metavar="CORES",
+    r.add_argument("--server-cpu-quota", type=_quota(zero_ok=True), action="append", default=[], metavar="CORES",
                    help="hold the embedded server to this fraction of a core (a cgroup quota; root); matrix and "
                    "capacity: repeat for one more axis value (0 = no quota)")
-    r.add_argument("--generator-cpu-quota", type=float, default=None, metavar="CORES",
+    r.add_argument("--generator-cpu-quota", type=_quota(zero_ok=False), default=None, metavar="CORES",
                    help="hold the swarm to this many cores (a cgroup quota; root): a generator that is the limit, on "
                    "purpose (to see that a run says so)")
     r.add_argument("--accept-invalid", action="store_true",
@@ -491,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: everything started was stopped[/]")
             return 130
+        except CpuQuotaError as e:
+            console.print(f"[red]chatbench {args.command}: {escape(str(e))}[/]")
+            return 2
     return 2
 
 

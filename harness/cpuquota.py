@@ -22,10 +22,20 @@ class CpuQuotaError(RuntimeError):
     """The quota cannot be applied here (no cgroup cpu controller, or not root)."""
 
 
+#: the quotas that can be set: the kernel's smallest is 1 ms, 0.1 of the 10 ms period
+MIN_CORES: Final = 0.1
+MAX_CORES: Final = 64.0
+
+
+def check_cores(fraction: float) -> float:
+    if not MIN_CORES <= fraction <= MAX_CORES:
+        raise CpuQuotaError(f"a CPU quota of {fraction:g} cores: give {MIN_CORES:g} .. {MAX_CORES:g}")
+    return fraction
+
+
 class CpuQuota:
     def __init__(self, fraction: float, name: str) -> None:
-        if not 0.1 <= fraction <= 64:  # the kernel's smallest quota is 1 ms: 0.1 of the 10 ms period
-            raise CpuQuotaError(f"a CPU quota of {fraction} cores: give 0.1 .. 64")
+        check_cores(fraction)
         self.fraction = fraction
         self.quota_us = round(fraction * PERIOD_US)
         if (V1 / "cpu.cfs_quota_us").exists():

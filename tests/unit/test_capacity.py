@@ -158,3 +158,17 @@ def test_a_step_that_sent_nothing_proves_nothing() -> None:
     step = Step(0.2, "bracket", deliveries=0, sent=0)
     judge(step, Slo.parse("p99<100ms"), cpu_limit=0.9, lag_limit_ms=250)
     assert not step.held and step.generator_limits == ["nothing was sent during the step"]
+
+
+@pytest.mark.parametrize("flag,value", [("--server-cpu-quota", "0.05"), ("--server-cpu-quota", "-1"),
+                                        ("--server-cpu-quota", "65"), ("--server-cpu-quota", "half"),
+                                        ("--generator-cpu-quota", "0")])
+def test_a_cpu_quota_that_cannot_be_set_is_refused_before_anything_starts(
+        flag: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from chatbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["capacity", "large_group_burst", "--slo", "p99<1s", flag, value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}:" in err and ("give 0.1 .. 64" in err or "could not convert" in err), err
