@@ -35,8 +35,11 @@ def test_a_server_held_to_a_tenth_of_a_core_has_a_capacity(tmp_path: Path) -> No
     c = m["capacity"]  # type: ignore[index]
     assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:]  # type: ignore[index]
     assert c["generator_bound"] is False and c["confirmed"] is True  # type: ignore[index]
-    assert c["capacity"] < c["first_failed"] <= c["capacity"] * 1.25 + 1e-9  # type: ignore[index, operator]
     steps = c["steps"]  # type: ignore[index]
+    # narrowed to the resolution: the nearest failure above the capacity (a step, or a confirm a level above it
+    # held a short step but not) is within 25 %
+    above = min(s["level"] for s in steps if not s["held"] and s["level"] > c["capacity"])  # type: ignore[index]
+    assert c["capacity"] < c["first_failed"] and above <= c["capacity"] * 1.25 + 1e-9  # type: ignore[index, operator]
     failed = min((s for s in steps if not s["held"] and s["phase"] != "confirm"), key=lambda s: s["level"])
     # the server was the limit: near its quota at the first failure, the generator far from its own
     assert failed["server_cpu"] >= 0.07 and failed["generator_cpu"] < 0.9 and not failed["generator_limits"]
