@@ -553,6 +553,7 @@ class Engine:
         if loop is None or self._stopping:
             return
         self._stopping = True
+        self._probe_w = -1  # no probe after this (probe() runs on this side): the engine thread closes the pipe
 
         def end() -> None:
             for conn in list(self._conns.values()):
