@@ -314,13 +314,19 @@ class ChatClient:
         """Requests sent and not yet answered."""
         return len(self._pending)
 
-    def close(self, code: int = protocol.CloseCode.NORMAL, reason: str = "") -> None:
-        """Send a close frame, wait (up to request_timeout) for the server's, and release the socket."""
+    def _begin_close(self) -> bool:
+        """Mark the client closing and stop its background work; False if a close already began."""
         with self._lock:
             if self._closing:
-                return
+                return False
             self._closing = True
         self._stop.set()
+        return True
+
+    def close(self, code: int = protocol.CloseCode.NORMAL, reason: str = "") -> None:
+        """Send a close frame, wait (up to request_timeout) for the server's, and release the socket."""
+        if not self._begin_close():
+            return
         ws = self._ws
         if ws is None or self._recv_thread is None:
             self._dropped = True

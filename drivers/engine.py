@@ -779,11 +779,8 @@ class EngineClient(ChatClient):
 
     def close(self, code: int = protocol.CloseCode.NORMAL, reason: str = "") -> None:
         """Send a close frame, wait (up to request_timeout) for the end of the connection."""
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
-        self._stop.set()
+        if not self._begin_close():
+            return
         if not self._cid or self._dropped:
             self._dropped = True
             return
