@@ -45,6 +45,9 @@ class ServerConfig:
     db_path: Path = Path("var/chat.db")
     sqlite_synchronous: str = "full"  # full: durable across power loss; normal: across process crash only
     max_batch: int = 512  # messages per group-commit transaction
+    # a thread of its own copies the WAL into the database this often, so the writer never waits on a checkpoint
+    # (0: SQLite's autocheckpoint, run by the writer inside its commits)
+    sqlite_checkpoint_ms: float = 500.0
     # Limits (None = no limit)
     max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES
     max_body_chars: int = protocol.DEFAULT_MAX_BODY_CHARS
@@ -91,6 +94,8 @@ _HELP: dict[str, str] = {
     "db_path": "SQLite database file",
     "sqlite_synchronous": "SQLite synchronous setting: full or normal",
     "max_batch": "max messages per group-commit transaction",
+    "sqlite_checkpoint_ms": "copy the WAL into the database from a thread of its own this often, so commits never "
+                            "wait on a checkpoint (0 = SQLite's autocheckpoint inside the writer's commits)",
     "max_frame_bytes": "max inbound WebSocket frame size",
     "max_body_chars": "max message body length",
     "send_rate": "max sends per second per user, across its connections and reconnects (0 = unlimited)",

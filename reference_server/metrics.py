@@ -95,6 +95,10 @@ class ServerMetrics:
             "chat_commit_seconds", "Duration of one group-commit transaction", buckets=COMMIT_BUCKETS,
             registry=registry,
         )
+        self.checkpoint_seconds = Histogram(
+            "chat_checkpoint_seconds", "Duration of one WAL checkpoint by the checkpoint thread",
+            buckets=COMMIT_BUCKETS, registry=registry,
+        )
         self.commit_batch = Histogram(
             "chat_commit_batch_size", "Jobs per group-commit transaction", buckets=BATCH_BUCKETS, registry=registry
         )

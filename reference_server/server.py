@@ -95,6 +95,7 @@ class ChatServer(ABC):
         st = storage.create(config.storage, config)
         self.store = Store(
             config.db_path, synchronous=config.sqlite_synchronous, max_batch=config.max_batch, storage=st,
+            checkpoint_s=config.sqlite_checkpoint_ms / 1000,
             unread=unread.create(config.unread, st, config, counters), offline=offline.create(config.offline, config),
             metrics=self.metrics, unread_repair=config.unread_repair, seqs=seqs,
         )

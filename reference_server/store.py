@@ -5,6 +5,11 @@ in one transaction, commits, publishes the batch's exact cost counts, updates th
 only then hands the batch back to the event loop, where replies and pushes go out. So no ack precedes its
 commit, and a seq is assigned inside the transaction that stores it: a rolled-back batch leaves no gap.
 Reads (sync, unread) run on the event loop over a second connection; WAL lets them proceed during commits.
+
+Checkpoints — copying the WAL into the database file, with its fsync — run on a third connection in a thread of
+their own (``checkpoint_s``, PASSIVE: they never block the writer), not inside a commit as SQLite's autocheckpoint
+does: there a checkpoint held every message of the batches queued behind it. The writer keeps an autocheckpoint
+at ``WRITER_CHECKPOINT_PAGES`` as the bound on the WAL should the checkpoint thread fall behind.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 import orjson
 
@@ -30,6 +36,9 @@ from reference_server.tally import Tally
 from reference_server.unread import UnreadCounter
 
 log = logging.getLogger("chat.store")
+
+#: with a checkpoint thread, the WAL size (pages) at which the writer still checkpoints itself: the WAL's bound
+WRITER_CHECKPOINT_PAGES: Final = 16_384
 
 BASE_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS users (uid INTEGER PRIMARY KEY)",
@@ -145,8 +154,14 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 class Store:
     def __init__(self, path: Path, *, synchronous: str, max_batch: int, storage: Storage, unread: UnreadCounter,
                  offline: OfflineDelivery, metrics: ServerMetrics, unread_repair: bool = False,
-                 seqs: SeqAllocator | None = None) -> None:
+                 seqs: SeqAllocator | None = None, checkpoint_s: float = 0.0) -> None:
+        """``checkpoint_s``: the checkpoint thread's period (0: SQLite's autocheckpoint inside the commits)."""
         self.path = path
+        self.checkpoint_s = checkpoint_s
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
+        self.commits = 0  # transactions committed (the checkpoint thread skips a period without any)
+        self.wal_frames = 0  # frames in the WAL at the checkpoint thread's last checkpoint
         self.max_batch = max_batch
         self.storage = storage
         self.unread = unread
@@ -167,6 +182,10 @@ class Store:
         if unread.needs_receivers:  # a counter store kept elsewhere (Redis) is rebuilt from seqs if it lost them
             unread.counters.start(self.reader, self.directory, storage.countable)
         metrics.track_unread_pending(lambda: float(unread.pending()))
+        if checkpoint_s > 0:
+            metrics.add_gauges("chat_wal_frames", "Frames in the SQLite WAL at the last checkpoint (its size; "
+                               f"the writer checkpoints itself past {WRITER_CHECKPOINT_PAGES})",
+                               lambda: float(self.wal_frames))
         unread.request_flush = lambda: self.submit(UnreadFlushJob())
         self._flush_timer: asyncio.TimerHandle | None = None
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
@@ -182,6 +201,10 @@ class Store:
         self._loop = loop
         self._thread = threading.Thread(target=self._run, name="chat-writer", daemon=True)
         self._thread.start()
+        if self.checkpoint_s > 0:
+            self._stop_checkpoints.clear()
+            self._checkpointer = threading.Thread(target=self._checkpointing, name="chat-checkpoint", daemon=True)
+            self._checkpointer.start()
         if self.unread.flush_interval_s is not None:
             self._flush_timer = loop.call_later(self.unread.flush_interval_s, self._flush_tick)
 
@@ -206,13 +229,37 @@ class Store:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        if self._checkpointer is not None:
+            self._stop_checkpoints.set()
+            self._checkpointer.join()
+            self._checkpointer = None
 
     def close(self) -> None:
         self.stop()
         self.reader.close()
 
+    def _checkpointing(self) -> None:
+        db = connect(self.path, self._synchronous)
+        done = -1
+        try:
+            while not self._stop_checkpoints.wait(self.checkpoint_s):
+                if self.commits == done:
+                    continue
+                done = self.commits
+                t0 = time.perf_counter()
+                try:
+                    _, self.wal_frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # the next period tries again; the writer's own bound still holds
+                    log.exception("WAL checkpoint failed")
+                    continue
+                self.metrics.checkpoint_seconds.observe(time.perf_counter() - t0)
+        finally:
+            db.close()
+
     def _run(self) -> None:
         db = connect(self.path, self._synchronous)
+        if self.checkpoint_s > 0:
+            db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")
         w = self.writer = Writer(db, self.directory, self.storage, self.unread, self.offline, self.seqs, self.online)
         assert self._loop is not None
         stopping = False
@@ -246,6 +293,7 @@ class Store:
                 except (ProtocolError, AdminError) as exc:
                     job.error = exc
             w.db.execute("COMMIT")
+            self.commits += 1
         except Exception as exc:  # storage failure: nothing of this batch happened
             log.exception("group commit of %d jobs failed; batch rolled back", len(batch))
             if w.db.in_transaction:

@@ -64,7 +64,8 @@ class Harness:
         st = storage.create(c.storage, c)
         self.store = Store(c.db_path, synchronous="normal", max_batch=c.max_batch, storage=st,
                            unread=unread.create(c.unread, st, c), offline=offline.create(c.offline, c),
-                           metrics=self.metrics, unread_repair=c.unread_repair)
+                           metrics=self.metrics, unread_repair=c.unread_repair,
+                           checkpoint_s=c.sqlite_checkpoint_ms / 1000)
         self.logic = ChatLogic(c, self.metrics, self.store)
         self.gateway = FakeGateway()
         self.logic.fanout = LocalFanout(self.gateway)
