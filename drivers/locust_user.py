@@ -55,6 +55,8 @@ log = logging.getLogger("chatbench.swarm")
 
 REQUEST_TYPE = "WS"
 UID_BLOCK = 1_000_000
+#: the uid block of members that never connect (scenarios' --offline-members): above any worker's block
+OFFLINE_BLOCK = 4_000
 #: file descriptors a generator process may need besides one socket per member (Locust's ZeroMQ sockets, logs,
 #: the interpreter's files — about 15 at rest — plus room for reconnect churn): a process holds at most its
 #: open-file limit minus this many members (19,000 at this machine's 20,000)
@@ -545,13 +547,18 @@ def on_worker(env: Environment) -> bool:
     return isinstance(env.runner, WorkerRunner)
 
 
-def provision_group(env: Environment, gid: int = 0) -> None:
+def offline_uids(n: int) -> list[int]:
+    """``n`` uids no swarm user takes (the block after every worker's): members that never connect."""
+    return [OFFLINE_BLOCK * UID_BLOCK + k + 1 for k in range(n)]
+
+
+def provision_group(env: Environment, gid: int = 0, offline: int = 0) -> None:
     """The one-group scenarios' setup (coordinator, test start): create ``--members`` users and one group of all
-    of them (``opts.chat_group``: ``gid``, or a new random one), and pick ``--senders`` of them
-    (``opts.sender_uids``)."""
+    of them (``opts.chat_group``: ``gid``, or a new random one) plus ``offline`` members that never connect, and
+    pick ``--senders`` of them (``opts.sender_uids``)."""
     opts = env.parsed_options
     assert opts is not None
-    uids = planned_uids(env, opts.members)
+    uids = planned_uids(env, opts.members) + offline_uids(offline)
     admin = admin_client(env)
     provision_users(admin, uids)
     opts.chat_group = gid or random.randrange(1, 2**62)

@@ -1,4 +1,5 @@
-"""Large group burst: one group of ``--members`` (default 10,000) members, all online; ``--senders`` of them send
+"""Large group burst: one group of ``--members`` (default 10,000) members, all online — plus ``--offline-members``
+that never connect (the server stores, counts and buffers for them, pushes to nobody); ``--senders`` of them send
 bursts totalling ``--rate`` messages per second for ``--burst-s`` seconds (open model), then the room goes quiet.
 
 Phases: ``connect`` (members join at ``--connect-rate``), ``settle``, ``burst``, ``tail``; then the run stops by
@@ -20,7 +21,7 @@ from locust import constant, events, task
 from locust.env import Environment
 
 import math
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser, ArgumentTypeError, Namespace
 from typing import Any
 
 from drivers import autorate
@@ -33,6 +34,9 @@ from drivers.shapes import Phase, PhasedShape, window
 def _options(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("large_group_burst")
     g.add_argument("--members", type=int, default=10_000, env_var="LGB_MEMBERS", help="members (= Locust users)")
+    g.add_argument("--offline-members", type=_count, default=0, env_var="LGB_OFFLINE_MEMBERS",
+                   help="members of the group besides --members that never connect: the server stores, counts and "
+                        "buffers for them (per its modes) and pushes to nobody")
     g.add_argument("--connect-rate", type=float, default=1000, env_var="LGB_CONNECT_RATE",
                    help="members connecting per second (over all processes)")
     g.add_argument("--senders", type=int, default=10, env_var="LGB_SENDERS", help="members that send")
@@ -46,6 +50,13 @@ def _options(parser: ArgumentParser) -> None:
     g.add_argument("--tail-s", type=float, default=3, env_var="LGB_TAIL_S", help="quiet seconds after the burst")
     g.add_argument("--chat-group", type=int, default=0, env_var="LGB_GROUP",
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise ArgumentTypeError(f"{n}: a count of members, 0 or more")
+    return n
 
 
 def phases(opts: Namespace) -> list[Phase]:
@@ -64,7 +75,7 @@ class Shape(PhasedShape):
 def _provision(environment: Environment, **_: Any) -> None:
     if not is_coordinator(environment):
         return
-    provision_group(environment, environment.parsed_options.chat_group)
+    provision_group(environment, environment.parsed_options.chat_group, environment.parsed_options.offline_members)
 
 
 class Member(ChatUser):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -68,3 +69,28 @@ def test_large_group_10k_members_two_processes(tmp_path: Path) -> None:
                              "delivery_latency_ms", "fanout_completion_ms", "generator_cpu_ratio", "valid")})
     assert m["delivered"] == m["server_deliveries"] == m["expected_deliveries"] == m["sent"] * 9999  # type: ignore[operator]
     assert (m["lost"], m["duplicated"], m["reordered"], m["unread_mismatches"]) == (0, 0, 0, 0)
+
+
+def test_offline_members_cost_the_server_and_get_no_push(server_factory: Any, tmp_path: Path) -> None:
+    """--offline-members: members that never connect. Write diffusion stores an index row for each member, online
+    or not, and per-message unread counts each receiver; pushes go to the online members only."""
+    srv = server_factory("--storage", "write", "--unread", "per-message", "--send-rate", "0")
+    online, offline = 60, 240
+    b = run_scenario(srv, tmp_path, "--members", str(online), "--offline-members", str(offline), "--connect-rate",
+                     "300", "--senders", "2", "--rate", "10", "--burst-s", "2", "--settle-s", "1", "--tail-s", "1")
+    m: dict[str, Any] = b["metrics"]  # type: ignore[assignment]
+    sent = m["sent"]
+    assert sent == m["server_messages_accepted"] == 20
+    assert m["storage_writes_per_message"] == 1 + online + offline  # the body and an index row per member
+    assert m["unread_writes_per_message"] == online + offline - 1
+    assert m["delivered"] == m["server_deliveries"] == sent * (online - 1)
+    assert (m["lost"], m["duplicated"], m["reordered"], m["unread_mismatches"]) == (0, 0, 0, 0)
+    assert b["parameters"]["offline_members"] == offline  # type: ignore[index]
+
+
+def test_offline_members_is_a_count(server: ServerProcess, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "locust", "-f", "scenarios/large_group_burst.py", "--headless", "--host",
+           server.ws_url, "--offline-members", "-5"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "-5: a count of members, 0 or more" in proc.stderr
