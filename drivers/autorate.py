@@ -30,6 +30,10 @@ log = logging.getLogger("chatbench.capacity")
 #: a step is held until about this many messages were sent (at most MAX_HOLD_FACTOR × its nominal time)
 MIN_MESSAGES = 20
 MAX_HOLD_FACTOR = 4
+#: after a failed step the level rests at 0 until the server is quiet — nothing accepted or pushed for
+#: DRAIN_QUIET_S — at most DRAIN_MAX_S: the next step must not inherit an overload's backlog
+DRAIN_QUIET_S = 1.0
+DRAIN_MAX_S = 60.0
 
 
 @dataclass
@@ -67,6 +71,27 @@ def _set(env: Environment, level: float, done: bool = False) -> None:
     STATE.level, STATE.done = level, done
     if isinstance(env.runner, MasterRunner):
         env.runner.send_message("chatbench_level", {"level": level, "done": done})
+
+
+def _progress(counters: dict[str, float]) -> tuple[float, float] | None:
+    if not counters:
+        return None
+    return counters.get("chat_messages_accepted_total", 0.0), counters.get("chat_deliveries_total", 0.0)
+
+
+def drain(env: Environment) -> float | None:
+    """Level 0 until the server has accepted and pushed nothing for DRAIN_QUIET_S: the seconds that took, or None
+    when it was still busy after DRAIN_MAX_S (or its /metrics could not be read)."""
+    _set(env, 0.0)
+    t0 = CLOCK.time()
+    before = _progress(server_counters(env.parsed_options))
+    while before is not None and CLOCK.time() - t0 < DRAIN_MAX_S:
+        gevent.sleep(DRAIN_QUIET_S)
+        now = _progress(server_counters(env.parsed_options))
+        if now == before:
+            return CLOCK.time() - t0
+        before = now
+    return None
 
 
 def control(env: Environment, totals: Totals, start_at: float) -> None:
@@ -114,6 +139,10 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                 f"server CPU {step.server_cpu or 0:.0%} (own p99 ≤ {step.server_p99_ms or 0:.1f} ms), generator CPU "
                 f"{cpu:.0%}, loop lag {lag:.0f} ms"
                 + ("" if step.held else f" — {'; '.join(step.failures + step.generator_limits)}"))
+        if not step.held and search.next_level() is not None:
+            step.drain_s = drain(env)
+            line += (f" (drained in {step.drain_s:.1f} s)" if step.drain_s is not None
+                     else f" (still busy after {DRAIN_MAX_S:g} s at level 0)")
         log.info(line)
         print(line, flush=True)  # chatbench capacity follows the search from these lines
     STATE.answer = {"vary": "rate", "unit": "messages/s", "slo": slo.text, **search.answer()}

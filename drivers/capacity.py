@@ -74,6 +74,7 @@ class Step:
     server_p99_ms: float | None = None  # the server's own accept → socket write p99 (bucket bound) in the step
     failures: list[str] = field(default_factory=list)  # SLO clauses broken (empty: held)
     generator_limits: list[str] = field(default_factory=list)  # why the generator was the limit (empty: it wasn't)
+    drain_s: float | None = None  # after a failure: seconds at level 0 until the server was quiet (None: not waited)
 
     @property
     def held(self) -> bool:
@@ -85,7 +86,7 @@ class Step:
                 "missed_slots": self.missed_slots, "sent": self.sent, "generator_cpu": self.generator_cpu,
                 "generator_lag_ms": self.generator_lag_ms, "server_cpu": self.server_cpu,
                 "server_p99_ms": self.server_p99_ms,
-                "failures": self.failures, "generator_limits": self.generator_limits}
+                "failures": self.failures, "generator_limits": self.generator_limits, "drain_s": self.drain_s}
 
 
 def judge(step: Step, slo: Slo, cpu_limit: float, lag_limit_ms: float) -> None:

@@ -173,7 +173,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
     _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
        "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_p99_ms (the server's "
-       "own push p99 bound), failures, generator_limits"),
+       "own push p99 bound), failures, generator_limits, drain_s (after a failure: seconds at level 0 until the server "
+       "was quiet, null when not waited or still busy after 60 s)"),
     # -- the server's side, from its /metrics over the traffic window
     _f("metrics.server_cpu_s", "float", "CPU s", "server CPU over the traffic window (source below)"),
     _f("metrics.server_cpu_source", "str", "", "how server_cpu_s was measured"),

@@ -43,8 +43,16 @@ def test_a_server_held_to_a_tenth_of_a_core_has_a_capacity(tmp_path: Path) -> No
     failed = min((s for s in steps if not s["held"] and s["phase"] != "confirm"), key=lambda s: s["level"])
     # the server was the limit: near its quota at the first failure, the generator far from its own
     assert failed["server_cpu"] >= 0.07 and failed["generator_cpu"] < 0.9 and not failed["generator_limits"]
+    # after each failure but the last step the server was let drain at level 0 until quiet: no step inherits the
+    # backlog of an overload before it
+    for step in steps[:-1]:
+        if not step["held"]:
+            assert step["drain_s"] is not None and step["drain_s"] >= 1.0, step
+        else:
+            assert step["drain_s"] is None
     assert bundle["config"]["server_cpu_quota"] == 0.1  # type: ignore[index]
     assert "capacity bracket 40.0 msg/s" in proc.stdout  # live progress, step by step
+    assert "(drained in " in proc.stdout
     assert "server_cpu=0.1 cores" in proc.stdout or "capacity msg/s" in proc.stdout
 
 
