@@ -23,9 +23,11 @@ ALPHA = 0.05
 def locust_args(args: argparse.Namespace) -> list[str]:
     """The swarm's --capacity flags; a bad SLO or an unsupported axis is refused before anything starts."""
     Slo.parse(args.slo)
-    if args.vary != "rate":
-        raise ValueError(f"--vary {args.vary}: only the arrival rate (--vary rate) is searched so far")
-    return ["--capacity", args.slo, "--capacity-start", str(args.start), "--capacity-growth", str(args.growth),
+    if args.vary == "members":
+        raise ValueError("--vary members: not built yet; the arrival rate (--vary rate, every scenario with a search) "
+                         "and the groups sending at once (--vary groups, many_groups) are")
+    return ["--capacity", args.slo, "--capacity-vary", args.vary, "--capacity-start", str(args.start),
+            "--capacity-growth", str(args.growth),
             "--capacity-resolution", str(args.resolution), "--capacity-max", str(args.max),
             "--capacity-step-s", str(args.step_s), "--capacity-warm-s", str(args.warm_s),
             "--capacity-confirm-s", str(args.confirm_s)]
@@ -38,11 +40,18 @@ def progress_line(console: Console, line: str) -> None:
         console.print(f"  [{style}]{escape(line)}[/]", highlight=False)
 
 
+def unit_of(loaded: list[dict[str, Any]]) -> str:
+    """The levels' unit of these searches (``msg/s``, ``groups``; several: each named)."""
+    units = sorted({str((b.get("metrics") or {}).get("capacity", {}).get("short_unit", "msg/s")) for b in loaded})
+    return " / ".join(units) or "msg/s"
+
+
 def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
     gs = sorted(bundles.groups(loaded), key=lambda g: -(g.median(CAPACITY) or -1))
     varying = bundles.varying_axes([g.key for g in gs])
     t = Table(title=title, header_style="bold", title_justify="left")
-    for col in ("configuration", "runs", "capacity msg/s", "range", "first failed", "limit", "vs next"):
+    unit = unit_of(loaded)
+    for col in ("configuration", "runs", f"capacity {unit}", "range", "first failed", "limit", "vs next"):
         t.add_column(col, justify="left" if col in ("configuration", "limit") else "right")
     for i, g in enumerate(gs):
         values = g.values(CAPACITY)
@@ -68,6 +77,6 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
         t.add_row(bundles.label(g.key, varying), str(len(g.bundles)),
                   fmt(statistics.median(values)) if values else below or "none", spread,
                   fmt(statistics.median(failed)) if failed else "–", escape(limit) if not gen else limit, nxt)
-    t.caption = ("capacity: the highest arrival rate that held the SLO for a step and again for the confirm period; "
+    t.caption = ("capacity: the highest level that held the SLO for a step and again for the confirm period; "
                  "medians over the repeats; 'vs next': one-sided Mann-Whitney U against the row below")
     return t

@@ -442,15 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     mx.add_argument("--repeat", type=int, default=1, help="repetitions of every combination (interleaved)")
     mx.add_argument("--report", default="", help="also write the HTML report of this matrix to this file")
     ca = sub.add_parser("capacity", help="search how far each configuration goes before it breaks an SLO (one run "
-                        "per configuration and repeat; the arrival rate moves inside the run)")
+                        "per configuration and repeat; the level moves inside the run)")
     run_options(ca)
     for axis in ("fanout", "storage", "unread", "offline"):
         ca.add_argument(f"--{axis}", default="", help=f"comma-separated {axis} modes (default: the server's)")
     ca.add_argument("--network", action="append", default=[], metavar="MIX", help="a network profile mix (axis)")
     ca.add_argument("--slo", required=True, help="e.g. 'p99<200ms,lost=0' (p50/p90/p99/p999<N ms, lost=N, closes=N)")
     ca.add_argument("--vary", default="rate", choices=["rate", "members", "groups"],
-                    help="what the search moves: the arrival rate (messages/s over all senders)")
-    ca.add_argument("--start", type=float, default=10.0, help="first level (default 10 msg/s)")
+                    help="what the search moves: the arrival rate (messages/s over all senders; default), or "
+                    "groups: how many groups send at once, each at the scenario's --group-rate (many_groups); "
+                    "members is not built yet")
+    ca.add_argument("--start", type=float, default=10.0, help="first level (default 10 msg/s, or 10 groups)")
     ca.add_argument("--growth", type=float, default=2.0, help="bracketing factor (default 2)")
     ca.add_argument("--resolution", type=float, default=0.1, help="stop bisecting within this fraction (0.1)")
     ca.add_argument("--max", type=float, default=100_000.0, help="never above this level")

@@ -92,8 +92,10 @@ def capacity(gs: list[bundles.Group], names: list[str]) -> str:
     series: list[tuple[str, list[tuple[float, float]]]] = []
     marks: list[tuple[int, float, str]] = []
     slo = ""
+    units: set[str] = set()
     for g, n in zip(gs, names, strict=True):
         answers = [b["metrics"]["capacity"] for b in g.bundles if (b.get("metrics") or {}).get("capacity")]
+        units.update(str(a.get("unit", "messages/s")) for a in answers)
         steps = sorted((s["level"], s["latency_ms"]["p99"]) for a in answers for s in a.get("steps", [])
                        if s.get("latency_ms", {}).get("p99") is not None)
         if not answers:
@@ -102,13 +104,15 @@ def capacity(gs: list[bundles.Group], names: list[str]) -> str:
         slo = slo or str(answers[0].get("slo", ""))
         found = g.values(bundles.BY_NAME["capacity"])
         if found:
-            marks.append((len(series) - 1, statistics.median(found), f"{fmt(statistics.median(found))} msg/s"))
+            short = next((str(a["short_unit"]) for a in answers if a.get("short_unit")), "msg/s")
+            marks.append((len(series) - 1, statistics.median(found), f"{fmt(statistics.median(found))} {short}"))
     if not series:
         return ""
     ceiling = next((float(part.split("<")[1].rstrip("ms").strip("=")) for part in slo.split(",")
                     if part.strip().startswith("p99<") and part.strip().endswith("ms")), None)
     return svg.line_chart("capacity", f"Latency against load (capacity search, SLO {slo})",
-                          series, x_label="arrival rate (messages/s, log scale)", y_label="p99 of the step (ms)",
+                          series, x_label=f"level ({' / '.join(sorted(units)) or 'messages/s'}, log scale)",
+                          y_label="p99 of the step (ms)",
                           x_log=True, marks=marks, h_line=(ceiling, f"SLO p99 {ceiling:g} ms") if ceiling else None)
 
 

@@ -14,8 +14,10 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 import logging
+from argparse import Namespace
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import gevent
 
@@ -34,6 +36,32 @@ MAX_HOLD_FACTOR = 4
 #: DRAIN_QUIET_S — at most DRAIN_MAX_S: the next step must not inherit an overload's backlog
 DRAIN_QUIET_S = 1.0
 DRAIN_MAX_S = 60.0
+
+
+@dataclass(frozen=True)
+class Axis:
+    """What a capacity search can move in a scenario (``--capacity-vary``), and what one unit of it sends."""
+
+    name: str
+    unit: str  # in the record (``metrics.capacity.unit``)
+    short: str  # in step lines and tables
+    whole: bool  # levels are whole numbers (a count)
+    #: messages per second one unit of the level sends (a step's length and lowest level follow from it)
+    per_level: Callable[[Namespace], float]
+    #: the highest level the scenario can offer
+    maximum: Callable[[Namespace], float]
+
+
+#: the open-model arrival rate over all senders: what every scenario with a capacity search moves by default
+RATE: Final = Axis("rate", "messages/s", "msg/s", False, lambda o: 1.0, lambda o: float(o.capacity_max))
+#: the axes the loaded scenario offers (it calls :func:`offer` at import); none: it has no capacity search
+AXES: dict[str, Axis] = {}
+
+
+def offer(*axes: Axis) -> None:
+    """A scenario: these are the axes its senders follow (they read :data:`STATE` ``.level`` at every slot)."""
+    for a in axes:
+        AXES[a.name] = a
 
 
 @dataclass
@@ -101,12 +129,24 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
     opts = env.parsed_options
     assert opts is not None
     slo = Slo.parse(opts.capacity)
+    vary = str(getattr(opts, "capacity_vary", "rate") or "rate")
+    axis = AXES.get(vary)
+    if axis is None:
+        offered = ", ".join(sorted(AXES)) or "none: it has no capacity search"
+        STATE.answer = {"vary": vary, "error": f"--capacity-vary {vary}: this scenario offers {offered}"}
+        log.error(STATE.answer["error"])
+        print(f"capacity search refused: {STATE.answer['error']}", flush=True)
+        _set(env, 0.0, done=True)
+        return
+    per_level = axis.per_level(opts)
     confirm_s = float(opts.capacity_confirm_s)
     # a step holds at most MAX_HOLD_FACTOR × step_s: below this level it cannot send MIN_MESSAGES
-    minimum = min(MIN_MESSAGES / (MAX_HOLD_FACTOR * float(opts.capacity_step_s)), float(opts.capacity_start))
+    minimum = min(MIN_MESSAGES / (MAX_HOLD_FACTOR * float(opts.capacity_step_s) * per_level),
+                  float(opts.capacity_start))
     search = Search(float(opts.capacity_start), growth=float(opts.capacity_growth),
-                    resolution=float(opts.capacity_resolution), maximum=float(opts.capacity_max), minimum=minimum,
-                    confirm=confirm_s > 0)
+                    resolution=float(opts.capacity_resolution),
+                    maximum=min(float(opts.capacity_max), axis.maximum(opts)), minimum=minimum,
+                    confirm=confirm_s > 0, whole=axis.whole)
     while CLOCK.time() < start_at:
         gevent.sleep(0.2)
     while (level := search.next_level()) is not None:
@@ -115,7 +155,7 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         gevent.sleep(float(opts.capacity_warm_s))
         hold = confirm_s if phase == "confirm" else float(opts.capacity_step_s)
         # long enough for MIN_MESSAGES at this level (a step that sends nothing proves nothing), within reason
-        hold = min(max(hold, MIN_MESSAGES / level), MAX_HOLD_FACTOR * hold)
+        hold = min(max(hold, MIN_MESSAGES / (level * per_level)), MAX_HOLD_FACTOR * hold)
         totals.start_interval()
         c0, s0, t0 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
         gevent.sleep(hold)
@@ -134,7 +174,7 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                     if s0 and s1 else None)
         judge(step, slo, CPU_SATURATED, LAG_SATURATED_MS)
         search.record(step)
-        line = (f"capacity {phase} {level:,.1f} msg/s: {'held' if step.held else 'FAILED'} "
+        line = (f"capacity {phase} {level:,.1f} {axis.short}: {'held' if step.held else 'FAILED'} "
                 f"p99 {lat.get('p99', float('nan')):.1f} ms, {step.deliveries:,} deliveries, lost {step.lost}, "
                 f"server CPU {step.server_cpu or 0:.0%} (own p99 ≤ {step.server_p99_ms or 0:.1f} ms), generator CPU "
                 f"{cpu:.0%}, loop lag {lag:.0f} ms"
@@ -145,5 +185,6 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                      else f" (still busy after {DRAIN_MAX_S:g} s at level 0)")
         log.info(line)
         print(line, flush=True)  # chatbench capacity follows the search from these lines
-    STATE.answer = {"vary": "rate", "unit": "messages/s", "slo": slo.text, **search.answer()}
+    STATE.answer = {"vary": axis.name, "unit": axis.unit, "short_unit": axis.short, "slo": slo.text,
+                    **search.answer()}
     _set(env, 0.0, done=True)

@@ -147,9 +147,11 @@ def capacity_result(metrics: dict[str, Any], invalid: list[str]) -> list[str]:
     out = [r for r in invalid if r not in saturated]
     if not answer:
         out.append("the capacity search did not finish")
+    elif "error" in answer:
+        out.append(f"no capacity search: {answer['error']}")
     elif answer["generator_bound"]:
-        out.append(f"generator-bound at {answer['generator_bound_at']:,.1f} msg/s: the generator, not the server, "
-                   f"broke first ({'; '.join(answer['failed_because'])})")
+        out.append(f"generator-bound at {answer['generator_bound_at']:,.1f} {answer['short_unit']}: the generator, "
+                   f"not the server, broke first ({'; '.join(answer['failed_because'])})")
     elif answer["capacity"] is None and not answer.get("below_minimum"):
         out.append("no capacity found: " + ("; ".join(answer["failed_because"]) or "no level held"))
     return out
@@ -214,11 +216,14 @@ def print_summary(result: dict[str, Any], path: str) -> None:
 
 
 def _capacity_line(c: dict[str, Any]) -> str:
+    unit = c.get("short_unit", "")
+    if c.get("error"):
+        return str(c["error"])
     if c.get("capacity") is not None:
-        return (f"{c['capacity']:,.1f} msg/s held ({c['slo']}); first failed {c['first_failed'] or '—'}: "
+        return (f"{c['capacity']:,.1f} {unit} held ({c['slo']}); first failed {c['first_failed'] or '—'}: "
                 f"{'; '.join(c['failed_because']) or 'nothing failed up to --capacity-max'}")
     if c.get("generator_bound"):
-        return f"generator-bound at {c['generator_bound_at']:,.1f} msg/s"
+        return f"generator-bound at {c['generator_bound_at']:,.1f} {unit}"
     return "none found"
 
 

@@ -127,9 +127,16 @@ class Search:
     MAX_CONFIRMS: Final = 3
 
     def __init__(self, start: float, *, growth: float = 2.0, resolution: float = 0.1, maximum: float = math.inf,
-                 minimum: float = 1e-3, confirm: bool = True) -> None:
-        if start <= 0 or growth <= 1 or not 0 < resolution < 1 or not 0 < minimum <= start:
-            raise ValueError("capacity search: 0 < minimum <= start, growth > 1, 0 < resolution < 1")
+                 minimum: float = 1e-3, confirm: bool = True, whole: bool = False) -> None:
+        """``whole``: levels are whole numbers (a count of groups): bisection ends when no whole level lies
+        between the last hold and the first failure, whatever the resolution."""
+        if whole:
+            start, maximum = float(max(round(start), 1)), float(math.floor(maximum))
+            minimum = float(min(math.ceil(minimum), start))
+        if start <= 0 or growth <= 1 or not 0 < resolution < 1 or not 0 < minimum <= start or maximum < minimum:
+            raise ValueError("capacity search: 0 < minimum <= start, minimum <= maximum, growth > 1, "
+                             "0 < resolution < 1")
+        self.whole = whole
         #: the lowest level a step can measure (below it a step sends too little to judge): a configuration that
         #: fails there has no capacity under the SLO — the answer says so, it is not the generator's limit
         self.minimum = minimum
@@ -165,7 +172,7 @@ class Search:
                     self.confirmed = False
                     self._next = None
                 else:
-                    self._next = max(step.level / self.growth, self.minimum)
+                    self._next = max(self._down(step.level / self.growth, step.level), self.minimum)
             else:
                 self._narrow()
             return
@@ -179,23 +186,30 @@ class Search:
             if step.level >= self.maximum:
                 self._finish()
             else:
-                self._next = min(step.level * self.growth, self.maximum)
+                self._next = min(self._up(step.level * self.growth, step.level), self.maximum)
             return
         if self.lo is None:  # failed at the start: bracket downwards, down to the lowest measurable level
             if step.level <= self.minimum:
                 self._finish()
             else:
-                self._next = max(step.level / self.growth, self.minimum)
+                self._next = max(self._down(step.level / self.growth, step.level), self.minimum)
             return
         self._narrow()
 
+    def _up(self, level: float, above: float) -> float:
+        return float(max(round(level), above + 1)) if self.whole else level
+
+    def _down(self, level: float, below: float) -> float:
+        return float(min(round(level), below - 1)) if self.whole else level
+
     def _narrow(self) -> None:
         assert self.lo is not None and self.hi is not None
-        if self.hi / self.lo - 1 <= self.resolution:
+        if self.hi / self.lo - 1 <= self.resolution or (self.whole and self.hi - self.lo <= 1):
             self._finish()
         else:
             self.phase = "bisect"
-            self._next = math.sqrt(self.lo * self.hi)  # geometric: the same relative resolution at any scale
+            mid = math.sqrt(self.lo * self.hi)  # geometric: the same relative resolution at any scale
+            self._next = float(min(max(round(mid), self.lo + 1), self.hi - 1)) if self.whole else mid
 
     def _finish(self) -> None:
         if self.confirm and self.lo is not None and not self._generator_bound():

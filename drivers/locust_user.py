@@ -103,14 +103,17 @@ def _options(parser: ArgumentParser) -> None:
     c.add_argument("--capacity", env_var="CHATBENCH_CAPACITY", default="", metavar="SLO",
                    help="search the highest arrival rate that holds this SLO, e.g. 'p99<200ms,lost=0' (scenarios "
                    "that support it: large_group_burst, many_groups); empty: a fixed load")
+    c.add_argument("--capacity-vary", env_var="CHATBENCH_CAPACITY_VARY", default="rate",
+                   help="what the search moves: rate (messages per second over all senders) or, where the scenario "
+                   "offers it, groups (many_groups: groups sending at once, each at --group-rate)")
     c.add_argument("--capacity-start", type=float, env_var="CHATBENCH_CAPACITY_START", default=10.0,
-                   help="first level, messages per second over all senders")
+                   help="first level (messages per second, or groups)")
     c.add_argument("--capacity-growth", type=float, env_var="CHATBENCH_CAPACITY_GROWTH", default=2.0,
                    help="bracketing: the level is multiplied by this until a step fails")
     c.add_argument("--capacity-resolution", type=float, env_var="CHATBENCH_CAPACITY_RESOLUTION", default=0.1,
                    help="bisection stops when the first failure is within this fraction above the last hold")
     c.add_argument("--capacity-max", type=float, env_var="CHATBENCH_CAPACITY_MAX", default=100_000.0,
-                   help="never ask for more than this many messages per second")
+                   help="never ask for a higher level than this")
     c.add_argument("--capacity-step-s", type=float, env_var="CHATBENCH_CAPACITY_STEP_S", default=8.0,
                    help="seconds each level is judged (after --capacity-warm-s)")
     c.add_argument("--capacity-warm-s", type=float, env_var="CHATBENCH_CAPACITY_WARM_S", default=3.0,

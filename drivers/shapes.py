@@ -61,6 +61,14 @@ class PhasedShape(LoadTestShape):
             t += ph.seconds
         return t
 
+    def search_start(self, opts: Namespace) -> float:
+        """Epoch seconds when the ``search`` phase of a capacity search starts (the senders follow the level from
+        then on); the first measured phase's start when the timeline has none."""
+        try:
+            return window(self.phases(opts), opts, "search")[0]
+        except KeyError:
+            return self.measured_from(opts)
+
     def tick(self) -> tuple[int, float] | None:
         from drivers import autorate
 

@@ -333,7 +333,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     if autorate.STATE.active and is_coordinator(environment):
         shape = environment.shape_class
         opts = environment.parsed_options
-        start_at = shape.measured_from(opts) if isinstance(shape, PhasedShape) and opts is not None else 0.0
+        # the first step begins with the search phase (after connect and settle), when the senders follow the level
+        start_at = shape.search_start(opts) if isinstance(shape, PhasedShape) and opts is not None else 0.0
         _background.append(gevent.spawn(autorate.control, environment, totals, start_at))
     if isinstance(environment.runner, WorkerRunner):
         CLOCK.correct = not option(environment, "no_clock_correction", False)

@@ -155,20 +155,24 @@ FIELDS: Final[tuple[Field, ...]] = (
        "profile's connections (delayed, stalled, reset, ...)"),
     # -- a capacity search (--capacity SLO; drivers/capacity.py)
     _f("metrics.capacity", "dict", "", "the capacity search's answer"),
-    _f("metrics.capacity.capacity", "float", "msg/s", "highest level that held the SLO (and its confirm period); "
+    _f("metrics.capacity.capacity", "float", "level", "highest level that held the SLO (and its confirm period); "
        "null when generator-bound or none held"),
-    _f("metrics.capacity.vary", "str", "", "what the search moved: `rate` (arrival rate over all senders)"),
-    _f("metrics.capacity.unit", "str", "", "the level's unit"),
+    _f("metrics.capacity.vary", "str", "", "what the search moved: `rate` (arrival rate over all senders) or "
+       "`groups` (groups sending at once, each at the scenario's --group-rate)"),
+    _f("metrics.capacity.unit", "str", "", "the level's unit (`messages/s`, `active groups`): every `level` field"),
+    _f("metrics.capacity.short_unit", "str", "", "the same, short (`msg/s`, `groups`)"),
+    _f("metrics.capacity.error", "str", "", "why no search ran (an axis the scenario does not offer); absent "
+       "otherwise"),
     _f("metrics.capacity.slo", "str", "", "the SLO, as given"),
-    _f("metrics.capacity.highest_held", "float", "msg/s", "highest level that held a step"),
-    _f("metrics.capacity.first_failed", "float", "msg/s", "lowest level that failed (null: none did)"),
+    _f("metrics.capacity.highest_held", "float", "level", "highest level that held a step"),
+    _f("metrics.capacity.first_failed", "float", "level", "lowest level that failed (null: none did)"),
     _f("metrics.capacity.failed_because", "list", "", "the SLO clauses it broke, or the generator's limits"),
     _f("metrics.capacity.generator_bound", "bool", "", "the generator broke first: not a server capacity"),
-    _f("metrics.capacity.generator_bound_at", "float", "msg/s", "the level where the generator broke"),
+    _f("metrics.capacity.generator_bound_at", "float", "level", "the level where the generator broke"),
     _f("metrics.capacity.confirmed", "bool", "", "the level found held again for --capacity-confirm-s"),
     _f("metrics.capacity.below_minimum", "bool", "", "no level held down to `minimum`, the server the limit: the "
        "configuration has no capacity under the SLO (a valid answer; capacity null)"),
-    _f("metrics.capacity.minimum", "float", "msg/s", "the lowest level a step can measure (--capacity-step-s × 4 "
+    _f("metrics.capacity.minimum", "float", "level", "the lowest level a step can measure (--capacity-step-s × 4 "
        "sends 20 messages)"),
     _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
     _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "

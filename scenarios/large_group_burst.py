@@ -52,6 +52,9 @@ def _options(parser: ArgumentParser) -> None:
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
 
 
+autorate.offer(autorate.RATE)
+
+
 def _count(text: str) -> int:
     n = int(text)
     if n < 0:

@@ -3,6 +3,9 @@ at an aggregate rate (open model, Poisson) into random groups — "a million gro
 machine. Group membership is drawn at random (seeded) when the run starts; a member finds its groups in ``hello``.
 
 Phases: ``connect``, ``settle``, ``send`` (``--send-s``), ``tail``; then the run stops and writes its bundle.
+With ``--capacity SLO`` the send phase is a capacity search (drivers/capacity.py; ``chatbench capacity``) over the
+arrival rate (``--capacity-vary rate``) or over how many groups send at once (``--capacity-vary groups``: the first
+N groups of a seeded order, each at ``--group-rate`` messages/s from one member of it).
 Look at: delivery latency and fan-out completion with many concurrent small fan-outs (per-message overheads
 dominate, not per-delivery ones), ``lost`` must stay 0, send→ack under the aggregate rate, missed send slots.
 
@@ -22,8 +25,9 @@ import random
 from argparse import ArgumentParser, Namespace
 from typing import Any
 
+from drivers import autorate
 from drivers.locust_user import ChatUser, admin_client, is_coordinator, planned_uids, provision_users
-from drivers.schedule import Schedule, per_sender
+from drivers.schedule import LiveSchedule, Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
 
@@ -41,11 +45,24 @@ def _options(parser: ArgumentParser) -> None:
     g.add_argument("--settle-s", type=float, default=3, env_var="MG_SETTLE_S")
     g.add_argument("--tail-s", type=float, default=3, env_var="MG_TAIL_S")
     g.add_argument("--seed", type=int, default=1, env_var="MG_SEED", help="membership draw")
+    g.add_argument("--group-rate", type=float, default=0.1, env_var="MG_GROUP_RATE",
+                   help="--capacity-vary groups: messages per second each sending group sends")
+
+
+def _groups(opts: Namespace) -> float:
+    return float(opts.small_groups + opts.medium_groups)
+
+
+#: --capacity-vary groups: the level is how many groups send at once, each at --group-rate
+GROUPS = autorate.Axis("groups", "active groups", "groups", True, lambda o: float(o.group_rate), _groups)
+autorate.offer(autorate.RATE, GROUPS)
 
 
 def phases(opts: Namespace) -> list[Phase]:
-    return [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s),
-            Phase("send", opts.send_s), Phase("tail", opts.tail_s)]
+    connect = [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s)]
+    if opts.capacity:
+        return [*connect, Phase("search", math.inf)]
+    return [*connect, Phase("send", opts.send_s), Phase("tail", opts.tail_s)]
 
 
 class Shape(PhasedShape):
@@ -69,6 +86,11 @@ def _provision(environment: Environment, **_: Any) -> None:
     items = list(groups.items())
     for i in range(0, len(items), 500):
         admin.create_groups(dict(items[i:i + 500]))
+    # --capacity-vary groups: the order groups start sending in, and the member of each that sends (for the workers)
+    order = list(groups)
+    rng.shuffle(order)
+    opts.group_order = order
+    opts.group_senders = [groups[gid][0] for gid in order]
 
 
 class Member(ChatUser):
@@ -86,7 +108,31 @@ class Member(ChatUser):
             return
         self.sent = True
         opts = self.environment.parsed_options
+        if opts.capacity:
+            self._search(opts)
+            return
         start, end = window(phases(opts), opts, "send")
         self.run_schedule(lambda: random.choice(self.gids),
                           Schedule(rate=per_sender(opts.rate, opts.members), start=start, duration=end - start,
                                    poisson=True))
+
+    def _search(self, opts: Namespace) -> None:
+        """A capacity search: send at the level the coordinator sets, until the search ends."""
+        start, _ = window(phases(opts), opts, "search")
+        if opts.capacity_vary != GROUPS.name:  # the arrival rate, shared by every member
+            self.run_schedule(lambda: random.choice(self.gids),
+                              LiveSchedule(lambda: autorate.rate(opts.members), start))
+            return
+        mine = [(i, gid) for i, (gid, uid) in enumerate(zip(opts.group_order, opts.group_senders, strict=True))
+                if uid == self.uid]  # (place in the order, gid) of the groups this member sends to
+        if not mine:
+            return
+
+        def active() -> list[int]:
+            return [gid for i, gid in mine if i < autorate.STATE.level]
+
+        def rate() -> float:
+            return float(opts.group_rate) * len(active())
+
+        # the level may drop between a slot's rate and its group: then the member's first group takes the message
+        self.run_schedule(lambda: random.choice(active() or [mine[0][1]]), LiveSchedule(rate, start))

@@ -20,8 +20,9 @@ SEARCH = ["large_group_burst", "--members", "10", "--senders", "2", "--connect-r
           "--server-arg=--send-rate", "--server-arg=0", "--server-arg=--sqlite-synchronous=normal"]
 
 
-def capacity(tmp: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
-    proc = subprocess.run([sys.executable, "-m", "chatbench.cli", "capacity", *SEARCH, *args, "--results-dir",
+def capacity(tmp: Path, *args: str, search: list[str] = SEARCH) -> tuple[subprocess.CompletedProcess[str],
+                                                                         dict[str, object]]:
+    proc = subprocess.run([sys.executable, "-m", "chatbench.cli", "capacity", *search, *args, "--results-dir",
                            str(tmp)], cwd=REPO, capture_output=True, text=True, timeout=240,
                           env={**os.environ, "COLUMNS": "200"})
     files = sorted(tmp.glob("*.json"))
@@ -64,3 +65,32 @@ def test_a_generator_that_breaks_first_makes_the_answer_generator_bound(tmp_path
     assert c["generator_bound"] is True and c["capacity"] is None  # type: ignore[index]
     assert proc.returncode != 0 and not m["valid"]  # type: ignore[index]
     assert any("generator-bound" in r for r in m["invalid_reasons"])  # type: ignore[index, union-attr]
+
+
+def test_many_groups_searches_how_many_groups_may_send_at_once(tmp_path: Path) -> None:
+    """--vary groups: the level is how many groups send at once (each at --group-rate, from one member of it); a
+    server held to a tenth of a core has a whole number of them as its capacity, in groups, not messages/s."""
+    groups = ["many_groups", "--vary", "groups", "--members", "200", "--small-groups", "100", "--medium-groups", "5",
+              "--medium-size", "50", "--group-rate", "2", "--connect-rate", "200", "--slo", "p99<100ms,lost=0",
+              "--start", "10", "--step-s", "3", "--warm-s", "1", "--confirm-s", "4", "--server-cpu-quota", "0.1",
+              "--server-arg=--send-rate", "--server-arg=0", "--server-arg=--sqlite-synchronous=normal"]
+    proc, bundle = capacity(tmp_path, search=groups)
+    m = bundle["metrics"]
+    c = m["capacity"]  # type: ignore[index]
+    assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:]  # type: ignore[index]
+    assert (c["vary"], c["unit"]) == ("groups", "active groups")  # type: ignore[index]
+    assert c["confirmed"] is True and float(c["capacity"]).is_integer()  # type: ignore[index]
+    assert 10 <= c["capacity"] < c["first_failed"] <= 105  # type: ignore[index, operator]
+    steps = c["steps"]  # type: ignore[index]
+    assert all(float(s["level"]).is_integer() for s in steps)
+    held = [s for s in steps if s["held"] and s["phase"] != "confirm"]
+    assert held and all(s["sent"] > 0 for s in held)
+    assert "capacity bracket 10.0 groups" in proc.stdout and "capacity groups" in proc.stdout
+
+
+def test_an_axis_the_scenario_does_not_offer_is_refused(tmp_path: Path) -> None:
+    proc, bundle = capacity(tmp_path, "--vary", "groups", "--confirm-s", "0")
+    m = bundle["metrics"]
+    assert proc.returncode != 0 and not m["valid"]  # type: ignore[index]
+    assert m["capacity"]["error"] == "--capacity-vary groups: this scenario offers rate"  # type: ignore[index]
+    assert "capacity search refused" in proc.stdout

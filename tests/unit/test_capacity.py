@@ -55,6 +55,25 @@ def test_search_brackets_and_narrows_to_its_resolution(capacity: float, start: f
     assert [s["phase"] for s in answer["steps"]][-1] == "confirm"  # type: ignore[index]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=2, max_value=3_000), st.integers(min_value=1, max_value=400),
+       st.integers(min_value=1, max_value=5_000))
+def test_a_search_over_whole_levels_asks_only_for_whole_levels(capacity: int, start: int, maximum: int) -> None:
+    """A count of groups: every level whole, within [minimum, maximum]; narrowed until the first failure is the
+    next whole level above the last hold or within the resolution."""
+    start = min(start, maximum)
+    answer = run(Search(start, resolution=0.1, maximum=maximum, minimum=1, whole=True), capacity)
+    levels = [s["level"] for s in answer["steps"]]  # type: ignore[attr-defined]
+    assert all(float(v).is_integer() and 1 <= v <= maximum for v in levels), levels
+    found, failed = answer["capacity"], answer["first_failed"]
+    if capacity > maximum:  # nothing failed up to the maximum
+        assert found == maximum and failed is None
+        return
+    assert isinstance(found, float) and isinstance(failed, float)
+    assert found < capacity <= failed
+    assert failed - found <= 1 or failed / found - 1 <= 0.1 + 1e-9
+
+
 def test_a_generator_that_breaks_first_is_the_answer() -> None:
     answer = run(Search(10), capacity=1000, generator_limit=150)
     assert answer["capacity"] is None and answer["generator_bound"] is True
@@ -172,3 +191,18 @@ def test_a_cpu_quota_that_cannot_be_set_is_refused_before_anything_starts(
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}:" in err and ("give 0.1 .. 64" in err or "could not convert" in err), err
+
+
+def test_the_capacity_command_passes_the_axis_and_refuses_one_not_built() -> None:
+    import argparse
+
+    from chatbench.capacity import locust_args
+
+    base = {"slo": "p99<200ms", "start": 10.0, "growth": 2.0, "resolution": 0.1, "max": 1e5, "step_s": 8.0,
+            "warm_s": 3.0, "confirm_s": 30.0}
+    flags = locust_args(argparse.Namespace(vary="groups", **base))
+    assert flags[flags.index("--capacity-vary") + 1] == "groups"
+    with pytest.raises(ValueError, match="--vary members: not built yet"):
+        locust_args(argparse.Namespace(vary="members", **base))
+    with pytest.raises(ValueError, match="SLO clause"):
+        locust_args(argparse.Namespace(vary="rate", **{**base, "slo": "p99>1ms"}))
