@@ -107,16 +107,23 @@ def _progress(counters: dict[str, float]) -> tuple[float, float] | None:
     return counters.get("chat_messages_accepted_total", 0.0), counters.get("chat_deliveries_total", 0.0)
 
 
+def _idle(counters: dict[str, float]) -> bool:
+    """Nothing waits for the writer (a group commit of heavy messages can take seconds without a counter moving)
+    and nothing is queued to a client socket."""
+    return counters.get("chat_writer_backlog", 0.0) == 0 and counters.get("chat_send_queue_bytes", 0.0) == 0
+
+
 def drain(env: Environment) -> float | None:
-    """Level 0 until the server has accepted and pushed nothing for DRAIN_QUIET_S: the seconds that took, or None
-    when it was still busy after DRAIN_MAX_S (or its /metrics could not be read)."""
+    """Level 0 until the server is idle and has accepted and pushed nothing for DRAIN_QUIET_S: the seconds that
+    took, or None when it was still busy after DRAIN_MAX_S (or its /metrics could not be read)."""
     _set(env, 0.0)
     t0 = CLOCK.time()
     before = _progress(server_counters(env.parsed_options))
     while before is not None and CLOCK.time() - t0 < DRAIN_MAX_S:
         gevent.sleep(DRAIN_QUIET_S)
-        now = _progress(server_counters(env.parsed_options))
-        if now == before:
+        counters = server_counters(env.parsed_options)
+        now = _progress(counters)
+        if now == before and _idle(counters):
             return CLOCK.time() - t0
         before = now
     return None

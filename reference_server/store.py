@@ -161,6 +161,7 @@ class Store:
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self.commits = 0  # transactions committed (the checkpoint thread skips a period without any)
+        self._in_commit = 0  # jobs of the transaction the writer is applying now
         self.wal_frames = 0  # frames in the WAL at the checkpoint thread's last checkpoint
         self.max_batch = max_batch
         self.storage = storage
@@ -182,6 +183,8 @@ class Store:
         if unread.needs_receivers:  # a counter store kept elsewhere (Redis) is rebuilt from seqs if it lost them
             unread.counters.start(self.reader, self.directory, storage.countable)
         metrics.track_unread_pending(lambda: float(unread.pending()))
+        metrics.add_gauges("chat_writer_backlog", "Jobs queued for the writer or in its transaction now",
+                           lambda: float(self.backlog()))
         if checkpoint_s > 0:
             metrics.add_gauges("chat_wal_frames", "Frames in the SQLite WAL at the last checkpoint (its size; "
                                f"the writer checkpoints itself past {WRITER_CHECKPOINT_PAGES})",
@@ -217,6 +220,10 @@ class Store:
 
     def submit(self, job: Job) -> None:
         self._queue.put(job)
+
+    def backlog(self) -> int:
+        """Jobs queued for the writer or in the transaction it is applying (0: it has caught up)."""
+        return self._queue.qsize() + self._in_commit
 
     def stop(self) -> None:
         """Finish every queued job (and write pending unread changes), then stop the writer (blocking)."""
@@ -277,8 +284,10 @@ class Store:
                     stopping = True
                     break
                 batch.append(job)
+            self._in_commit = len(batch)
             self._commit(w, batch)
             self._loop.call_soon_threadsafe(_finish, batch)
+            self._in_commit = 0
         db.close()
 
     def _commit(self, w: Writer, batch: Sequence[Job]) -> None:
