@@ -23,9 +23,6 @@ ALPHA = 0.05
 def locust_args(args: argparse.Namespace) -> list[str]:
     """The swarm's --capacity flags; a bad SLO or an unsupported axis is refused before anything starts."""
     Slo.parse(args.slo)
-    if args.vary == "members":
-        raise ValueError("--vary members: not built yet; the arrival rate (--vary rate, every scenario with a search) "
-                         "and the groups sending at once (--vary groups, many_groups) are")
     return ["--capacity", args.slo, "--capacity-vary", args.vary, "--capacity-start", str(args.start),
             "--capacity-growth", str(args.growth),
             "--capacity-resolution", str(args.resolution), "--capacity-max", str(args.max),

@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--slo", required=True, help="e.g. 'p99<200ms,lost=0' (p50/p90/p99/p999<N ms, lost=N, closes=N)")
     ca.add_argument("--vary", default="rate", choices=["rate", "members", "groups"],
                     help="what the search moves: the arrival rate (messages/s over all senders; default), or "
-                    "groups: how many groups send at once, each at the scenario's --group-rate (many_groups); "
-                    "members is not built yet")
+                    "groups: how many groups send at once, each at the scenario's --group-rate (many_groups), or "
+                    "members: the size of the group --rate goes to, a fresh group per step (large_group_burst)")
     ca.add_argument("--start", type=float, default=10.0, help="first level (default 10 msg/s, or 10 groups)")
     ca.add_argument("--growth", type=float, default=2.0, help="bracketing factor (default 2)")
     ca.add_argument("--resolution", type=float, default=0.1, help="stop bisecting within this fraction (0.1)")

@@ -40,20 +40,25 @@ DRAIN_MAX_S = 60.0
 
 @dataclass(frozen=True)
 class Axis:
-    """What a capacity search can move in a scenario (``--capacity-vary``), and what one unit of it sends."""
+    """What a capacity search can move in a scenario (``--capacity-vary``), and what a level of it sends."""
 
     name: str
     unit: str  # in the record (``metrics.capacity.unit``)
     short: str  # in step lines and tables
     whole: bool  # levels are whole numbers (a count)
-    #: messages per second one unit of the level sends (a step's length and lowest level follow from it)
-    per_level: Callable[[Namespace], float]
+    #: messages per second all senders send at a level (a step lasts until it sent MIN_MESSAGES, within reason)
+    rate: Callable[[Namespace, float], float]
     #: the highest level the scenario can offer
     maximum: Callable[[Namespace], float]
+    #: the lowest level; None: the lowest at which a step of MAX_HOLD_FACTOR × --capacity-step-s sends MIN_MESSAGES
+    #: (an axis whose rate grows with the level)
+    minimum: Callable[[Namespace], float] | None = None
+    #: run on the coordinator before a level is set; returns the group its messages go to (0: the scenario's own)
+    prepare: Callable[[Environment, float], int] | None = None
 
 
 #: the open-model arrival rate over all senders: what every scenario with a capacity search moves by default
-RATE: Final = Axis("rate", "messages/s", "msg/s", False, lambda o: 1.0, lambda o: float(o.capacity_max))
+RATE: Final = Axis("rate", "messages/s", "msg/s", False, lambda o, level: level, lambda o: float(o.capacity_max))
 #: the axes the loaded scenario offers (it calls :func:`offer` at import); none: it has no capacity search
 AXES: dict[str, Axis] = {}
 
@@ -66,7 +71,8 @@ def offer(*axes: Axis) -> None:
 
 @dataclass
 class State:
-    level: float = 0.0  # messages per second over all senders, now
+    level: float = 0.0  # the level now (messages per second over all senders, groups, members: the axis')
+    gid: int = 0  # the group the level's messages go to, when the axis makes one per level (0: the scenario's)
     active: bool = False  # this run searches its capacity
     done: bool = False  # the search ended: the shape stops the run
     answer: dict[str, Any] = field(default_factory=dict)
@@ -85,20 +91,23 @@ def rate(senders: int, burst: int = 1) -> float:
 
 
 def reset(env: Environment) -> None:
-    STATE.level, STATE.done, STATE.answer = 0.0, False, {}
+    STATE.level, STATE.gid, STATE.done, STATE.answer = 0.0, 0, False, {}
     STATE.active = enabled(env)
 
 
 def on_level(environment: Environment, msg: Any, **_: Any) -> None:
     """A worker: the coordinator moved the level."""
+    STATE.gid = int(msg.data.get("gid", 0))
     STATE.level = float(msg.data["level"])
     STATE.done = bool(msg.data.get("done", False))
 
 
-def _set(env: Environment, level: float, done: bool = False) -> None:
+def _set(env: Environment, level: float, done: bool = False, gid: int | None = None) -> None:
+    if gid is not None:
+        STATE.gid = gid
     STATE.level, STATE.done = level, done
     if isinstance(env.runner, MasterRunner):
-        env.runner.send_message("chatbench_level", {"level": level, "done": done})
+        env.runner.send_message("chatbench_level", {"level": level, "done": done, "gid": STATE.gid})
 
 
 def _progress(counters: dict[str, float]) -> tuple[float, float] | None:
@@ -145,11 +154,11 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         print(f"capacity search refused: {STATE.answer['error']}", flush=True)
         _set(env, 0.0, done=True)
         return
-    per_level = axis.per_level(opts)
     confirm_s = float(opts.capacity_confirm_s)
     # a step holds at most MAX_HOLD_FACTOR × step_s: below this level it cannot send MIN_MESSAGES
-    minimum = min(MIN_MESSAGES / (MAX_HOLD_FACTOR * float(opts.capacity_step_s) * per_level),
-                  float(opts.capacity_start))
+    lowest = (axis.minimum(opts) if axis.minimum is not None
+              else MIN_MESSAGES / (MAX_HOLD_FACTOR * float(opts.capacity_step_s) * axis.rate(opts, 1.0)))
+    minimum = min(lowest, float(opts.capacity_start))
     search = Search(float(opts.capacity_start), growth=float(opts.capacity_growth),
                     resolution=float(opts.capacity_resolution),
                     maximum=min(float(opts.capacity_max), axis.maximum(opts)), minimum=minimum,
@@ -158,11 +167,14 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         gevent.sleep(0.2)
     while (level := search.next_level()) is not None:
         phase = search.phase
-        _set(env, level)
+        if axis.prepare is not None:
+            _set(env, level, gid=axis.prepare(env, level))
+        else:
+            _set(env, level)
         gevent.sleep(float(opts.capacity_warm_s))
         hold = confirm_s if phase == "confirm" else float(opts.capacity_step_s)
         # long enough for MIN_MESSAGES at this level (a step that sends nothing proves nothing), within reason
-        hold = min(max(hold, MIN_MESSAGES / (level * per_level)), MAX_HOLD_FACTOR * hold)
+        hold = min(max(hold, MIN_MESSAGES / axis.rate(opts, level)), MAX_HOLD_FACTOR * hold)
         totals.start_interval()
         c0, s0, t0 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
         gevent.sleep(hold)

@@ -125,6 +125,15 @@ class ReceiverLedger:
         self.online = True
         ledger.receivers[self.uid] = self
 
+    def join(self, gid: int, t_us: int | None = None) -> None:
+        """Added to a new group ``gid`` (no seq yet) while running: its ledger starts at seq 0, so every message of
+        it is checked (a group first seen in a push starts at that push: ``unexpected_group``)."""
+        if gid in self.groups:
+            return
+        self.groups[gid] = GroupLedger(gid, 0, 0)
+        if self.online:
+            self.ledger.presence.append((gid, now_us() if t_us is None else t_us, 1))
+
     def on_disconnect(self, t_us: int | None = None) -> None:
         if not self.online:
             return

@@ -105,9 +105,10 @@ def _options(parser: ArgumentParser) -> None:
                    "that support it: large_group_burst, many_groups); empty: a fixed load")
     c.add_argument("--capacity-vary", env_var="CHATBENCH_CAPACITY_VARY", default="rate",
                    help="what the search moves: rate (messages per second over all senders) or, where the scenario "
-                   "offers it, groups (many_groups: groups sending at once, each at --group-rate)")
+                   "offers it, groups (many_groups: groups sending at once, each at --group-rate) or members "
+                   "(large_group_burst: the size of the group --rate goes to)")
     c.add_argument("--capacity-start", type=float, env_var="CHATBENCH_CAPACITY_START", default=10.0,
-                   help="first level (messages per second, or groups)")
+                   help="first level (messages per second, groups or members)")
     c.add_argument("--capacity-growth", type=float, env_var="CHATBENCH_CAPACITY_GROWTH", default=2.0,
                    help="bracketing: the level is multiplied by this until a step fails")
     c.add_argument("--capacity-resolution", type=float, env_var="CHATBENCH_CAPACITY_RESOLUTION", default=0.1,

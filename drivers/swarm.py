@@ -267,16 +267,64 @@ def finalize_local(env: Environment, quiet_s: float) -> None:
 _background: list[gevent.Greenlet] = []
 
 
+#: how long the coordinator waits for every worker to start the ledgers of a new group
+JOIN_TIMEOUT_S = 10.0
+_joined: dict[int, set[str]] = {}  # gid -> workers that started its ledgers (coordinator)
+
+
+def join_group(env: Environment, gid: int, uids: list[int]) -> bool:
+    """The coordinator made ``uids`` members of a new group ``gid`` (a capacity search over group sizes): every
+    process starts the ledgers of its receivers among them at seq 0. Returns once every worker has (False after
+    JOIN_TIMEOUT_S without all of them: then a push may reach a ledger first, counted ``unexpected_group``)."""
+    runner = env.runner
+    if not isinstance(runner, MasterRunner):
+        _join(gid, uids)
+        return True
+    workers = set(runner.clients.keys())
+    _joined[gid] = set()
+    runner.send_message("chatbench_join", {"gid": gid, "uids": uids})
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while not workers <= _joined[gid] and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    done = workers <= _joined.pop(gid)
+    if not done:
+        log.warning("group %d: not every worker confirmed its ledgers within %g s", gid, JOIN_TIMEOUT_S)
+    return done
+
+
+def _join(gid: int, uids: list[int]) -> None:
+    t = now_us()
+    for uid in uids:
+        r = ledger.receivers.get(uid)
+        if r is not None:
+            r.join(gid, t)
+
+
+def _on_join(environment: Environment, msg: Any, **_: Any) -> None:
+    _join(int(msg.data["gid"]), [int(u) for u in msg.data["uids"]])
+    runner = environment.runner
+    assert isinstance(runner, WorkerRunner)
+    runner.send_message("chatbench_joined", {"gid": int(msg.data["gid"]), "worker": runner.client_id})
+
+
+def _on_joined(environment: Environment, msg: Any, **_: Any) -> None:
+    joined = _joined.get(int(msg.data["gid"]))
+    if joined is not None:
+        joined.add(str(msg.data["worker"]))
+
+
 def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
         runner.register_message("chatbench_flush", _on_flush, concurrent=True)
         runner.register_message("chatbench_clock_pong", _on_clock_pong)
         runner.register_message("chatbench_level", autorate.on_level)
+        runner.register_message("chatbench_join", _on_join)
         gevent.spawn(_clock_loop, environment)  # for the worker's life: the first estimate precedes any run
     elif isinstance(runner, MasterRunner):
         runner.register_message("chatbench_final", _on_final)
         runner.register_message("chatbench_clock_ping", _on_clock_ping)
+        runner.register_message("chatbench_joined", _on_joined)
         environment.events.worker_connect.add_listener(lambda client_id, **_: run.workers_seen.add(client_id))
 
 

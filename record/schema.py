@@ -158,9 +158,11 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.capacity", "float", "level", "highest level that held the SLO (and its confirm period); "
        "null when generator-bound or none held"),
     _f("metrics.capacity.vary", "str", "", "what the search moved: `rate` (arrival rate over all senders) or "
-       "`groups` (groups sending at once, each at the scenario's --group-rate)"),
-    _f("metrics.capacity.unit", "str", "", "the level's unit (`messages/s`, `active groups`): every `level` field"),
-    _f("metrics.capacity.short_unit", "str", "", "the same, short (`msg/s`, `groups`)"),
+       "`groups` (groups sending at once, each at the scenario's --group-rate) or `members` (the size of the group "
+       "the messages go to)"),
+    _f("metrics.capacity.unit", "str", "", "the level's unit (`messages/s`, `active groups`, `members`): every "
+       "`level` field"),
+    _f("metrics.capacity.short_unit", "str", "", "the same, short (`msg/s`, `groups`, `members`)"),
     _f("metrics.capacity.error", "str", "", "why no search ran (an axis the scenario does not offer); absent "
        "otherwise"),
     _f("metrics.capacity.slo", "str", "", "the SLO, as given"),

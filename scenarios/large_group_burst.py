@@ -4,7 +4,9 @@ bursts totalling ``--rate`` messages per second for ``--burst-s`` seconds (open 
 
 Phases: ``connect`` (members join at ``--connect-rate``), ``settle``, ``burst``, ``tail``; then the run stops by
 itself and the result bundle is written. With ``--capacity SLO`` the burst is a capacity search instead: the rate
-moves until the highest one that holds the SLO is found (drivers/capacity.py; ``chatbench capacity``).
+moves until the highest one that holds the SLO is found (drivers/capacity.py; ``chatbench capacity``); with
+``--capacity-vary members`` the size of the group moves instead — each step a fresh group of the first N members,
+``--rate`` messages/s into it.
 Look at: fan-out completion (send → last of the ~10k recipients),
 delivery latency p99/p99.9 under the burst, ``lost``/``duplicated``/``reordered`` (must be 0 on a sound server),
 missed send slots and the generator health line (an invalid run measured the generator, not the server).
@@ -21,11 +23,12 @@ from locust import constant, events, task
 from locust.env import Environment
 
 import math
+import random
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
 from typing import Any
 
-from drivers import autorate
-from drivers.locust_user import ChatUser, is_coordinator, provision_group
+from drivers import autorate, swarm
+from drivers.locust_user import ChatUser, admin_client, is_coordinator, provision_group, sender_uids
 from drivers.schedule import LiveSchedule, Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
@@ -52,7 +55,22 @@ def _options(parser: ArgumentParser) -> None:
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
 
 
-autorate.offer(autorate.RATE)
+def _group_of(env: Environment, level: float) -> int:
+    """--capacity-vary members: a fresh group of the first ``level`` members (the senders among them) for the
+    step; every process starts its receivers' ledgers for it before anything is sent to it."""
+    opts = env.parsed_options
+    assert opts is not None
+    uids = sender_uids(env, opts.members, int(level))  # the senders' order, continued: they come first
+    gid = random.randrange(1, 2**62)
+    admin_client(env).create_groups({gid: uids})
+    swarm.join_group(env, gid, uids)
+    return gid
+
+
+#: --capacity-vary members: the level is the size of the group the step's messages go to (all members online)
+MEMBERS = autorate.Axis("members", "members", "members", True, lambda o, level: float(o.rate),
+                        lambda o: float(o.members), minimum=lambda o: float(o.senders + 1), prepare=_group_of)
+autorate.offer(autorate.RATE, MEMBERS)
 
 
 def _count(text: str) -> int:
@@ -99,6 +117,12 @@ class Member(ChatUser):
         opts = self.environment.parsed_options
         if opts.capacity:
             start, _ = window(phases(opts), opts, "search")
+            if opts.capacity_vary == MEMBERS.name:  # --rate into the group of the step's size
+                rate = per_sender(opts.rate, opts.senders) / opts.burst_size
+                self.run_schedule(lambda: autorate.STATE.gid,
+                                  LiveSchedule(lambda: rate if autorate.STATE.level > 0 else 0.0, start,
+                                               burst=opts.burst_size))
+                return
             self.run_schedule(self.gid, LiveSchedule(lambda: autorate.rate(opts.senders, opts.burst_size), start,
                                                      burst=opts.burst_size))
             return

@@ -54,7 +54,8 @@ def _groups(opts: Namespace) -> float:
 
 
 #: --capacity-vary groups: the level is how many groups send at once, each at --group-rate
-GROUPS = autorate.Axis("groups", "active groups", "groups", True, lambda o: float(o.group_rate), _groups)
+GROUPS = autorate.Axis("groups", "active groups", "groups", True, lambda o, level: level * float(o.group_rate),
+                       _groups)
 autorate.offer(autorate.RATE, GROUPS)
 
 

@@ -92,5 +92,28 @@ def test_an_axis_the_scenario_does_not_offer_is_refused(tmp_path: Path) -> None:
     proc, bundle = capacity(tmp_path, "--vary", "groups", "--confirm-s", "0")
     m = bundle["metrics"]
     assert proc.returncode != 0 and not m["valid"]  # type: ignore[index]
-    assert m["capacity"]["error"] == "--capacity-vary groups: this scenario offers rate"  # type: ignore[index]
+    assert m["capacity"]["error"] == "--capacity-vary groups: this scenario offers members, rate"  # type: ignore[index]
     assert "capacity search refused" in proc.stdout
+
+
+def test_large_group_burst_searches_the_group_size(tmp_path: Path) -> None:
+    """--vary members: the level is the size of the group --rate goes to, a fresh group of the first N members per
+    step; every receiver's ledger starts at the group's first seq (none first met in a push), and every delivery
+    is accounted for."""
+    members = ["large_group_burst", "--vary", "members", "--members", "300", "--senders", "2", "--rate", "50",
+               "--connect-rate", "300", "--slo", "p99<100ms,lost=0", "--start", "20", "--step-s", "3", "--warm-s",
+               "1", "--confirm-s", "4", "--server-cpu-quota", "0.1", "--server-arg=--send-rate", "--server-arg=0",
+               "--server-arg=--sqlite-synchronous=normal"]
+    proc, bundle = capacity(tmp_path, search=members)
+    m = bundle["metrics"]
+    c = m["capacity"]  # type: ignore[index]
+    assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:]  # type: ignore[index]
+    assert (c["vary"], c["unit"]) == ("members", "members")  # type: ignore[index]
+    assert c["confirmed"] is True and float(c["capacity"]).is_integer()  # type: ignore[index]
+    assert 20 <= c["capacity"] <= 300  # type: ignore[index, operator]
+    assert all(float(s["level"]).is_integer() and 3 <= s["level"] <= 300 for s in c["steps"])  # type: ignore[index]
+    ledger = m["ledger"]  # type: ignore[index]
+    assert ledger["unexpected_group"] == 0  # type: ignore[index]
+    assert (m["lost"], m["duplicated"], m["reordered"]) == (0, 0, 0)  # type: ignore[index]
+    assert m["delivered"] == m["server_deliveries"] > 0  # type: ignore[index]
+    assert "capacity bracket 20.0 members" in proc.stdout
