@@ -87,11 +87,12 @@ def _provision(environment: Environment, **_: Any) -> None:
     items = list(groups.items())
     for i in range(0, len(items), 500):
         admin.create_groups(dict(items[i:i + 500]))
-    # --capacity-vary groups: the order groups start sending in, and the member of each that sends (for the workers)
-    order = list(groups)
-    rng.shuffle(order)
-    opts.group_order = order
-    opts.group_senders = [groups[gid][0] for gid in order]
+    if opts.capacity and opts.capacity_vary == GROUPS.name:
+        # the order groups start sending in, and the member of each that sends (the workers get both)
+        order = list(groups)
+        rng.shuffle(order)
+        opts.group_order = order
+        opts.group_senders = [groups[gid][0] for gid in order]
 
 
 class Member(ChatUser):
