@@ -80,7 +80,9 @@ def test_many_groups_searches_how_many_groups_may_send_at_once(tmp_path: Path) -
     assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:]  # type: ignore[index]
     assert (c["vary"], c["unit"]) == ("groups", "active groups")  # type: ignore[index]
     assert c["confirmed"] is True and float(c["capacity"]).is_integer()  # type: ignore[index]
-    assert 10 <= c["capacity"] < c["first_failed"] <= 105  # type: ignore[index, operator]
+    # between one group and all 105; below the first failure, or all of them when none failed
+    assert 1 <= c["capacity"] <= 105  # type: ignore[index, operator]
+    assert c["capacity"] < (c["first_failed"] or 106)  # type: ignore[index, operator]
     steps = c["steps"]  # type: ignore[index]
     assert all(float(s["level"]).is_integer() for s in steps)
     held = [s for s in steps if s["held"] and s["phase"] != "confirm"]
@@ -110,7 +112,9 @@ def test_large_group_burst_searches_the_group_size(tmp_path: Path) -> None:
     assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:]  # type: ignore[index]
     assert (c["vary"], c["unit"]) == ("members", "members")  # type: ignore[index]
     assert c["confirmed"] is True and float(c["capacity"]).is_integer()  # type: ignore[index]
-    assert 20 <= c["capacity"] <= 300  # type: ignore[index, operator]
+    # from the smallest group with a receiver besides the 2 senders to all 300, below the first failure
+    assert 3 <= c["capacity"] <= 300  # type: ignore[index, operator]
+    assert c["capacity"] < (c["first_failed"] or 301)  # type: ignore[index, operator]
     assert all(float(s["level"]).is_integer() and 3 <= s["level"] <= 300 for s in c["steps"])  # type: ignore[index]
     ledger = m["ledger"]  # type: ignore[index]
     assert ledger["unexpected_group"] == 0  # type: ignore[index]
