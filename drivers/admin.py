@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from http.client import HTTPResponse
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from record.promtext import counters
+
+#: what ``chatbench``'s sampler reads from every server process once a second, by ``name[]`` (a full render would
+#: cost the server ~4 ms of its event loop each time): its time series' names and the counters they come from
+SAMPLED_SERIES: Final = {"messages_per_s": "chat_messages_accepted_total", "deliveries_per_s": "chat_deliveries_total"}
+#: what a capacity step and its drain read from the server, by ``name[]`` (a full /metrics render freezes a server
+#: held to a tenth of a core for ~40 ms; these cost it about half of that)
+CAPACITY_SERIES: Final = ("process_cpu_seconds_total", "chat_messages_accepted_total", "chat_deliveries_total",
+                          "chat_slow_consumer_disconnects_total", "chat_push_latency_seconds_bucket",
+                          "chat_writer_backlog", "chat_send_queue_bytes")
 
 #: an opener that ignores http(s)_proxy from the environment: the toolkit talks to its own servers directly
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -58,7 +69,7 @@ class AdminClient:
             except orjson.JSONDecodeError:
                 message = raw.decode(errors="replace")
             raise AdminError(exc.code, str(message)) from None
-        if path == "/metrics":
+        if path.startswith("/metrics"):
             return raw.decode()
         return orjson.loads(raw)
 
@@ -85,8 +96,10 @@ class AdminClient:
     def health(self) -> dict[str, Any]:
         return self.call("GET", "/healthz")
 
-    def metrics_text(self) -> str:
-        return str(self.request("GET", "/metrics"))
+    def metrics_text(self, names: Sequence[str] = ()) -> str:
+        """/metrics; with ``names``, only those samples (``name[]``: a render of a few costs the server far less)."""
+        query = urllib.parse.urlencode([("name[]", n) for n in names])
+        return str(self.request("GET", "/metrics" + (f"?{query}" if query else "")))
 
     def wait_healthy(self, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -105,12 +118,13 @@ def from_options(opts: Any) -> AdminClient | None:
     return AdminClient(url, getattr(opts, "admin_token", ""), timeout=10) if url else None
 
 
-def server_counters(opts: Any) -> dict[str, float]:
-    """The server's /metrics, flattened (``record.promtext.counters``), or {} if the admin plane cannot be read."""
+def server_counters(opts: Any, names: Sequence[str] = ()) -> dict[str, float]:
+    """The server's /metrics (only ``names``, if given), flattened (``record.promtext.counters``), or {} if the
+    admin plane cannot be read."""
     admin = from_options(opts)
     if admin is None:
         return {}
     try:
-        return counters(admin.metrics_text())
+        return counters(admin.metrics_text(names))
     except Exception:
         return {}

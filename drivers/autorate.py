@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import gevent
 
-from drivers.admin import server_counters
+from drivers.admin import CAPACITY_SERIES, server_counters
 from drivers.capacity import Search, Slo, Step, judge
 from drivers.clock import CLOCK
 from drivers.deliveries import summary_ms
@@ -127,10 +127,10 @@ def drain(env: Environment) -> float | None:
     took, or None when it was still busy after DRAIN_MAX_S (or its /metrics could not be read)."""
     _set(env, 0.0)
     t0 = CLOCK.time()
-    before = _progress(server_counters(env.parsed_options))
+    before = _progress(server_counters(env.parsed_options, CAPACITY_SERIES))
     while before is not None and CLOCK.time() - t0 < DRAIN_MAX_S:
         gevent.sleep(DRAIN_QUIET_S)
-        counters = server_counters(env.parsed_options)
+        counters = server_counters(env.parsed_options, CAPACITY_SERIES)
         now = _progress(counters)
         if now == before and _idle(counters):
             return CLOCK.time() - t0
@@ -176,10 +176,10 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
         # long enough for MIN_MESSAGES at this level (a step that sends nothing proves nothing), within reason
         hold = min(max(hold, MIN_MESSAGES / axis.rate(opts, level)), MAX_HOLD_FACTOR * hold)
         totals.start_interval()
-        c0, s0, t0 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
+        c0, s0, t0 = dict(totals.counts), server_counters(env.parsed_options, CAPACITY_SERIES), CLOCK.time()
         gevent.sleep(hold)
         interval = totals.take_interval()
-        c1, s1, t1 = dict(totals.counts), server_counters(env.parsed_options), CLOCK.time()
+        c1, s1, t1 = dict(totals.counts), server_counters(env.parsed_options, CAPACITY_SERIES), CLOCK.time()
         cpu, lag = totals.health_in(t0, t1 + 2.5)  # health samples cover the 2 s before their stamp
         lat = summary_ms(interval.h, (50, 90, 99, 99.9))
         step = Step(level, phase, latency_ms={k: v for k, v in lat.items() if k.startswith("p")},

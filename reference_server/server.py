@@ -21,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
 
 from reference_server import fanout, offline, storage, unread
 from reference_server.admin import PickGateway, build_app
@@ -45,7 +45,11 @@ def server_version() -> str:
 
 
 def new_metrics(config: ServerConfig) -> ServerMetrics:
-    registry = CollectorRegistry()
+    # no …_created series: nothing reads them, and they are 12 % of a full render. auto_describe: collectors
+    # without describe() (ProcessCollector) are found by name too, so /metrics?name[]= can ask for
+    # process_cpu_seconds_total
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry(auto_describe=True)
     ProcessCollector(registry=registry)
     return ServerMetrics(registry, version=server_version(), modes=config.modes())
 

@@ -15,8 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="CPU quotas need root (cgroups)")]
 
+# p99<250ms, not tighter: a server held to 0.1 core batches more as the load grows, so its p99 rises slowly from
+# ~30 ms at 40 msg/s to ~100 ms at 160 and 200–250 ms at 500–700, then steeply (1.7 s at 1,280); a 100 ms
+# ceiling sits where the throttling's jitter decides whether a level holds
 SEARCH = ["large_group_burst", "--members", "10", "--senders", "2", "--connect-rate", "100",
-          "--slo", "p99<100ms,lost=0", "--step-s", "3", "--warm-s", "1", "--confirm-s", "4",
+          "--slo", "p99<250ms,lost=0", "--step-s", "3", "--warm-s", "1", "--confirm-s", "4",
           "--server-arg=--send-rate", "--server-arg=0", "--server-arg=--sqlite-synchronous=normal"]
 
 
@@ -71,7 +74,7 @@ def test_many_groups_searches_how_many_groups_may_send_at_once(tmp_path: Path) -
     """--vary groups: the level is how many groups send at once (each at --group-rate, from one member of it); a
     server held to a tenth of a core has a whole number of them as its capacity, in groups, not messages/s."""
     groups = ["many_groups", "--vary", "groups", "--members", "200", "--small-groups", "100", "--medium-groups", "5",
-              "--medium-size", "50", "--group-rate", "2", "--connect-rate", "200", "--slo", "p99<100ms,lost=0",
+              "--medium-size", "50", "--group-rate", "2", "--connect-rate", "200", "--slo", "p99<250ms,lost=0",
               "--start", "10", "--step-s", "3", "--warm-s", "1", "--confirm-s", "4", "--server-cpu-quota", "0.1",
               "--server-arg=--send-rate", "--server-arg=0", "--server-arg=--sqlite-synchronous=normal"]
     proc, bundle = capacity(tmp_path, search=groups)
@@ -103,7 +106,7 @@ def test_large_group_burst_searches_the_group_size(tmp_path: Path) -> None:
     step; every receiver's ledger starts at the group's first seq (none first met in a push), and every delivery
     is accounted for."""
     members = ["large_group_burst", "--vary", "members", "--members", "300", "--senders", "2", "--rate", "50",
-               "--connect-rate", "300", "--slo", "p99<100ms,lost=0", "--start", "20", "--step-s", "3", "--warm-s",
+               "--connect-rate", "300", "--slo", "p99<250ms,lost=0", "--start", "20", "--step-s", "3", "--warm-s",
                "1", "--confirm-s", "4", "--server-cpu-quota", "0.1", "--server-arg=--send-rate", "--server-arg=0",
                "--server-arg=--sqlite-synchronous=normal"]
     proc, bundle = capacity(tmp_path, search=members)
