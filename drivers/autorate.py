@@ -200,8 +200,12 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                 + ("" if step.held else f" — {'; '.join(step.failures + step.generator_limits)}"))
         if not step.held and search.next_level() is not None:
             step.drain_s = drain(env)
-            line += (f" (drained in {step.drain_s:.1f} s)" if step.drain_s is not None
-                     else f" (still busy after {DRAIN_MAX_S:g} s at level 0)")
+            if step.drain_s is not None:
+                line += f" (drained in {step.drain_s:.1f} s)"
+            else:  # the next step would judge this one's backlog, not its own level
+                search.stop(f"the server was still busy {DRAIN_MAX_S:g} s after the failed step at {level:,.1f} "
+                            f"{axis.short} (or its /metrics unreadable): the search stopped unanswered")
+                line += f" (still busy after {DRAIN_MAX_S:g} s at level 0: search stopped)"
         log.info(line)
         print(line, flush=True)  # chatbench capacity follows the search from these lines
     STATE.answer = {"vary": axis.name, "unit": axis.unit, "short_unit": axis.short, "slo": slo.text,

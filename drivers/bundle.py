@@ -85,7 +85,9 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
         }
     invalid = planned_work_reasons(metrics, requests, run, float(getattr(opts, "max_connect_failures", 0.001)))
     if getattr(opts, "capacity", ""):
-        invalid = capacity_result(metrics, invalid)
+        from drivers import autorate
+
+        invalid = capacity_result(metrics, invalid, dict(autorate.STATE.answer))
     invalid += clock_reasons(metrics["clock"], bool(run.workers_seen), float(getattr(opts, "clock_bound_ms", 1.0)),
                              bool(getattr(opts, "no_clock_correction", False)))
     metrics["clock"]["corrected"] = not getattr(opts, "no_clock_correction", False)
@@ -137,12 +139,10 @@ def planned_work_reasons(metrics: dict[str, Any], requests: dict[str, dict[str, 
     return out
 
 
-def capacity_result(metrics: dict[str, Any], invalid: list[str]) -> list[str]:
-    """A capacity search's answer into the metrics. The generator's health is judged per step there (a step that
-    overloads the server may overload nothing else), so the whole-run saturation reasons give way to its verdict."""
-    from drivers import autorate
-
-    answer = dict(autorate.STATE.answer)
+def capacity_result(metrics: dict[str, Any], invalid: list[str], answer: dict[str, Any]) -> list[str]:
+    """A capacity search's answer ({}: it did not finish) into the metrics. The generator's health is judged per
+    step there (a step that overloads the server may overload nothing else), so the whole-run saturation reasons
+    give way to its verdict."""
     metrics["capacity"] = answer or {"capacity": None}
     saturated = set(metrics["generator_saturated_reasons"])
     out = [r for r in invalid if r not in saturated]
@@ -153,6 +153,8 @@ def capacity_result(metrics: dict[str, Any], invalid: list[str]) -> list[str]:
     elif answer["generator_bound"]:
         out.append(f"generator-bound at {answer['generator_bound_at']:,.1f} {answer['short_unit']}: the generator, "
                    f"not the server, broke first ({'; '.join(answer['failed_because'])})")
+    elif answer.get("stopped"):
+        out.append(f"capacity search stopped: {answer['stopped']}")
     elif answer["capacity"] is None and not answer.get("below_minimum"):
         out.append("no capacity found: " + ("; ".join(answer["failed_because"]) or "no level held"))
     return out

@@ -148,6 +148,8 @@ class Search:
         self.phase = "bracket"
         self.confirmed: bool | None = None
         self._confirms = 0
+        #: why the search ended before it narrowed (None: it did not): no later step could be judged fairly
+        self.stopped: str | None = None
 
     def next_level(self) -> float | None:
         return self._next
@@ -196,6 +198,11 @@ class Search:
             return
         self._narrow()
 
+    def stop(self, reason: str) -> None:
+        """End the search now, unanswered: the levels measured so far stay in the steps, no capacity is given."""
+        self.stopped = reason
+        self._next = None
+
     def _up(self, level: float, above: float) -> float:
         return float(max(round(level), above + 1)) if self.whole else level
 
@@ -233,7 +240,7 @@ class Search:
         first = self._first_failure()
         generator_bound = self._generator_bound()
         capacity = self.lo
-        if generator_bound or (self.confirm and self.confirmed is not True):
+        if generator_bound or (self.confirm and self.confirmed is not True) or self.stopped is not None:
             capacity = None
         because = (first.failures + first.generator_limits) if first else []
         below = self.lo is None and first is not None and first.level <= self.minimum and not generator_bound
@@ -241,6 +248,8 @@ class Search:
             because = [*because, f"no level held down to {self.minimum:g}, the lowest a step measures"]
         if self.confirmed is False:
             because = [*because, "no level held for the confirm period"]
+        if self.stopped is not None:
+            because = [*because, self.stopped]
         return {
             "capacity": capacity,
             "highest_held": self.lo,
@@ -252,5 +261,6 @@ class Search:
             "minimum": self.minimum,
             "confirmed": self.confirmed,
             "resolution": self.resolution,
+            "stopped": self.stopped,
             "steps": [s.as_dict() for s in self.steps],
         }

@@ -177,6 +177,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.minimum", "float", "level", "the lowest level a step can measure (--capacity-step-s × 4 "
        "sends 20 messages)"),
     _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
+    _f("metrics.capacity.stopped", "str", "", "why the search ended unanswered before it narrowed (the server "
+       "still busy DRAIN_MAX_S after a failed step: a later step would judge that backlog); null: it did not"),
     _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
        "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_p99_ms (the server's "
        "own push p99 bound), failures, generator_limits, drain_s (after a failure: seconds at level 0 until the server "

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers.bundle import capacity_result
 from drivers.capacity import Search, Slo, Step, judge
 
 
@@ -204,3 +205,38 @@ def test_the_capacity_command_passes_the_axis_and_refuses_a_bad_slo() -> None:
     assert flags[flags.index("--capacity-vary") + 1] == "groups"
     with pytest.raises(ValueError, match="SLO clause"):
         locust_args(argparse.Namespace(vary="rate", **{**base, "slo": "p99>1ms"}))
+
+
+def test_a_search_stopped_after_an_undrained_failure_has_no_answer() -> None:
+    """A server still busy long after a failed step would hand its backlog to every later step: the search stops
+    there, keeps what it measured, and answers no capacity (the level that held so far was never confirmed)."""
+    search = Search(10, resolution=0.1)
+    for _ in range(3):  # 10, 20 held; 40 failed
+        level = search.next_level()
+        assert level is not None
+        step = Step(level, search.phase)
+        if level >= 40:
+            step.failures.append("latency p99 over")
+        search.record(step)
+    assert search.next_level() is not None  # it would bisect between 20 and 40
+    search.stop("the server was still busy 60 s after the failed step at 40.0 msg/s")
+    assert search.next_level() is None
+    answer = search.answer()
+    assert answer["capacity"] is None and answer["highest_held"] == 20 and answer["first_failed"] == 40
+    assert answer["stopped"] == "the server was still busy 60 s after the failed step at 40.0 msg/s"
+    assert answer["stopped"] in answer["failed_because"]  # type: ignore[operator]
+    assert len(answer["steps"]) == 3  # type: ignore[arg-type]
+    assert Search(10).answer()["stopped"] is None
+
+
+def test_a_stopped_search_makes_the_run_invalid_and_says_why() -> None:
+    search = Search(10)
+    search.record(Step(10, "bracket", failures=["latency p99 over"]))
+    search.stop("the server was still busy 60 s after the failed step at 10.0 msg/s")
+    answer = {"vary": "rate", "unit": "messages/s", "short_unit": "msg/s", **search.answer()}
+    metrics: dict[str, object] = {"generator_saturated_reasons": ["generator CPU 95% > 90%"]}
+    reasons = capacity_result(metrics, ["generator CPU 95% > 90%", "clock"], answer)
+    assert reasons == ["clock", "capacity search stopped: the server was still busy 60 s after the failed step at "
+                       "10.0 msg/s"]
+    assert metrics["capacity"] == answer
+    assert capacity_result({"generator_saturated_reasons": []}, [], {}) == ["the capacity search did not finish"]
