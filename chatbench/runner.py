@@ -266,6 +266,8 @@ def locust_command(cfg: RunConfig, locustfile: Path, servers: Servers, out: Path
            *cfg.locust_args]
     if servers.cluster is not None:  # users ask the front for the least-loaded gateway at every (re)connect
         cmd += ["--front-url", servers.cluster.front_url]
+        # and "the server" the swarm reads (a capacity step's CPU, closes, send queues) is every process
+        cmd += ["--server-metrics-urls", ",".join(srv.admin_url for _, srv in servers.processes())]
     if cfg.processes > 1:
         cmd += ["--processes", str(cfg.processes)]
     if cfg.network:
@@ -356,7 +358,7 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
         m.pop("server_cpu_window_s", None)
     m["server_cpu_source"] = ("schedstat, every server process, " +
                               ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
-    if cfg.cluster:  # the swarm read only the logic node: deliveries happen on the gateways
+    if cfg.cluster:  # every process, the whole swarm run (the swarm's own reading spans its test, not the run)
         m["server_deliveries"] = delta(after, before, "chat_deliveries_total")
         if accepted:  # every process, whole run: includes the gateways' own traffic (load reports, registry)
             m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from record.promtext import counters
+from record.promtext import add, counters
 
 #: what ``chatbench``'s sampler reads from every server process once a second, by ``name[]`` (a full render would
 #: cost the server ~4 ms of its event loop each time): its time series' names and the counters they come from
@@ -118,13 +118,23 @@ def from_options(opts: Any) -> AdminClient | None:
     return AdminClient(url, getattr(opts, "admin_token", ""), timeout=10) if url else None
 
 
+def metrics_urls(opts: Any) -> list[str]:
+    """The admin URLs whose /metrics make up "the server": ``--server-metrics-urls`` (every process of a cluster),
+    else ``--admin-url`` alone."""
+    urls = [u.strip() for u in str(getattr(opts, "server_metrics_urls", "") or "").split(",") if u.strip()]
+    own = getattr(opts, "admin_url", "") if opts is not None else ""
+    return urls or ([own] if own else [])
+
+
 def server_counters(opts: Any, names: Sequence[str] = ()) -> dict[str, float]:
-    """The server's /metrics (only ``names``, if given), flattened (``record.promtext.counters``), or {} if the
-    admin plane cannot be read."""
-    admin = from_options(opts)
-    if admin is None:
-        return {}
+    """The server's /metrics (only ``names``, if given), flattened (``record.promtext.counters``) and summed over
+    every process of :func:`metrics_urls`, or {} if one of them cannot be read (a partial sum would be a false
+    figure)."""
+    total: dict[str, float] = {}
+    token = getattr(opts, "admin_token", "") if opts is not None else ""
     try:
-        return counters(admin.metrics_text(names))
+        for url in metrics_urls(opts):
+            add(total, counters(AdminClient(url, token, timeout=10).metrics_text(names)))
     except Exception:
         return {}
+    return total

@@ -69,6 +69,9 @@ def _options(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("chatbench")
     g.add_argument("--admin-url", env_var="CHATBENCH_ADMIN_URL", default="http://127.0.0.1:8766",
                    help="the server's admin plane")
+    g.add_argument("--server-metrics-urls", env_var="CHATBENCH_SERVER_METRICS_URLS", default="",
+                   help="comma-separated admin URLs of every server process whose /metrics the swarm reads and "
+                   "sums (a cluster's logic node and gateways; default: --admin-url alone)")
     g.add_argument("--admin-token", env_var="CHATBENCH_ADMIN_TOKEN", default=protocol.DEV_ADMIN_TOKEN,
                    help="bearer token of the admin plane")
     g.add_argument("--chat-secret", env_var="CHATBENCH_SECRET", default=protocol.DEV_SECRET,

@@ -4,6 +4,7 @@ a silent drop) and nothing is logged at ERROR for them."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from drivers.admin import metrics_urls, server_counters
 from harness.procs import ADMIN_TOKEN, SECRET, ServerProcess
 from record.machine import process_cpu_seconds
 from record.promtext import counters
@@ -223,3 +225,20 @@ def test_metrics_asked_by_name_render_only_those_and_cost_the_server_less(server
         a.metrics_text()
     assert few < (process_cpu_seconds(server.pid) - cpu) / 2  # typically ~1/8
     assert server.proc is not None and server.proc.poll() is None and errors_logged(server) == []
+
+
+def test_the_swarm_reads_every_server_process_and_sums_them(server_factory: Callable[..., ServerProcess]) -> None:
+    """--server-metrics-urls: "the server" a swarm (and a capacity step) reads is every process named — a cluster's
+    gateways hold the send queues and count the closes — summed; one that cannot be read gives no figure at all,
+    not a partial sum."""
+    a, b = server_factory(), server_factory()
+    opts = argparse.Namespace(admin_url=a.admin_url, admin_token=ADMIN_TOKEN, server_metrics_urls="")
+    only_a = server_counters(opts, ["process_cpu_seconds_total"])
+    opts.server_metrics_urls = f"{a.admin_url}, {b.admin_url}"
+    both = server_counters(opts, ["process_cpu_seconds_total"])
+    cpu_b = counters(admin(b).metrics_text(["process_cpu_seconds_total"]))["process_cpu_seconds_total"]
+    assert only_a["process_cpu_seconds_total"] > 0 and cpu_b > 0
+    assert both["process_cpu_seconds_total"] >= only_a["process_cpu_seconds_total"] + cpu_b - 0.05
+    opts.server_metrics_urls = f"{a.admin_url},http://127.0.0.1:9"  # nothing listens on port 9
+    assert server_counters(opts, ["process_cpu_seconds_total"]) == {}
+    assert metrics_urls(argparse.Namespace(admin_url=a.admin_url, server_metrics_urls=" ,")) == [a.admin_url]
