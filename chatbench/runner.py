@@ -358,8 +358,7 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
         m.pop("server_cpu_window_s", None)
     m["server_cpu_source"] = ("schedstat, every server process, " +
                               ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
-    if cfg.cluster:  # every process, the whole swarm run (the swarm's own reading spans its test, not the run)
-        m["server_deliveries"] = delta(after, before, "chat_deliveries_total")
+    if cfg.cluster:  # the swarm read every process (--server-metrics-urls); this is the whole run's share
         if accepted:  # every process, whole run: includes the gateways' own traffic (load reports, registry)
             m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
     # where the latency comes from: the server's own part (accept → the last socket write), upper bounds

@@ -32,3 +32,20 @@ def test_chatbench_run_smoke(tmp_path: Path, processes: int) -> None:
     lat = result["delivery_latency_ms"]  # one latency per delivered push (each message carries its cts)
     assert lat["count"] == result["delivered"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+
+
+def test_a_cluster_run_reads_every_server_process(tmp_path: Path) -> None:
+    """chatbench run --cluster: the swarm's "server" is the logic node and every gateway (--server-metrics-urls):
+    the deliveries it reads from them are the ones its receivers got — the logic node alone counts none."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "chatbench.cli", "run", "large_group_burst", "--cluster", "2", "--members", "30",
+         "--senders", "2", "--rate", "5", "--burst-s", "2", "--settle-s", "1", "--tail-s", "1", "--connect-rate",
+         "100", "--results-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )
+    (path,) = tmp_path.glob("*.json")
+    m = orjson.loads(path.read_bytes())["metrics"]
+    assert proc.returncode == 0 and m["valid"], proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert m["server_processes"] == 3  # the logic node and two gateways (Redis is not a server process)
+    assert m["server_messages_accepted"] == m["sent"] > 0
+    assert m["server_deliveries"] == m["delivered"] == m["sent"] * 29
