@@ -358,9 +358,9 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
         m.pop("server_cpu_window_s", None)
     m["server_cpu_source"] = ("schedstat, every server process, " +
                               ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
-    if cfg.cluster:  # the swarm read every process (--server-metrics-urls); this is the whole run's share
-        if accepted:  # every process, whole run: includes the gateways' own traffic (load reports, registry)
-            m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
+    if cfg.cluster and accepted:  # every process, whole run: includes the gateways' own traffic (load reports,
+        # registry); the swarm's own figures already sum every process (--server-metrics-urls)
+        m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
     # where the latency comes from: the server's own part (accept → the last socket write), upper bounds
     m["server_push_latency_ms_le"] = bucket_quantiles(after, before, "chat_push_latency_seconds")
     m["server_messages_accepted"] = accepted
