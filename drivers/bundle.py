@@ -44,8 +44,8 @@ def _server_modes(env: Environment) -> dict[str, Any]:
 
 #: options that differ between otherwise identical runs (addresses, files, per-run ids, clocks): not parameters
 RUN_SPECIFIC_OPTIONS: Final = frozenset({
-    "admin_url", "front_url", "run_id", "chat_group", "chatbench_out", "chatbench_t0", "results_dir", "metrics_port",
-    "flush_timeout_s", "sender_uids", "members_per_process",
+    "admin_url", "server_metrics_urls", "front_url", "run_id", "chat_group", "chatbench_out", "chatbench_t0",
+    "results_dir", "metrics_port", "flush_timeout_s", "sender_uids", "members_per_process",
 })
 
 
