@@ -193,6 +193,9 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                     if s0 and s1 else None)
         judge(step, slo, CPU_SATURATED, LAG_SATURATED_MS)
         search.record(step)
+        if not (s0 and s1):  # its closes would read 0 and its CPU nothing: a step that cannot be judged whole
+            search.stop(f"the server's /metrics could not be read (every process of --server-metrics-urls) around "
+                        f"the step at {level:,.1f} {axis.short}: its closes and CPU are unknown")
         line = (f"capacity {phase} {level:,.1f} {axis.short}: {'held' if step.held else 'FAILED'} "
                 f"p99 {lat.get('p99', float('nan')):.1f} ms, {step.deliveries:,} deliveries, lost {step.lost}, "
                 f"server CPU {step.server_cpu or 0:.0%} (own p99 ≤ {step.server_p99_ms or 0:.1f} ms), generator CPU "
