@@ -75,6 +75,8 @@ MEASURES: Final = (
     Measure("capacity", ("capacity", "capacity"), "", "time", higher_is_better=True),
     Measure("storage_writes_per_message", ("storage_writes_per_message",), "", "count"),
     Measure("unread_writes_per_message", ("unread_writes_per_message",), "", "count"),
+    # pages reach the disk when the kernel and the checkpoints say so: noisy like a time, compared over repeats
+    Measure("disk_bytes_per_message", ("disk_bytes_per_message",), "B", "time"),
     Measure("bus_messages_per_message", ("bus_messages_per_message",), "", "count"),
     Measure("offline_dropped", ("offline_dropped",), "", "count"),
     Measure("lost", ("lost",), "", "count"),

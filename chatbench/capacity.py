@@ -43,6 +43,14 @@ def unit_of(loaded: list[dict[str, Any]]) -> str:
     return " / ".join(units) or "msg/s"
 
 
+def ranked(group: bundles.Group) -> list[float]:
+    """The answers a significance test ranks: every capacity found, and 0 for every search in which no level held
+    down to the lowest a step measures (its capacity is below every level: it ranks below all of them). A
+    generator-bound or unconfirmed search answered nothing about the server and is left out."""
+    answers = [(b.get("metrics") or {}).get("capacity") or {} for b in group.bundles]
+    return group.values(CAPACITY) + [0.0 for a in answers if a.get("below_minimum")]
+
+
 def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
     gs = sorted(bundles.groups(loaded), key=lambda g: -(g.median(CAPACITY) or -1))
     varying = bundles.varying_axes([g.key for g in gs])
@@ -67,10 +75,9 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
             spread = f"{fmt(min(values))}–{fmt(max(values))} (±{half:.0%})"
         nxt = "–"
         if i + 1 < len(gs):
-            lower = gs[i + 1].values(CAPACITY)
-            p = mann_whitney_worse(values, lower, higher_is_better=True)  # is the next one lower?
-            nxt = "n/a (repeat ≥ 2)" if p is None else (f"[bold]higher[/], p={p:.3f}" if p < ALPHA
-                                                         else f"not significant, p={p:.2f}")
+            p = mann_whitney_worse(ranked(g), ranked(gs[i + 1]), higher_is_better=True)  # is the next one lower?
+            nxt = "n/a (≥ 2 answers a side)" if p is None else (f"[bold]higher[/], p={p:.3f}" if p < ALPHA
+                                                                 else f"not significant, p={p:.2f}")
         t.add_row(bundles.label(g.key, varying), str(len(g.bundles)),
                   fmt(statistics.median(values)) if values else below or "none", spread,
                   fmt(statistics.median(failed)) if failed else "–", escape(limit) if not gen else limit, nxt)

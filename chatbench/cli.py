@@ -394,6 +394,9 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     for key in ("storage_writes_per_message", "unread_writes_per_message", "bus_messages_per_message"):
         if m.get(key) is not None:
             t.add_row(key.replace("_", " "), f"{m[key]:.2f}")
+    if m.get("disk_bytes_per_message") is not None:
+        t.add_row("disk bytes per message (server's page cache dirtied for storage)",
+                  f"{m['disk_bytes_per_message']:,.0f}")
     for key, v in outcome.bundle.get("scenario_results", {}).items():  # the scenario's own scalar figures
         if isinstance(v, bool | str):
             t.add_row(f"scenario: {key}", str(v))
@@ -411,6 +414,10 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
             "by_profile": m.get("by_profile", {}),
             "requests": outcome.bundle["requests"], "server_cpu_s": cpu, "storage_writes": writes,
             "elapsed_s": outcome.elapsed_s, "locust_exit_code": outcome.locust_rc, "bundle_path": str(outcome.path)}
+
+
+def _flags(parser: argparse.ArgumentParser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -488,6 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = p.parse_known_args(argv)
     if unknown and args.command not in ("run", "matrix", "capacity"):
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # a flag of another chatbench command would reach the scenario, and Locust, as something else
+        own = _flags(sub.choices[args.command])
+        for token in unknown:
+            flag = token.split("=", 1)[0]
+            others = [name for name, cmd in sub.choices.items() if name != args.command and flag in _flags(cmd)]
+            if flag.startswith("--") and flag not in own and others:
+                p.error(f"{flag} is a flag of `chatbench {' / '.join(others)}`, not of `chatbench {args.command}`")
     args.passthrough = unknown  # run/matrix: unknown flags go to the scenario (e.g. --members 500)
     if args.command == "compare":
         return cmd_compare(args)

@@ -28,6 +28,7 @@ AXES = ("fanout", "storage", "unread", "offline", "network", "server_cpu_quota")
 COLUMNS = (  # (header, measure name)
     ("p50 ms", "p50"), ("p99 ms", "p99"), ("fan-out p99 ms", "fanout_p99"),
     ("storage w/msg", "storage_writes_per_message"), ("unread w/msg", "unread_writes_per_message"),
+    ("disk B/msg", "disk_bytes_per_message"),
     ("bus/msg", "bus_messages_per_message"), ("CPU µs/msg", "server_cpu_us_per_message"),
     ("deliv./CPU-s", "deliveries_per_server_cpu_s"), ("lost", "lost"),
 )

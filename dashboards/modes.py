@@ -57,6 +57,11 @@ def build() -> builders.Dashboard:
             "index row per member, read diffusion one body.", "short",
             q(p.per_message("chat_storage_writes_total", BY, extra_by="kind"), f"{{{{kind}}}} · {L}")))
         .with_panel(bars(
+            "Disk bytes per message", "Page cache the server dirtied for storage per accepted message (its "
+            "/proc/self/io write_bytes): what the rows cost the disk — write diffusion's index rows land on as many "
+            "B-tree pages as there are members.", "bytes",
+            q(p.per_message("chat_disk_written_bytes_total", BY), L)))
+        .with_panel(bars(
             "Unread writes per message", "Unread-counter rows written per message: N−1 per-message, fewer merged, "
             "0 seq-derived.", "short",
             q(p.per_message("chat_unread_writes_total", BY), L)))

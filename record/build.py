@@ -22,12 +22,16 @@ SERVER_COUNTERS: Final = (
     "chat_messages_accepted_total", "chat_deliveries_total", "chat_storage_writes_total", "chat_unread_writes_total",
     "chat_bus_messages_total", "chat_offline_dropped_total", "chat_offline_writes_total",
     "chat_slow_consumer_disconnects_total", "chat_sync_requests_total", "process_cpu_seconds_total",
+    "chat_disk_written_bytes_total",
 )
+#: counters a server may not export (no /proc/self/io to read): absent, their figures are None, not 0
+_OPTIONAL: Final = ("chat_disk_written_bytes_total",)
 #: per-message costs: metrics key -> server counter
 _PER_MESSAGE: Final = {
     "storage_writes_per_message": "chat_storage_writes_total",
     "unread_writes_per_message": "chat_unread_writes_total",
     "bus_messages_per_message": "chat_bus_messages_total",
+    "disk_bytes_per_message": "chat_disk_written_bytes_total",
 }
 
 
@@ -61,7 +65,10 @@ def server_figures(after: dict[str, float], before: dict[str, float]) -> dict[st
     if not after or not before:
         return {k: None for k in ("server_messages_accepted", "server_deliveries", "offline_dropped",
                                   "slow_consumer_disconnects", "sync_requests", "server_cpu_s")}
-    d = {name: delta(after, before, name) for name in SERVER_COUNTERS}
+    d: dict[str, float | None] = {name: delta(after, before, name) for name in SERVER_COUNTERS}
+    for name in _OPTIONAL:
+        if not any(k == name or k.startswith(name + "{") for k in after):
+            d[name] = None
     return {
         "server_messages_accepted": d["chat_messages_accepted_total"],
         "server_deliveries": d["chat_deliveries_total"],

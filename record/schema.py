@@ -196,6 +196,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.server_cpu_us_per_message", "float", "CPU µs", "server CPU / messages accepted"),
     _f("metrics.storage_writes_per_message", "float", "", "storage rows written per accepted message"),
     _f("metrics.unread_writes_per_message", "float", "", "unread-counter writes per accepted message"),
+    _f("metrics.disk_bytes_per_message", "float", "B", "bytes of page cache the server dirtied for storage (its "
+       "/proc/self/io write_bytes: database, WAL, checkpoints) per accepted message; absent where unreadable"),
     _f("metrics.bus_messages_per_message", "float", "", "bus messages per accepted message (logic node)"),
     _f("metrics.bus_messages_per_message_all_processes", "float", "", "bus messages per message, every process"),
     _f("metrics.offline_dropped", "float", "", "offline-buffer entries dropped (rate-limited mode)"),

@@ -8,9 +8,10 @@ the ``chat_server_info`` info metric, joined in PromQL, not a label on every ser
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # accept → last socket write of a message's fan-out: from tens of µs to a minute under storms. Dense exponential
@@ -102,6 +103,8 @@ class ServerMetrics:
         self.commit_batch = Histogram(
             "chat_commit_batch_size", "Jobs per group-commit transaction", buckets=BATCH_BUCKETS, registry=registry
         )
+        if read_written_bytes() is not None:  # no /proc/self/io (not Linux, or hidden): no series, not a false 0
+            registry.register(_DiskWritten())
 
     def track_unread_pending(self, read: Callable[[], float]) -> None:
         """``chat_unread_pending``: unread-counter changes accepted but not yet written (merged mode's buffer,
@@ -111,6 +114,38 @@ class ServerMetrics:
     def add_gauges(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Register a gauge whose value is read at scrape time (derived state off the hot path)."""
         self.registry.register(_ScrapeGauge(name, doc, read))
+
+
+DISK_WRITTEN: Final = "chat_disk_written_bytes"
+
+
+def read_written_bytes(path: str = "/proc/self/io") -> float | None:
+    """``write_bytes`` of ``/proc/self/io``: bytes of page cache this process dirtied for a storage device (the
+    database file, its WAL, checkpoints), counted when a page first turns dirty — a page rewritten before it
+    reaches the disk counts once. None when the file cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                if line.startswith(b"write_bytes:"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class _DiskWritten(Collector):
+    """``chat_disk_written_bytes_total``, read at scrape time: what each storage design costs the disk, beside
+    the rows it writes (write diffusion's rows land on as many B-tree pages as there are members)."""
+
+    DOC: Final = "Bytes of page cache this process dirtied for storage (/proc/self/io write_bytes)"
+
+    def collect(self) -> Iterator[Metric]:
+        value = read_written_bytes()
+        if value is not None:
+            yield CounterMetricFamily(DISK_WRITTEN, self.DOC, value=value)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(DISK_WRITTEN, self.DOC)
 
 
 class _ScrapeGauge(Collector):

@@ -194,6 +194,24 @@ def test_a_cpu_quota_that_cannot_be_set_is_refused_before_anything_starts(
     assert f"argument {flag}:" in err and ("give 0.1 .. 64" in err or "could not convert" in err), err
 
 
+@pytest.mark.parametrize("argv,flag,owner", [
+    (["capacity", "large_group_burst", "--slo", "p99<1s", "--json", "out.json"], "--json", "run"),
+    (["matrix", "smoke", "--json=out.json"], "--json", "run"),
+    (["run", "smoke", "--repeat", "3"], "--repeat", "matrix / capacity"),
+    (["run", "smoke", "--slo", "p99<1s"], "--slo", "capacity"),
+])
+def test_another_commands_flag_is_refused_not_handed_to_the_scenario(
+        argv: list[str], flag: str, owner: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown flags go to the scenario (and Locust, which has a --json of its own: `capacity --json FILE` once
+    failed with "Unknown User(s): FILE"); a flag another chatbench command defines is refused by name first."""
+    from chatbench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert f"{flag} is a flag of `chatbench {owner}`, not of `chatbench {argv[0]}`" in capsys.readouterr().err
+
+
 def test_the_capacity_command_passes_the_axis_and_refuses_a_bad_slo() -> None:
     import argparse
 
@@ -240,3 +258,32 @@ def test_a_stopped_search_makes_the_run_invalid_and_says_why() -> None:
                        "10.0 msg/s"]
     assert metrics["capacity"] == answer
     assert capacity_result({"generator_saturated_reasons": []}, [], {}) == ["the capacity search did not finish"]
+
+
+def _search_bundle(storage: str, capacity: float | None, *, below: bool = False, generator: bool = False) -> dict:
+    answer = {"capacity": capacity, "below_minimum": below, "minimum": 0.625, "generator_bound": generator,
+              "first_failed": 0.625 if below else 20.0, "failed_because": ["latency p99 150 ms ≥ 100 ms"]}
+    return {"scenario": "large_group_burst", "api_version": 1, "parameters": {"members": 2000},
+            "server_modes": {"storage": storage}, "metrics": {"capacity": answer}}
+
+
+def test_a_configuration_with_no_level_ranks_below_every_capacity_in_the_significance_test() -> None:
+    """Write diffusion answering "< 0.625" in every search is below read diffusion's capacities: the table tests
+    that difference (the no-level searches rank lowest) instead of calling it untestable; a generator-bound
+    search answers nothing about the server and is not ranked."""
+    from rich.console import Console
+
+    from chatbench.capacity import capacity_table
+
+    loaded = [_search_bundle("read", c) for c in (13.0, 14.1, 14.1, 15.4)]
+    loaded += [_search_bundle("write", None, below=True) for _ in range(4)]
+    loaded.append(_search_bundle("write", None, generator=True))
+    console = Console(width=300, record=True)
+    console.print(capacity_table(loaded, "t"))
+    rows = {line.split("│")[1].strip(): line for line in console.export_text().splitlines() if "storage=" in line}
+    assert "< 0.625 (in 4 of 5)" in rows["storage=write"] and "generator-bound in 1 of 5" in rows["storage=write"]
+    assert "higher, p=0.0" in rows["storage=read"], rows  # 4 above 4 tied below: p ≈ 0.01
+    few = [_search_bundle("read", 14.1), _search_bundle("write", None, below=True)]
+    console = Console(width=300, record=True)
+    console.print(capacity_table(few, "t"))
+    assert "n/a (≥ 2 answers a side)" in console.export_text()

@@ -105,3 +105,30 @@ def test_unit_tests_never_import_locust() -> None:
     import sys
 
     assert "locust" not in sys.modules
+
+
+def test_disk_bytes_per_message_is_absent_not_zero_when_the_server_cannot_read_it() -> None:
+    """A server without /proc/self/io exports no chat_disk_written_bytes_total: the figure is None, not 0."""
+    from record.build import derive, server_figures
+
+    before = {"chat_messages_accepted_total": 10.0, "chat_disk_written_bytes_total": 4096.0}
+    after = {"chat_messages_accepted_total": 30.0, "chat_disk_written_bytes_total": 86016.0}
+    m: dict[str, object] = {**server_figures(after, before)}
+    derive(m)
+    assert m["disk_bytes_per_message"] == 4096.0
+    m = {**server_figures({"chat_messages_accepted_total": 30.0}, {"chat_messages_accepted_total": 10.0})}
+    derive(m)
+    assert m["disk_bytes_per_message"] is None
+    assert m["storage_writes_per_message"] == 0.0  # a counter every server has, without samples: truly 0
+
+
+def test_written_bytes_reads_proc_io_and_says_none_when_it_cannot(tmp_path: Path) -> None:
+    from reference_server.metrics import read_written_bytes
+
+    io = tmp_path / "io"
+    io.write_text("rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 0\nwrite_bytes: 12288\n"
+                  "cancelled_write_bytes: 0\n")
+    assert read_written_bytes(str(io)) == 12288.0
+    io.write_text("rchar: 10\n")
+    assert read_written_bytes(str(io)) is None
+    assert read_written_bytes(str(tmp_path / "missing")) is None
