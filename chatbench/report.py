@@ -152,6 +152,7 @@ def fanout(gs: list[bundles.Group], names: list[str]) -> str:
 def costs(gs: list[bundles.Group], names: list[str]) -> list[str]:
     out = []
     for mname, title in (("storage_writes_per_message", "Storage writes per message"),
+                         ("disk_bytes_per_message", "Disk bytes per message (server's page cache dirtied)"),
                          ("unread_writes_per_message", "Unread-counter writes per message"),
                          ("bus_messages_per_message", "Bus messages per message"),
                          ("server_cpu_us_per_message", "Server CPU per message (µs, schedstat)")):

@@ -102,7 +102,8 @@ def test_report_renders_in_headless_chromium(matrix: tuple[Path, Path, str], tmp
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console  # console.error/warn and uncaught exceptions all log as CONSOLE lines
     plots = re.findall(r'<svg class="plot" data-plot="([^"]+)"', dom)
-    assert {"latency-cdf", "fanout", "cost-storage_writes_per_message", "deliveries-over-time"} <= set(plots)
+    assert {"latency-cdf", "fanout", "cost-storage_writes_per_message", "cost-disk_bytes_per_message",
+            "deliveries-over-time"} <= set(plots)
     # the page's own script ran after rendering and found data in every plot
     assert f'data-plots="{len(plots)}"' in dom and f'data-plots-drawn="{len(plots)}"' in dom
     assert dom.count('class="series"') >= 4 and "storage=write" in dom
