@@ -81,7 +81,7 @@ def summary_table(loaded: list[dict[str, Any]], title: str) -> Table:
     varying = bundles.varying_axes([g.key for g in gs])
     cols = columns(loaded)
     t = Table(title=title, header_style="bold", title_justify="left")
-    t.add_column("configuration")
+    t.add_column("configuration", no_wrap=True)  # the row's name: other columns wrap first
     t.add_column("runs", justify="right")
     for header, _ in cols:
         t.add_column(header, justify="right")
