@@ -25,7 +25,7 @@ $(STAMP): $(RUNTIME)
 ## between them, write/hybrid/read storage, 4 repeats each (12 runs, ~2.5 min): the table with spreads and which
 ## differences are significant, one result bundle per run under results/, and report.html
 DEMO_SCENARIO := many_groups --members 300 --connect-rate 2000 --small-groups 240 --small-size 8 --medium-groups 6 \
-	--medium-size 150 --rate 60 --send-s 1.5 --settle-s 0.5 --tail-s 0.5 --quiet-s 0.5
+	--medium-size 150 --rate 60 --connect-s 1 --send-s 1.5 --settle-s 0.5 --tail-s 0.5 --quiet-s 0.5
 demo: $(RUNTIME)
 	$(BIN)/chatbench matrix $(DEMO_SCENARIO) --storage write,hybrid,read --server-arg=--hybrid-threshold=50 \
 		--repeat 4 --report report.html --accept-invalid

@@ -22,7 +22,7 @@ from locust.env import Environment
 
 import math
 import random
-from argparse import ArgumentParser, Namespace
+from argparse import ArgumentParser, ArgumentTypeError, Namespace
 from typing import Any
 
 from drivers import autorate
@@ -36,6 +36,8 @@ def _options(parser: ArgumentParser) -> None:
     g = parser.add_argument_group("many_groups")
     g.add_argument("--members", type=int, default=2000, env_var="MG_MEMBERS", help="members (= Locust users)")
     g.add_argument("--connect-rate", type=float, default=500, env_var="MG_CONNECT_RATE")
+    g.add_argument("--connect-s", type=_seconds, default=None, env_var="MG_CONNECT_S",
+                   help="seconds of the connect phase (default: members / connect-rate, rounded up, + 2)")
     g.add_argument("--small-groups", type=int, default=2000, env_var="MG_SMALL_GROUPS")
     g.add_argument("--small-size", type=int, default=8, env_var="MG_SMALL_SIZE")
     g.add_argument("--medium-groups", type=int, default=100, env_var="MG_MEDIUM_GROUPS")
@@ -49,6 +51,13 @@ def _options(parser: ArgumentParser) -> None:
                    help="--capacity-vary groups: messages per second each sending group sends")
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:
+        raise ArgumentTypeError(f"{text}: seconds, more than 0")
+    return value
+
+
 def _groups(opts: Namespace) -> float:
     return float(opts.small_groups + opts.medium_groups)
 
@@ -60,7 +69,8 @@ autorate.offer(autorate.RATE, GROUPS)
 
 
 def phases(opts: Namespace) -> list[Phase]:
-    connect = [Phase("connect", math.ceil(opts.members / opts.connect_rate) + 2), Phase("settle", opts.settle_s)]
+    connect_s = opts.connect_s if opts.connect_s is not None else math.ceil(opts.members / opts.connect_rate) + 2
+    connect = [Phase("connect", connect_s), Phase("settle", opts.settle_s)]
     if opts.capacity:
         return [*connect, Phase("search", math.inf)]
     return [*connect, Phase("send", opts.send_s), Phase("tail", opts.tail_s)]
