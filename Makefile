@@ -22,7 +22,7 @@ $(STAMP): $(RUNTIME)
 	@touch $@
 
 ## demo: many_groups on the embedded server, small groups (8) and medium ones (150) with hybrid's threshold (50)
-## between them, write/hybrid/read storage, 4 repeats each (12 runs, ~2.5 min): the table with spreads and which
+## between them, write/hybrid/read storage, 4 repeats each (12 runs, ~1.5 min): the table with spreads and which
 ## differences are significant, one result bundle per run under results/, and report.html
 DEMO_SCENARIO := many_groups --members 300 --connect-rate 2000 --small-groups 240 --small-size 8 --medium-groups 6 \
 	--medium-size 150 --rate 60 --connect-s 1 --send-s 1.5 --settle-s 0.5 --tail-s 0.5 --quiet-s 0.5
