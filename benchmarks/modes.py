@@ -24,9 +24,10 @@ every configuration, so ``chatbench compare`` sets configurations side by side);
 reports them, ``config.server_args`` the configuration's flags. ``metrics`` (medians of the windows):
 ``server_cpu_s``, ``server_messages_accepted``, ``server_deliveries``, the derived ``server_cpu_us_per_message``,
 ``storage_writes_per_message``, ``unread_writes_per_message``, and ``index_writes_per_message``,
-``offline_writes_per_message``, ``offline_dropped_per_message``. ``details``: ``configuration`` (its name),
-``windows`` (each window's CPU and rows per message), ``spread`` (no, noisy or rising), ``server``. A record is
-invalid when the server accepted fewer messages than were sent or the merged flush did not finish.
+``offline_writes_per_message``, ``offline_dropped_per_message``, ``disk_bytes_per_message`` (page cache the
+server dirtied for storage, ``chat_disk_written_bytes_total``; the table shows KB). ``details``: ``configuration``
+(its name), ``windows`` (each window's CPU and rows per message), ``spread`` (no, noisy or rising), ``server``. A
+record is invalid when the server accepted fewer messages than were sent or the merged flush did not finish.
 """
 
 from __future__ import annotations
@@ -162,13 +163,14 @@ def print_table(records: list[dict[str, Any]], args: argparse.Namespace) -> None
     table = Table(title=f"modes: {args.members:,} members (1 online), {args.messages} paced messages per window — "
                         "median \\[all windows]")
     for col in ("configuration", "storage rows/msg", "of which index", "unread rows/msg", "offline rows/msg",
-                "offline dropped/msg", "server CPU µs/msg", "spread", "valid"):
+                "offline dropped/msg", "disk KB/msg", "server CPU µs/msg", "spread", "valid"):
         table.add_column(col, justify="left" if col == "configuration" else "right")
     for rec in records:
         m, d = rec["metrics"], rec["details"]
         table.add_row(d["configuration"], *(f"{m[k] or 0:,.1f}" for k in (
             "storage_writes_per_message", "index_writes_per_message", "unread_writes_per_message",
             "offline_writes_per_message", "offline_dropped_per_message")),
+            "–" if m.get("disk_bytes_per_message") is None else f"{m['disk_bytes_per_message'] / 1000:,.1f}",
             f"{m['server_cpu_us_per_message'] or 0:,.0f} "
             + escape("[" + ", ".join(f"{w['cpu_us_per_message']:,.0f}" for w in d["windows"]) + "]"),
             d["spread"] if d["spread"] == "no" else f"[yellow]{d['spread']}[/yellow]",
