@@ -495,13 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = p.parse_known_args(argv)
     if unknown and args.command not in ("run", "matrix", "capacity"):
         p.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if unknown:  # a flag of another chatbench command would reach the scenario, and Locust, as something else
-        own = _flags(sub.choices[args.command])
-        for token in unknown:
-            flag = token.split("=", 1)[0]
-            others = [name for name, cmd in sub.choices.items() if name != args.command and flag in _flags(cmd)]
-            if flag.startswith("--") and flag not in own and others:
-                p.error(f"{flag} is a flag of `chatbench {' / '.join(others)}`, not of `chatbench {args.command}`")
+    for token in unknown:  # a flag of another chatbench command would reach the scenario, and Locust, as another
+        flag = token.split("=", 1)[0]
+        others = [name for name, cmd in sub.choices.items() if name != args.command and flag in _flags(cmd)]
+        if flag.startswith("--") and others:
+            p.error(f"{flag} is a flag of `chatbench {' / '.join(others)}`, not of `chatbench {args.command}`")
     args.passthrough = unknown  # run/matrix: unknown flags go to the scenario (e.g. --members 500)
     if args.command == "compare":
         return cmd_compare(args)
