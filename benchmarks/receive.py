@@ -88,10 +88,10 @@ def child(argv: Sequence[str]) -> int:
     taken = [0]  # deliveries shipped by earlier takes
     eng = Engine(ledger) if engine_name == "batch" else None
     if eng is not None and raw:
-        eng.batch.apply_reads = lambda payloads, *_a, **_k: _count(payloads)  # type: ignore[method-assign]
+        eng.batch.apply_ids = lambda _distinct, ids, *_a, **_k: _count(ids)  # type: ignore[method-assign]
 
-    def _count(payloads: Sequence[bytes]) -> list[Any]:
-        taken[0] += len(payloads)
+    def _count(ids: Sequence[int]) -> list[Any]:
+        taken[0] += len(ids)
         return []
 
     clients: list[ChatClient] = []

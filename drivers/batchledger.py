@@ -1,12 +1,13 @@
 """The delivery ledger in batch form: pushes received together are applied to the process's :class:`Ledger` at
 once, with exactly the result :meth:`ReceiverLedger.on_push` gives frame by frame.
 
-The receive engine (:mod:`drivers.engine`) hands over, per batch, three parallel lists in arrival order: each push
-frame's raw JSON payload, the slot of the connection it came on (:meth:`BatchLedger.register`) and ``time.time_ns()``
-when it was read. :meth:`BatchLedger.apply` then
+The receive engine's pump (:mod:`drivers.engine`, drivers/_pump.c) hands over, per batch, each *distinct* push
+payload once (a message's frames are byte-identical on every connection: the server encodes a push once) and, in
+arrival order, per frame: the index of its payload, the slot of the connection it came on
+(:meth:`BatchLedger.register`) and the receive time (ns since the epoch, as ``time.time_ns()``).
+:meth:`BatchLedger.apply_ids` (or :meth:`BatchLedger.apply`, given every frame's payload) then
 
-1. parses each *distinct* payload once (a message's frames are byte-identical on every connection: the server
-   encodes a push once) and maps every frame to its message;
+1. parses each distinct payload once and maps every frame to its message;
 2. cuts the batch into runs of consecutive frames of one connection and one group, and checks each run in one step
    against its :class:`GroupLedger`: the run is *in order* when its first seq is ``last + 1``, every next seq is the
    previous one + 1 and every frame is a message with a send timestamp — then ``last`` moves to the run's last seq.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import islice, repeat
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Final
 
@@ -42,7 +43,6 @@ __all__ = ["BatchLedger"]
 
 I64: Final = np.int64
 _NO_GID: Final = -2**63  # never a gid (_as_message takes gids above it only)
-_EQ: Final = bytes.__eq__
 _LAST: Final = attrgetter("last")
 
 ErrorFn = Callable[[int, BaseException], None]  # (slot, exception) for a frame the ledger could not take
@@ -76,7 +76,6 @@ class BatchLedger:
         self._slot_rid = np.zeros(0, I64)  # the receiver's identity (id()), to keep a receiver's runs together
         self._profiles: dict[int, str] = {}  # slot -> network profile of its receiver, for slots that have one
         self._free: list[int] = []
-        self._lag = 1  # the frame distance at which equal payloads repeat, as the last batch had it
         self.batches = 0
         self.frames = 0
         self.in_order = 0  # frames taken by the run check (the rest went through on_push)
@@ -119,61 +118,6 @@ class BatchLedger:
             self._free.append(slot)
 
     # -- the hot path
-    def _identify(self, payloads: Sequence[bytes], slot: Any, reads: Any) -> tuple[Any, list[bytes]]:
-        """(message index of every frame, the distinct payloads in index order).
-
-        Frames of one message are equal bytes, and a batch repeats them at a fixed distance: 1 when each read holds
-        one frame (paced), the number of frames per read when the server coalesces. Comparing each frame with the
-        one that far back (``bytes ==``, no hashing) leaves a few *roots*; only those are looked up by content.
-        Without such a distance every frame is looked up (each payload hashed once)."""
-        n = len(payloads)
-        lags = [self._lag]
-        if n > 8:
-            if reads is None:  # frames per read unknown: runs of one connection
-                cut = np.flatnonzero(slot[1:] != slot[:-1])
-                reads = np.diff(cut, prepend=-1) if cut.size else None
-            if reads is not None:
-                short = reads[reads < 256]
-                typical = int(np.bincount(short).argmax()) if short.size else 1
-                if typical not in lags:
-                    lags.append(typical)
-            if 1 not in lags:
-                lags.append(1)
-        for lag in lags:
-            if not 0 < lag < n:
-                continue
-            same = np.fromiter(map(_EQ, islice(payloads, lag, None), payloads), np.bool_, n - lag)
-            root = np.ones(n, np.bool_)
-            root[lag:] = ~same
-            roots = np.flatnonzero(root)
-            if roots.size > max(16, n >> 3):
-                continue
-            self._lag = lag
-            index: dict[bytes, int] = {}
-            rid = np.empty(roots.size, np.intp)
-            for j, i in enumerate(roots.tolist()):
-                payload = payloads[i]
-                m = index.get(payload)
-                if m is None:
-                    m = index[payload] = len(index)
-                rid[j] = m
-            if roots.size == n:
-                return rid, list(index)
-            # each frame takes the index of the latest root in its column of a (rows × lag) layout
-            rows = -(-n // lag)
-            at = np.zeros(rows * lag, np.intp)
-            at[roots] = rid
-            mark = np.full(rows * lag, -1, np.intp)
-            mark[roots] = roots // lag
-            mark[n:] = rows - 1  # padding: roots of their own
-            last = np.maximum.accumulate(mark.reshape(rows, lag), axis=0)
-            ids = at.reshape(rows, lag)[last, np.arange(lag)].ravel()[:n]
-            return ids, list(index)
-        distinct: dict[bytes, Any] = dict.fromkeys(payloads)
-        for i, payload in enumerate(distinct):
-            distinct[payload] = i
-        return np.fromiter(map(distinct.__getitem__, payloads), np.intp, n), list(distinct)
-
     def apply(self, payloads: Sequence[bytes], slots: Sequence[int], times_ns: Sequence[int],
               on_error: ErrorFn | None = None) -> list[tuple[int, Frame]]:
         """Apply one batch: each frame's payload, connection slot and receive time (``time.time_ns()``); return
@@ -182,28 +126,24 @@ class BatchLedger:
         n = len(payloads)
         if n == 0 or self.ledger.frozen:
             return []
-        return self._apply(payloads, np.fromiter(slots, I64, n), np.fromiter(times_ns, I64, n), None, on_error)
+        index: dict[bytes, int] = {}
+        ids = np.fromiter((index.setdefault(p, len(index)) for p in payloads), np.intp, n)
+        return self._apply(list(index), ids, np.fromiter(slots, I64, n), np.fromiter(times_ns, I64, n), on_error)
 
-    def apply_reads(self, payloads: Sequence[bytes], ends: Sequence[int], slots: Sequence[int],
-                    times_ns: Sequence[int], on_error: ErrorFn | None = None) -> list[tuple[int, Frame]]:
-        """:meth:`apply` of a batch given per socket read: read i delivered ``payloads[ends[i-1]:ends[i]]`` on
-        ``slots[i]`` at ``times_ns[i]`` (what the engine collects)."""
-        n = len(payloads)
-        if n == 0 or self.ledger.frozen:
+    def apply_ids(self, distinct: Sequence[bytes], ids: Any, slots: Any, times_ns: Any,
+                  on_error: ErrorFn | None = None) -> list[tuple[int, Frame]]:
+        """:meth:`apply` of a batch as the receive engine's pump hands it over: each distinct payload once, and per
+        frame (integer arrays) its index into them, its slot and its receive time."""
+        if len(ids) == 0 or self.ledger.frozen:
             return []
-        r = len(ends)
-        counts: Any = np.diff(np.fromiter(ends, I64, r), prepend=0)
-        slot = np.repeat(np.fromiter(slots, I64, r), counts)
-        t_ns = np.repeat(np.fromiter(times_ns, I64, r), counts)
-        return self._apply(payloads, slot, t_ns, counts, on_error)
+        return self._apply(distinct, ids, slots, times_ns, on_error)
 
-    def _apply(self, payloads: Sequence[bytes], slot: Any, t_ns: Any, reads: Any,
+    def _apply(self, distinct: Sequence[bytes], ids: Any, slot: Any, t_ns: Any,
                on_error: ErrorFn | None) -> list[tuple[int, Frame]]:
-        n = len(payloads)
+        n = len(ids)
         self.batches += 1
         self.frames += n
         # 1. every frame → its message; each distinct payload parsed once
-        ids, distinct = self._identify(payloads, slot, reads)
         frames: list[Frame | None] = []
         m_gid: list[int] = []
         m_seq: list[int] = []
@@ -318,12 +258,12 @@ class BatchLedger:
         if not others:
             return []
         out: list[tuple[int, Frame]] = []
-        for i, (k, m) in enumerate(zip(slot.tolist(), ids.tolist(), strict=True)):
+        for k, m in zip(slot.tolist(), ids.tolist(), strict=True):
             frame = frames[m]
             if not m_ok[m] and (frame is None or frame.get("op") != "msg"):
                 if frame is None:
                     if on_error is not None:
-                        on_error(k, ValueError(f"unparsable server frame: {payloads[i][:80]!r}"))
+                        on_error(k, ValueError(f"unparsable server frame: {distinct[m][:80]!r}"))
                 else:
                     out.append((k, frame))
         return out

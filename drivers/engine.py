@@ -1,21 +1,31 @@
 """The receive engine: every member connection of a generator process in ONE asyncio event loop (uvloop + picows)
-running in a real OS thread, pushes handed to the ledger in batches.
+running in a real OS thread; once connected, a member's socket is read by a compiled pump and its pushes reach the
+ledger in batches.
 
 Why. Per delivered push the swarm's :class:`drivers.client.ChatClient` path pays a gevent socket read, its own
 frame cutting, a full ``orjson.loads`` and the per-frame ledger with a pure-Python HDR record; a generator then
-costs more per delivery than the server it measures (issue 15). Here the engine thread does, per frame, only
-what picows calls it for: the payload's bytes, the connection's slot and ``time.time_ns()`` go onto three lists.
-Every ``flush_frames`` frames or ``flush_s`` (and before any other frame of any connection: a reply, an end) those
-lists go to the swarm's thread, where
-:class:`drivers.batchledger.BatchLedger` applies them with the full ledger's result (order, holes, duplicates,
-catch-up overlap, latency into HDR, fan-out parts, per-profile figures).
+costs more per delivery than the server it measures (issue 15). picows on uvloop takes most of that away, but still
+runs Python per frame (uvloop's buffer protocol, picows' callback, ours). So here picows connects, does the
+handshake and writes; at the first frame after which picows holds no unread byte (normally the ``hello``), the
+socket's reading moves to :class:`drivers._pump.Pump` (drivers/_pump.c): one epoll set of every such socket, read
+with the GIL released, frames cut in C, each push (a final text frame laid out as
+:func:`reference_server.protocol.encode_push` writes it) kept as (message, slot, receive time) with each distinct
+payload once. Every other frame (a reply, a pong, a close, a fragment, a ping), the end of a stream and a protocol
+error come back to the engine thread as events, in order: before an event the pushes read ahead of it are handed
+over, so a connection's reply comes after the pushes that preceded it on the wire. Connections without a ledger
+(scripting) stay with picows, frame by frame.
+
+Every ``flush_frames`` pushes or ``flush_s`` (and before any other frame of any connection: a reply, an end) the
+pump's records go to the swarm's thread, where :class:`drivers.batchledger.BatchLedger` applies them with the full
+ledger's result (order, holes, duplicates, catch-up overlap, latency into HDR, fan-out parts, per-profile figures).
 
 Threads. Locust runs on gevent; the engine thread is a real one (``gevent.monkey.get_original("_thread",
 "start_new_thread")`` — under monkey-patching ``threading.Thread`` would start a greenlet) and never touches a
 gevent primitive: it talks to the gevent side through a deque and a thread-safe ``async_`` watcher of the hub;
 the gevent side talks to it through ``loop.call_soon_threadsafe``. Every module the engine thread uses is imported
 before it starts (an import in that thread could deadlock on gevent's patched import lock). Without gevent
-(plain scripts, tests) a real thread takes the gevent side's place.
+(plain scripts, tests) a real thread takes the gevent side's place. The pump reads and cuts with the GIL released,
+so the swarm's thread (senders, the ledger, Locust) runs beside it instead of waiting its turn.
 
 Everything the ledger owns stays on the swarm's thread: hello (``ReceiverLedger.on_connect``), batches, replies,
 ends of connections arrive there in the order the engine saw them, so a reply (a sync page of a repair) is
@@ -26,12 +36,14 @@ request methods, exceptions and callbacks: ``send``, ``send_nowait``, ``sync``, 
 ``closed``, ``dead``, ``hello``, ``on_frame``, ``on_hello``). Heartbeats and dead-connection detection (a ping
 unanswered for ``pong_timeout_s``) run in the engine. Without a ledger an EngineClient hands pushes to
 ``on_message`` one by one (scripting), like ChatClient.
+
+The pump needs Linux (epoll); elsewhere :data:`DEFAULT_RECEIVE_ENGINE` is ``client`` and ``batch`` says why it
+cannot run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import itertools
 import logging
@@ -43,6 +55,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+import numpy as np
 import orjson
 import uvloop
 from picows import WSError, WSFrame, WSHandshakeError, WSListener, WSMsgType, WSTransport, ws_connect
@@ -58,15 +71,23 @@ from drivers.client import (
     RequestTimeout,
     ServerError,
 )
-from drivers.fast_receiver import PUSH_PREFIX
+from drivers.fast_receiver import PUSH_PREFIX, SEQ_KEY
 from drivers.ledger import Frame, Ledger, ReceiverLedger
 from reference_server import protocol
 
-__all__ = ["DEFAULT_RECEIVE_ENGINE", "RECEIVE_ENGINES", "Engine", "EngineClient", "engine_for"]
+try:
+    from drivers import _pump
+except ImportError as exc:  # not Linux, or the package was installed without building its extension
+    _pump = None  # type: ignore[assignment]
+    PUMP_MISSING: str | None = f"the receive engine's pump (drivers/_pump.c, Linux only) is not built: {exc}"
+else:
+    PUMP_MISSING = None
+
+__all__ = ["DEFAULT_RECEIVE_ENGINE", "PUMP_MISSING", "RECEIVE_ENGINES", "Engine", "EngineClient", "engine_for"]
 
 #: how a swarm's members receive (``--receive-engine``): "batch", this engine; "client", a ChatClient greenlet each
 RECEIVE_ENGINES: Final = ("batch", "client")
-DEFAULT_RECEIVE_ENGINE: Final = "batch"
+DEFAULT_RECEIVE_ENGINE: Final = "batch" if PUMP_MISSING is None else "client"
 
 log = logging.getLogger(__name__)
 # picows logs each connection at INFO: not here (the engine thread should not contend for the handlers' locks, which
@@ -75,14 +96,25 @@ _picows_base = logging.getLogger("chatbench.engine.picows")
 _picows_base.setLevel(logging.WARNING)
 _picows_log = logging.LoggerAdapter(_picows_base, {})
 
+# WebSocket opcodes (RFC 6455), as the pump reports them
+_OP_CONTINUATION: Final = 0
+_OP_TEXT: Final = 1
+_OP_BINARY: Final = 2
+_OP_CLOSE: Final = 8
+_OP_PING: Final = 9
 _TEXT: Final = WSMsgType.TEXT
 _BINARY: Final = WSMsgType.BINARY
 _CLOSE: Final = WSMsgType.CLOSE
-_CONTINUATION: Final = WSMsgType.CONTINUATION
+_PONG: Final = WSMsgType.PONG
 _PING: Final = protocol.encode_ping(None)  # the engine's heartbeat; the server's pong has no rid either
 _NO_STATUS: Final = 1005
-#: picows read buffer per connection (it grows when a frame needs more): 10,000 connections × 4 KB
+#: picows read buffer per connection until the pump takes it over (it grows when a frame needs more)
 _READ_BUFFER: Final = 4096
+#: the largest frame a member connection takes from the server (picows' own default limit)
+MAX_FRAME_BYTES: Final = 10 * 1024 * 1024
+
+asyncio.get_event_loop_policy()  # create the policy here, not in the engine thread (its lock may be gevent's)
+
 
 asyncio.get_event_loop_policy()  # create the policy here, not in the engine thread (its lock may be gevent's)
 
@@ -143,24 +175,26 @@ class _Waker:
                 log.exception("receive engine: draining failed")
 
 
+
 class _Conn(WSListener):
-    """One connection, engine-thread side (Engine._classes makes the classes; the direct one takes pushes without a
-    look: set when the hello came, for a connection with a ledger and no read reply due)."""
+    """One connection, engine-thread side. ``pumped``: its socket's descriptor while the pump reads it, else -1
+    (picows reads it, every frame through Engine._frame)."""
 
-    __slots__ = ("beat", "cid", "close_code", "close_reason", "dead", "fragments", "hello", "ledgered",
-                 "pending_pong", "pings", "pong_after", "reads", "slot", "transport")
+    __slots__ = ("beat", "cid", "close_code", "close_reason", "dead", "engine", "fragments", "hello", "ledgered",
+                 "pending_pong", "pings", "pong_after", "pumped", "slot", "transport")
 
-    def __init__(self, cid: int, slot: int, direct: bool) -> None:
+    def __init__(self, engine: Engine, cid: int, slot: int, ledgered: bool) -> None:
         super().__init__()
+        self.engine = engine
         self.cid = cid
         self.slot = slot
-        self.ledgered = direct  # pushes go to the batch ledger (else one by one to the client)
+        self.ledgered = ledgered  # pushes go to the batch ledger (else one by one to the client)
+        self.pumped = -1
         self.hello = False
         self.transport: WSTransport | None = None
         self.close_code: int | None = None
         self.close_reason = ""
         self.dead = False
-        self.reads: set[int] = set()  # rids of read requests in flight
         self.beat: asyncio.TimerHandle | None = None
         self.pings = 0  # heartbeat pings sent
         self.pong_after = 0  # pings sent when the latest pong came
@@ -170,21 +204,26 @@ class _Conn(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
 
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:  # replaced per engine (Engine._classes)
-        raise NotImplementedError
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.engine._frame(self, transport, frame)
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:  # replaced per engine
-        raise NotImplementedError
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.engine._disconnected(self)
 
 
 class Engine:
     """The process's receive engine (see the module doc). ``ledger``: the Ledger its batches go to."""
 
-    #: the engine loop's clock tick: batch sizes are checked (and the loop's lateness measured) this often
+    #: the engine loop's clock tick: batch sizes are checked this often
     TICK_S: Final = 0.01
+    #: one pump pass reads at most this many sockets / keeps this many pushes before the loop's other work runs
+    PASS_READS: Final = 2048
+    PASS_FRAMES: Final = 65536
 
     def __init__(self, ledger: Ledger, *, flush_s: float = 0.05, flush_frames: int = 4096,
                  switch_interval_s: float | None = None) -> None:
+        if PUMP_MISSING is not None:
+            raise RuntimeError(f"{PUMP_MISSING}; use --receive-engine client")
         self.ledger = ledger
         #: lower the process's GIL switch interval to this when the engine starts (None: leave it). Not done by
         #: default: on CPython 3.11 a 1 ms interval made pytest sessions end with "AST constructor recursion depth
@@ -201,94 +240,19 @@ class Engine:
         self._out: deque[tuple[Any, ...]] = deque()
         self._signalled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._pump: Any = None  # drivers._pump.Pump, made in the engine's process when it starts
         self._stopping = False
         self._conns: dict[int, _Conn] = {}  # cid -> connection (engine thread)
         self._by_slot: dict[int, EngineClient] = {}  # batch-ledger slot -> handle (swarm side)
         self._tasks: set[asyncio.Task[None]] = set()
         self._waker: _Waker | None = None
         self._lag_ms = 0.0  # worst lateness of a probe (see probe()) since lag_ms() was last called
-        self._probe_r, self._probe_w = -1, -1
+        self._probe_w = -1
         self.batches_out = 0
         self._pid = os.getpid()
-        self._conn_class, self._direct_class, self._take, self._mark, self._push = self._classes()
 
     # ------------------------------------------------------------------------------------------------
-    # the engine thread's hot path: three lists, swapped at each flush
-    def _classes(self) -> tuple[type[_Conn], type[_Conn], Callable[[], tuple[list[bytes], list[int], list[int],
-                                                                            list[int]] | None],
-                                Callable[[_Conn], None], Callable[[_Conn, bytes], None]]:
-        """The engine thread's connection classes over four lists, swapped at each flush: every push payload, and
-        per socket read (its last frame) the number of payloads so far, the connection's slot, time.time_ns()."""
-        payloads: list[bytes] = []
-        ends: list[int] = []
-        slots: list[int] = []
-        times: list[int] = []
-        pa, ea, ka, ta = payloads.append, ends.append, slots.append, times.append
-        now = time.time_ns
-        prefix = PUSH_PREFIX
-        engine = self
-
-        def pending() -> int:
-            return len(payloads)
-
-        def mark(conn: _Conn) -> None:
-            """The frames since the last mark came in one read of ``conn``, now."""
-            n = len(payloads)
-            if n and (not ends or ends[-1] != n):
-                ea(n)
-                ka(conn.slot)
-                ta(now())
-
-        class Conn(_Conn):
-            """Every frame through Engine._frame (before hello, while a read reply is due, without a ledger)."""
-
-            __slots__ = ()
-
-            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-                engine._frame(self, transport, frame, frame.get_payload_as_bytes())
-
-            def on_ws_disconnected(self, transport: WSTransport) -> None:
-                engine._disconnected(self)
-
-        class DirectConn(Conn):
-            """Push frames straight onto the lists: the hot path."""
-
-            __slots__ = ()
-
-            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-                p = frame.get_payload_as_bytes()
-                if p.startswith(prefix):
-                    pa(p)
-                    if frame.last_in_buffer:
-                        ea(len(payloads))
-                        ka(self.slot)
-                        ta(now())
-                else:
-                    engine._frame(self, transport, frame, p)
-
-        def take() -> tuple[list[bytes], list[int], list[int], list[int]] | None:
-            nonlocal payloads, ends, slots, times, pa, ea, ka, ta
-            if not payloads:
-                return None
-            if not ends or ends[-1] != len(payloads):  # never: every read ends with a marked frame
-                log.error("receive engine: %d frames without their read dropped", len(payloads) - (ends or [0])[-1])
-                del payloads[(ends or [0])[-1]:]
-                if not payloads:
-                    return None
-            out = payloads, ends, slots, times
-            payloads, ends, slots, times = [], [], [], []
-            pa, ea, ka, ta = payloads.append, ends.append, slots.append, times.append
-            return out
-
-        def push(conn: _Conn, p: bytes) -> None:
-            pa(p)
-
-        self._pending = pending
-        return Conn, DirectConn, take, mark, push
-
-    def _set_direct(self, conn: _Conn, direct: bool) -> None:
-        conn.__class__ = self._direct_class if direct else self._conn_class
-
+    # the engine thread
     def _post(self, item: tuple[Any, ...]) -> None:
         self._out.append(item)
         if not self._signalled:
@@ -296,86 +260,138 @@ class Engine:
             assert self._waker is not None
             self._waker.send()
 
-    def _flush(self, conn: _Conn | None = None) -> None:
-        """Hand the batch over; ``conn``: the connection whose read is being handled (its frames so far)."""
-        if conn is not None:
-            self._mark(conn)
+    def _flush(self, upto: int = -1) -> None:
+        """Hand the pump's first ``upto`` push records (-1: all) over to the swarm's side."""
         assert self._loop is not None
         self._flushed_at = self._loop.time()
-        batch = self._take()
+        batch = self._pump.take(upto)
         if batch is not None:
             self.batches_out += 1
             self._post(("batch", *batch))
 
-    def _frame(self, conn: _Conn, transport: WSTransport, frame: WSFrame, p: bytes) -> None:
-        """Every frame that is not a push on a direct connection (engine thread)."""
-        try:
-            self._other(conn, transport, frame, p)
-        finally:
-            if frame.last_in_buffer:
-                self._mark(conn)  # pushes this read put on the lists (a connection that is not direct)
+    def _pumped(self) -> None:
+        """The pump's descriptor is readable: read what is ready; handle its events in order."""
+        pump = self._pump
+        events = pump.process(self.PASS_FRAMES, self.PASS_READS)
+        lag = pump.take_probe_ns()
+        if lag:
+            self._lag_ms = max(self._lag_ms, lag / 1e6)
+        taken = 0
+        for pos, cid, kind, opcode, fin, _code, data in events:
+            if pos > taken:
+                self._flush(pos - taken)  # the pushes read before this event, first
+                taken = pos
+            conn = self._conns.get(cid)
+            if conn is None or conn.transport is None:
+                continue
+            if kind == _pump.FRAME:
+                assert isinstance(data, bytes)
+                self._other(conn, conn.transport, opcode, bool(fin), data, False)
+                continue
+            conn.pumped = -1  # the pump dropped it: the end of the stream, or a protocol error
+            if kind == _pump.ERROR and conn.close_code is None:
+                conn.close_code = ABNORMAL_CLOSURE
+                conn.close_reason = str(data)
+            conn.transport.disconnect(graceful=False)
+        if pump.pending >= self.flush_frames:
+            self._flush()
 
-    def _other(self, conn: _Conn, transport: WSTransport, frame: WSFrame, p: bytes) -> None:
-        mt = frame.msg_type
-        if mt is _CLOSE:
+    def _frame(self, conn: _Conn, transport: WSTransport, frame: WSFrame) -> None:
+        """A frame picows read (before the pump took the connection over, or a connection without a ledger)."""
+        try:
+            self._other(conn, transport, frame.msg_type.value, bool(frame.fin), frame.get_payload_as_bytes(), True)
+        finally:
+            if conn.ledgered and conn.hello and frame.last_in_buffer and frame.tail_size == 0 \
+                    and not transport.is_disconnected and conn.pumped < 0 and not self._stopping:
+                self._adopt(conn, transport)
+
+    def _adopt(self, conn: _Conn, transport: WSTransport) -> None:
+        """picows holds no unread byte of this connection: the pump reads it from now on (picows still writes)."""
+        under = transport.underlying_transport
+        fd = under.get_extra_info("socket").fileno()
+        under.pause_reading()
+        self._pump.add(fd, conn.cid, conn.slot)
+        conn.pumped = fd
+
+    def _unpump(self, conn: _Conn) -> None:
+        """The pump stops reading ``conn`` (before its descriptor is closed)."""
+        if conn.pumped >= 0:
+            self._pump.remove(conn.pumped, conn.cid)
+            conn.pumped = -1
+
+    def _disconnect(self, conn: _Conn, transport: WSTransport, graceful: bool = True) -> None:
+        self._unpump(conn)
+        transport.disconnect(graceful=graceful)
+
+    def _emit(self, item: tuple[Any, ...], flush: bool) -> None:
+        if flush:
+            self._flush()  # the pushes read before the frame this item comes from go first
+        self._post(item)
+
+    def _other(self, conn: _Conn, transport: WSTransport, op: int, fin: bool, p: bytes, flush: bool) -> None:
+        """Every frame that is not a push read by the pump (engine thread). ``flush``: hand the pump's records over
+        before posting anything (False: the caller handed over those that came before this frame)."""
+        if op == _OP_CLOSE:
             if conn.close_code is None:
                 conn.close_code = int.from_bytes(p[:2], "big") if len(p) >= 2 else _NO_STATUS
                 conn.close_reason = p[2:].decode("utf-8", "replace")
             with contextlib.suppress(Exception):
                 if not transport.is_close_frame_sent:
                     transport.send(_CLOSE, p[:2])  # echo, as websocket-client does
-                transport.disconnect()
+                self._disconnect(conn, transport)
             return
-        if mt is _CONTINUATION or ((mt is _TEXT or mt is _BINARY) and not frame.fin):
+        if op == _OP_PING:
+            if conn.pumped >= 0:  # (picows answers the pings it reads itself)
+                with contextlib.suppress(Exception):
+                    transport.send(_PONG, p)
+            return
+        if op == _OP_CONTINUATION or (op in (_OP_TEXT, _OP_BINARY) and not fin):
             conn.fragments.append(p)
-            if not frame.fin:
+            if not fin:
                 return
             p = b"".join(conn.fragments)
             conn.fragments.clear()
-        elif mt is not _TEXT and mt is not _BINARY:
-            return  # a pong to picows' own ping, or anything else without meaning here
+        elif op not in (_OP_TEXT, _OP_BINARY):
+            return  # a pong to a WebSocket ping, or anything else without meaning here
         try:
             obj = orjson.loads(p)
         except orjson.JSONDecodeError as exc:
-            self._flush(conn)
-            self._post(("error", conn.cid, exc))
+            self._emit(("error", conn.cid, exc), flush)
             return
         if not isinstance(obj, dict):
-            self._flush(conn)
-            self._post(("error", conn.cid, ChatClientError(f"server frame is not an object: {p[:80]!r}")))
+            self._emit(("error", conn.cid, ChatClientError(f"server frame is not an object: {p[:80]!r}")), flush)
             return
-        op = obj.get("op")
+        op_ = obj.get("op")
         if not conn.hello:
             conn.hello = True
-            if op == "hello":
-                self._set_direct(conn, conn.ledgered and not conn.reads)
-                self._flush(conn)
-                self._post(("hello", conn.cid, obj))
+            if op_ == "hello":
+                self._emit(("hello", conn.cid, obj), flush)
             else:
                 err: ChatClientError = ServerError(str(obj.get("code")), str(obj.get("msg", "")), obj.get("rid")) \
-                    if op == "error" else ChatClientError(f"expected a hello frame first, got {op!r}")
-                self._post(("failed", conn.cid, err))
-                transport.disconnect(graceful=False)
+                    if op_ == "error" else ChatClientError(f"expected a hello frame first, got {op_!r}")
+                self._emit(("failed", conn.cid, err), flush)
+                self._disconnect(conn, transport, graceful=False)
             return
-        if op == "msg" and conn.ledgered:
-            self._push(conn, p)
+        if op_ == "msg" and conn.ledgered:
+            t_ns = time.time_ns()
+            if flush:  # read by picows now, after the pump's pending records: after them
+                self._pump.push(conn.slot, p, t_ns)
+            else:  # put together from the pump's fragments: before the records read after its last fragment
+                self._post(("batch", [p], np.zeros(1, np.int32), np.full(1, conn.slot, np.int64),
+                            np.full(1, t_ns, np.int64)))
             return
-        if op == "pong" and "rid" not in obj:
+        if op_ == "pong" and "rid" not in obj:
             conn.pending_pong = False
             conn.pong_after = conn.pings
             return
-        rid = obj.get("rid")
-        if rid is not None and conn.reads:
-            conn.reads.discard(rid)
-            self._set_direct(conn, conn.ledgered and not conn.reads)
-        self._flush(conn)
-        self._post(("frame", conn.cid, obj))
+        self._emit(("frame", conn.cid, obj), flush)
 
     def _disconnected(self, conn: _Conn) -> None:
         if self._conns.get(conn.cid) is conn:
             del self._conns[conn.cid]
         if conn.beat is not None:
             conn.beat.cancel()
+        self._unpump(conn)
         self._flush()
         code = conn.close_code if conn.close_code is not None else ABNORMAL_CLOSURE
         reason = conn.close_reason if conn.close_code is not None else "connection ended without a close frame"
@@ -384,14 +400,14 @@ class Engine:
     # ------------------------------------------------------------------------------------------------
     # engine-thread commands (scheduled from the swarm side with _call)
     async def _open(self, cid: int, slot: int, url: str, timeout: float, heartbeat_s: float | None,
-                    pong_timeout_s: float | None, direct: bool) -> None:
-        conn = self._conn_class(cid, slot, direct)
+                    pong_timeout_s: float | None, ledgered: bool) -> None:
+        conn = _Conn(self, cid, slot, ledgered)
         self._conns[cid] = conn
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await asyncio.wait_for(
                 ws_connect(lambda: conn, url, websocket_handshake_timeout=timeout, logger_name=_picows_log,
-                           enable_auto_pong=True, read_buffer_init_size=_READ_BUFFER,
+                           enable_auto_pong=True, read_buffer_init_size=_READ_BUFFER, max_frame_size=MAX_FRAME_BYTES,
                            # uvloop's own sockets: aiofastnet (picows' default when installed) would connect a
                            # Python socket, which under gevent's monkey-patching is gevent's, in this thread
                            use_aiofastnet=False), timeout)
@@ -412,7 +428,7 @@ class Engine:
                 if not conn.hello and self._conns.get(cid) is conn:
                     conn.hello = True
                     self._post(("failed", cid, RequestTimeout("hello", timeout)))
-                    transport.disconnect(graceful=False)
+                    self._disconnect(conn, transport, graceful=False)
 
             loop.call_later(timeout, no_hello)
             if heartbeat_s:
@@ -445,23 +461,20 @@ class Engine:
             conn.dead = True
             conn.close_code = ABNORMAL_CLOSURE
             conn.close_reason = f"dead connection: no pong within {timeout:g} s"
-            t.disconnect(graceful=False)
+            self._disconnect(conn, t, graceful=False)
 
-    def _send(self, cid: int, payloads: Sequence[bytes], reads: Sequence[int]) -> None:
+    def _send(self, cid: int, payloads: Sequence[bytes]) -> None:
         conn = self._conns.get(cid)
         t = None if conn is None else conn.transport
         if conn is None or t is None or t.is_disconnected:
             return  # the end of the connection is on its way to the swarm side and fails the requests
-        if reads:
-            conn.reads.update(reads)
-            self._set_direct(conn, False)
         try:
             for payload in payloads:
                 t.send(_TEXT, payload)
         except Exception as exc:
             conn.close_code = ABNORMAL_CLOSURE
             conn.close_reason = f"send failed: {exc}"
-            t.disconnect(graceful=False)
+            self._disconnect(conn, t, graceful=False)
 
     def _send_raw(self, cid: int, data: bytes, binary: bool) -> None:
         conn = self._conns.get(cid)
@@ -476,14 +489,14 @@ class Engine:
         try:
             t.send(_CLOSE, code.to_bytes(2, "big") + reason.encode())
         except Exception:
-            t.disconnect(graceful=False)
+            self._disconnect(conn, t, graceful=False)
             return
         asyncio.get_running_loop().call_later(timeout, self._abort, cid)
 
     def _abort(self, cid: int) -> None:
         conn = self._conns.get(cid)
         if conn is not None and conn.transport is not None:
-            conn.transport.disconnect(graceful=False)
+            self._disconnect(conn, conn.transport, graceful=False)
 
     def _tick(self) -> None:
         loop = self._loop
@@ -492,25 +505,14 @@ class Engine:
             self._flush()
             return
         now = loop.time()
-        if self._pending() >= self.flush_frames or now - self._flushed_at >= self.flush_s:
+        if self._pump.pending >= self.flush_frames or now - self._flushed_at >= self.flush_s:
             self._flush()
         loop.call_at(now + self.TICK_S, self._tick)
 
-    def _probed(self) -> None:
-        """Engine thread: probe stamps became readable — each one's wait is what a push frame's read waits."""
-        try:
-            data = os.read(self._probe_r, 65536)
-        except BlockingIOError:
-            return
-        now = time.monotonic_ns()
-        for i in range(0, len(data) - 7, 8):
-            self._lag_ms = max(self._lag_ms, (now - int.from_bytes(data[i:i + 8], "little")) / 1e6)
-
     def probe(self) -> None:
-        """Swarm side: measure the engine's lateness as a push frame feels it. A stamp written to a pipe the engine
-        reads like its sockets waits behind the same ready sockets and the same GIL; its wait goes into lag_ms().
-        (A timer would measure a loop iteration instead: libuv runs timers between I/O phases, and a phase reads
-        up to ~49,000 ready sockets, batch after batch, each newly readable one within its batch.)"""
+        """Swarm side: measure the engine's lateness as a push frame feels it. A stamp written to a pipe the pump
+        reads like its sockets (in the same epoll set) waits behind the same ready sockets; its wait goes into
+        lag_ms(). (A timer would measure a loop iteration instead.)"""
         if self._probe_w >= 0:
             with contextlib.suppress(BlockingIOError):  # a full pipe: the engine is far behind, seen at the next
                 os.write(self._probe_w, time.monotonic_ns().to_bytes(8, "little"))
@@ -522,15 +524,16 @@ class Engine:
         if self._loop is not None and self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        # the engine thread takes each receive time when it holds the GIL: the swarm's thread may keep it (applying
-        # a batch, a Locust report) up to the switch interval before handing over (Python's default: 5 ms)
         if self.switch_interval_s is not None and sys.getswitchinterval() > self.switch_interval_s:
             sys.setswitchinterval(self.switch_interval_s)
         self._waker = _Waker(self._drain)
         loop = uvloop.new_event_loop()
         self._loop = loop
-        self._probe_r, self._probe_w = probe_r, probe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        loop.add_reader(probe_r, self._probed)
+        pump = self._pump = _pump.Pump(PUSH_PREFIX, SEQ_KEY, MAX_FRAME_BYTES)
+        probe_r, probe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        pump.add_probe(probe_r)
+        self._probe_w = probe_w
+        loop.add_reader(pump.fileno(), self._pumped)
 
         def run() -> None:
             with contextlib.suppress(OSError), open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
@@ -538,9 +541,10 @@ class Engine:
             asyncio.set_event_loop(loop)
             loop.call_soon(self._tick)
             loop.run_forever()
-            loop.remove_reader(probe_r)
+            loop.remove_reader(pump.fileno())
             loop.close()
             self._probe_w = -1
+            pump.close()
             for fd in (probe_r, probe_w):
                 os.close(fd)
 
@@ -558,7 +562,7 @@ class Engine:
         def end() -> None:
             for conn in list(self._conns.values()):
                 if conn.transport is not None:
-                    conn.transport.disconnect(graceful=False)
+                    self._disconnect(conn, conn.transport, graceful=False)
             loop.call_later(0.05, loop.stop)
 
         loop.call_soon_threadsafe(end)
@@ -595,7 +599,7 @@ class Engine:
         return lag
 
     #: the swarm side handles the engine's items in slices of about this long (then other greenlets run), a batch
-    #: at most APPLY_SLICE frames at a time (a burst's batch can hold 100,000s: ~0.5 µs each)
+    #: at most APPLY_SLICE frames at a time (a burst's batch can hold 100,000s)
     DRAIN_SLICE_S: Final = 0.005
     APPLY_SLICE: Final = 16384
 
@@ -611,15 +615,15 @@ class Engine:
             kind = item[0]
             try:
                 if kind == "batch":
-                    payloads, ends, slots, times = item[1], item[2], item[3], item[4]
-                    if len(payloads) > self.APPLY_SLICE:  # apply a slice, the rest after the other greenlets ran
-                        r = bisect.bisect_left(ends, self.APPLY_SLICE)  # the read that reaches the slice's end
-                        n = ends[r]
-                        if n < len(payloads):
-                            out.appendleft(("batch", payloads[n:], [e - n for e in ends[r + 1:]], slots[r + 1:],
-                                            times[r + 1:]))
-                            payloads, ends, slots, times = payloads[:n], ends[:r + 1], slots[:r + 1], times[:r + 1]
-                    for slot, frame in self.batch.apply_reads(payloads, ends, slots, times, self._apply_error):
+                    distinct, ids, slots, times = item[1], item[2], item[3], item[4]
+                    if isinstance(ids, bytes):  # as the pump packed them
+                        ids, slots, times = (np.frombuffer(ids, np.int32), np.frombuffer(slots, np.int64),
+                                             np.frombuffer(times, np.int64))
+                    n = self.APPLY_SLICE
+                    if ids.size > n:  # apply a slice, the rest after the other greenlets ran
+                        out.appendleft(("batch", distinct, ids[n:], slots[n:], times[n:]))
+                        ids, slots, times = ids[:n], slots[:n], times[:n]
+                    for slot, frame in self.batch.apply_ids(distinct, ids, slots, times, self._apply_error):
                         client = self._by_slot.get(slot)
                         if client is not None:
                             client._frame(frame)
@@ -800,9 +804,7 @@ class EngineClient(ChatClient):
         if not self._cid or not self._connected:
             raise ChatClientError("not connected")
         rids, payloads = self._register(encodes, callbacks)
-        # a read's reply starts like a push: the engine looks at this connection's frames until it came
-        reads = [rid for rid, p in zip(rids, payloads, strict=True) if p.startswith(b'{"op":"read"')]
-        self._engine._call(self._engine._send, self._cid, payloads, reads)
+        self._engine._call(self._engine._send, self._cid, payloads)
         return rids
 
     def send_raw(self, data: str | bytes, *, binary: bool = False) -> None:

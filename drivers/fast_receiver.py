@@ -49,6 +49,7 @@ from reference_server import protocol
 
 __all__ = [
     "PUSH_PREFIX",
+    "SEQ_KEY",
     "ConnectReport",
     "DeliveryReport",
     "FastReceiver",
@@ -56,10 +57,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Every ``msg`` push frame starts with these bytes (checked against protocol.encode_push at import).
+#: Every ``msg`` push frame starts with PUSH_PREFIX <gid digits> SEQ_KEY (checked against protocol.encode_push at
+#: import; the receive engine's pump tells a push by that layout).
 PUSH_PREFIX: Final = b'{"gid":'
-_SEQ_KEY: Final = b',"seq":'
-_SEQ_KEY_LEN: Final = len(_SEQ_KEY)
+SEQ_KEY: Final = b',"seq":'
+_SEQ_KEY_LEN: Final = len(SEQ_KEY)
 _PREFIX_LEN: Final = len(PUSH_PREFIX)
 _TEXT: Final = WSMsgType.TEXT
 _CLOSE: Final = WSMsgType.CLOSE
@@ -72,7 +74,7 @@ def _check_push_layout() -> None:
     """Fail loudly if encode_push no longer starts with ``{"gid":<gid>,"seq":<seq>,`` (the hot path needs it)."""
     for gid, seq in ((1, 1), (7, 123456), (protocol.MAX_ID, protocol.MAX_ID)):
         frame = protocol.encode_push(protocol.Message(gid, seq, 3, 4, 5, 'b"ody', (6,) if seq == 1 else None))
-        expected = PUSH_PREFIX + str(gid).encode() + _SEQ_KEY + str(seq).encode() + b","
+        expected = PUSH_PREFIX + str(gid).encode() + SEQ_KEY + str(seq).encode() + b","
         if not frame.startswith(expected) or _parse_seq(frame) != (gid, seq):
             raise RuntimeError(
                 f"protocol.encode_push layout changed: {frame[:60]!r} does not start with {expected!r}; "
@@ -96,7 +98,7 @@ def _check_push_layout() -> None:
 
 def _parse_seq(payload: bytes) -> tuple[int, int] | None:
     """(gid, seq) cut from a payload that starts with PUSH_PREFIX; None if the layout does not match."""
-    i = payload.find(_SEQ_KEY, _PREFIX_LEN)
+    i = payload.find(SEQ_KEY, _PREFIX_LEN)
     if i < 0:
         return None
     j = payload.find(b",", i + _SEQ_KEY_LEN)

@@ -220,4 +220,4 @@ class RedisBus:
                 await self._wait_for_redis()
             finally:
                 with contextlib.suppress(Exception):  # the connection may already be gone
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py 8 leaves it unannotated
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # unannotated before redis-py 8.2

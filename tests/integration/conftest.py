@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from drivers.admin import AdminClient
 from drivers.client import ChatClient
+from drivers.engine import Engine
 from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import user_token
 
@@ -35,6 +37,15 @@ def server(server_factory: Callable[..., ServerProcess]) -> ServerProcess:
 def admin(srv: ServerProcess) -> AdminClient:
     assert srv.admin is not None
     return srv.admin
+
+
+def pumped(engine: Engine) -> int:
+    """How many connections the engine's pump reads (asked on the engine thread: the pump belongs to it)."""
+    done = threading.Event()
+    out: list[int] = []
+    engine._call(lambda: (out.append(engine._pump.stats["connections"]), done.set()))
+    assert done.wait(5), "the engine thread did not answer"
+    return out[0]
 
 
 def provision(srv: ServerProcess, members: int, gid: int = 1, first_uid: int = 1) -> list[int]:

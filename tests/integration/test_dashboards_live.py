@@ -167,6 +167,9 @@ def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         port = free_port()
         targets = {SERVER_JOB: [f"127.0.0.1:{srv.admin_port}"], SWARM_JOB: [f"127.0.0.1:{port}"]}
         with PrometheusProcess(targets, data_dir=tmp / "prometheus", labels={"run_id": run_id}) as prom:
+            # Prometheus scrapes before the swarm starts: its first phases (2 s each) fall before a Prometheus
+            # that is still starting (5-6 s here) takes its first scrape (a full-suite run missed "steady")
+            prom.wait_for(f'count(up{{run_id="{run_id}",job="{SERVER_JOB}"}} == 1)', min_value=1)
             start = time.time()
             swarm = _swarm(srv, port, tmp)
             try:

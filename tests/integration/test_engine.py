@@ -22,7 +22,7 @@ from drivers.proxy import Delay, Faults, FrameAction, Impair, Pipe, Proxy
 from drivers.totals import Totals
 from harness.procs import SECRET, ServerProcess
 from reference_server.protocol import user_token
-from tests.integration.conftest import admin, provision
+from tests.integration.conftest import admin, provision, pumped
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -94,6 +94,7 @@ def test_injected_delay_reads_back_within_1ms_at_p50(server: ServerProcess) -> N
             rl = ledger.receiver(uid)
             rl.profile = "delayed" if uid in delayed else "direct"
             clients.append(member(proxy.url, uid, engine, rl))
+        assert pumped(engine) == len(rx)  # after the hello, the pump reads every member's socket
         sender = ChatClient(server.ws_url, sender_uid, user_token(SECRET, sender_uid), heartbeat_s=None)
         sender.connect()
         for i in range(100):

@@ -1,6 +1,7 @@
 """Unit tests (no sockets): the batch ledger (drivers/batchledger.py) gives exactly what ReceiverLedger.on_push gives
 frame by frame — injected drops, duplicates, reorders, signals, catch-up overlap, unexpected groups, repairs and
-reconnects between batches, any cut into batches — and the bulk histogram helpers record what one-by-one does."""
+reconnects between batches, any cut into batches, as lists of payloads or through the receive engine's pump — and the
+bulk histogram helpers record what one-by-one does."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from drivers import _pump
 from drivers.batchledger import BatchLedger
 from drivers.deliveries import LogBuckets, Recorder, _log_bounds
+from drivers.fast_receiver import PUSH_PREFIX, SEQ_KEY
 from drivers.ledger import Ledger, ReceiverLedger
 from reference_server import protocol
 
@@ -124,9 +127,29 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
             "lag": draw(st.integers(0, 3000))}
 
 
-def run_both(sc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], BatchLedger]:
+def via_pump(bl: BatchLedger, chunk: list[tuple[int, bytes, int]], slots: dict[int, int], split: int) -> None:
+    """A batch as the receive engine hands it over: each frame into the pump (drivers/_pump.c keeps each distinct
+    payload once), taken in two parts (as around a reply), applied by apply_ids."""
+    pump = _pump.Pump(PUSH_PREFIX, SEQ_KEY, 1 << 20)
+    try:
+        for u, p, t in chunk:
+            pump.push(slots[u], p, t)
+        for upto in (split % (len(chunk) + 1), -1):
+            taken = pump.take(upto)
+            if taken is None:
+                continue
+            distinct, ids, ss, ts = taken
+            bl.apply_ids(distinct, np.frombuffer(ids, np.int32), np.frombuffer(ss, np.int64),
+                         np.frombuffer(ts, np.int64))
+        assert pump.pending == 0
+    finally:
+        pump.close()
+
+
+def run_both(sc: dict[str, Any], via: str = "apply") -> tuple[dict[str, Any], dict[str, Any], BatchLedger]:
     """The same frames into one ledger by on_push and into another by BatchLedger batches, with the same repairs
-    and reconnects between the same batches."""
+    and reconnects between the same batches. ``via``: the batches as lists of payloads (apply) or through the
+    engine's pump (apply_ids)."""
     one, batch_ledger = Ledger(), Ledger()
     bl = BatchLedger(batch_ledger)
     a: dict[int, ReceiverLedger] = {}
@@ -147,7 +170,9 @@ def run_both(sc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], BatchL
         chunk = frames[lo:hi]
         for u, p, t in chunk:
             a[u].on_push(orjson.loads(p), t // 1000)
-        if chunk:
+        if chunk and via == "pump":
+            via_pump(bl, chunk, slots, sc["lag"] + j)
+        elif chunk:
             bl.apply([p for _, p, _ in chunk], [slots[u] for u, _, _ in chunk], [t for _, _, t in chunk])
         if j in sc["repair_at"]:
             for rls in (a, b):
@@ -164,9 +189,9 @@ def run_both(sc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], BatchL
 
 
 @settings(max_examples=300, deadline=None)
-@given(scenario())
-def test_batches_count_exactly_what_on_push_counts(sc: dict[str, Any]) -> None:
-    expected, got, _ = run_both(sc)
+@given(scenario(), st.sampled_from(["apply", "pump"]))
+def test_batches_count_exactly_what_on_push_counts(sc: dict[str, Any], via: str) -> None:
+    expected, got, _ = run_both(sc, via)
     for key in expected:
         assert got[key] == expected[key], key
 
@@ -190,52 +215,34 @@ def test_injected_drop_duplicate_and_reorder_are_counted() -> None:
     bl = BatchLedger(ledger)
     slot = bl.register(rl)
     seqs = (1, 2, 2, 4, 3, 6)
-    bl.apply_reads([payload(GIDS[0], s) for s in seqs], [6], [slot], [(T0 + 100) * 1000])
+    bl.apply([payload(GIDS[0], s) for s in seqs], [slot] * 6, [(T0 + 100) * 1000] * 6)
     c = ledger.counts
     assert (c["duplicated"], c["reordered"], ledger.delivered) == (1, 1, 5)
     assert list(rl.groups[GIDS[0]].holes) == [5] and rl in ledger.holey
     assert ledger.latency.h.get_total_count() == 5
 
 
-def test_reads_expand_to_frames() -> None:
-    """apply_reads(ends, slots, times) is apply with each read's slot and time on each of its frames."""
-    frames = [(u, s) for s in range(1, 6) for u in (0, 1) for _ in range(1)]
-    results = []
-    for per_read in (False, True):
-        ledger = Ledger()
-        bl = BatchLedger(ledger)
-        rls = {u: ledger.receiver(u + 1) for u in (0, 1)}
-        slots = {}
-        for u, rl in rls.items():
-            rl.on_connect(hello(0, GIDS[:1]))
-            slots[u] = bl.register(rl)
-        ps = [payload(GIDS[0], s) for _, s in frames]
-        if per_read:  # two frames per read, one read per connection turn
-            by: list[tuple[int, list[bytes]]] = []
-            for (u, _), p in zip(frames, ps, strict=True):
-                if by and by[-1][0] == u:
-                    by[-1][1].append(p)
-                else:
-                    by.append((u, [p]))
-            flat, ends, ss, ts = [], [], [], []
-            for i, (u, group) in enumerate(by):
-                flat += group
-                ends.append(len(flat))
-                ss.append(slots[u])
-                ts.append((T0 + 200 + i) * 1000)
-            bl.apply_reads(flat, ends, ss, ts)
-        else:
-            ts = []
-            i = -1
-            prev = None
-            for u, _ in frames:
-                if u != prev:
-                    i += 1
-                    prev = u
-                ts.append((T0 + 200 + i) * 1000)
-            bl.apply(ps, [slots[u] for u, _ in frames], ts)
-        results.append(state(ledger, rls))
-    assert results[0] == results[1]
+def test_the_pump_keeps_each_distinct_payload_once_and_hands_over_in_order() -> None:
+    """Frames of one message are one payload in the pump's batch; ids, slots and times keep the arrival order; a
+    take of the first records leaves the rest (and the payloads they name) for the next."""
+    pump = _pump.Pump(PUSH_PREFIX, SEQ_KEY, 1 << 20)
+    m1, m2 = payload(GIDS[0], 1), payload(GIDS[1], 1)
+    frames = [(3, m1), (4, m1), (3, m2), (5, m1), (4, m2)]
+    for i, (slot, p) in enumerate(frames):
+        pump.push(slot, p, T0 * 1000 + i)
+    assert pump.pending == 5 and pump.stats["distinct"] == 2
+    first = pump.take(2)
+    assert first is not None
+    distinct, ids, slots, _ = first
+    assert distinct == [m1, m2]
+    assert np.frombuffer(ids, np.int32).tolist() == [0, 0] and np.frombuffer(slots, np.int64).tolist() == [3, 4]
+    rest = pump.take()
+    assert rest is not None and rest[0] == [m1, m2]
+    assert np.frombuffer(rest[1], np.int32).tolist() == [1, 0, 1]
+    assert np.frombuffer(rest[2], np.int64).tolist() == [3, 5, 4]
+    assert np.frombuffer(rest[3], np.int64).tolist() == [T0 * 1000 + i for i in (2, 3, 4)]
+    assert pump.take() is None and pump.stats["distinct"] == 0  # all taken: the payloads are let go
+    pump.close()
 
 
 def test_frames_that_are_not_pushes_come_back() -> None:
@@ -245,7 +252,7 @@ def test_frames_that_are_not_pushes_come_back() -> None:
     bl = BatchLedger(ledger)
     slot = bl.register(rl)
     read_reply = protocol.encode_read_reply(9, protocol.GroupState(GIDS[0], 2, 1, 1))
-    assert read_reply.startswith(b'{"gid":')  # why the engine hands read replies around its batches
+    assert read_reply.startswith(b'{"gid":')  # why the pump tells a push by PUSH_PREFIX <gid> SEQ_KEY, not the prefix
     out = bl.apply([payload(GIDS[0], 1), read_reply, payload(GIDS[0], 2)], [slot] * 3, [T0 * 1000] * 3)
     assert [(k, f["op"], f["rid"]) for k, f in out] == [(slot, "read", 9)]
     assert ledger.delivered == 2 and ledger.counts["duplicated"] == 0
