@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-unit system-deps lint types check bench bench-modes bench-check baseline dashboards clean abuse
 
-$(RUNTIME): pyproject.toml
+# setup.py builds the one compiled part (drivers/_pump.c): a change to it re-installs (the editable install builds it
+# in place)
+$(RUNTIME): pyproject.toml setup.py drivers/_pump.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "chatbench needs Python >= 3.11"'
 	$(PYTHON) -m venv $(VENV)
 	@# editable installs from pyproject.toml need pip >= 21.3: upgrade only an older one (saves seconds when fresh)
