@@ -12,6 +12,12 @@ STAMP  := $(VENV)/.installed
 # in place)
 $(RUNTIME): pyproject.toml setup.py drivers/_pump.c
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "chatbench needs Python >= 3.11"'
+	@$(PYTHON) -c 'import sys, sysconfig, os, shutil; h = os.path.join(sysconfig.get_paths()["include"], "Python.h"); \
+		linux = sys.platform.startswith("linux"); \
+		assert not linux or shutil.which(sysconfig.get_config_var("CC").split()[0]) or shutil.which("cc"), \
+		"chatbench compiles drivers/_pump.c: install a C compiler (Debian: apt-get install gcc)"; \
+		assert not linux or os.path.exists(h), \
+		f"chatbench compiles drivers/_pump.c: Python headers missing ({h}; Debian: apt-get install python3-dev)"'
 	$(PYTHON) -m venv $(VENV)
 	@# editable installs from pyproject.toml need pip >= 21.3: upgrade only an older one (saves seconds when fresh)
 	$(BIN)/python -c 'import pip, sys; sys.exit(tuple(map(int, pip.__version__.split(".")[:2])) < (21, 3))' \

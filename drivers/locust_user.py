@@ -44,7 +44,7 @@ from drivers import autorate, netproxy, swarm
 from drivers.admin import AdminClient, front_gateway
 from drivers.client import ChatClient, ChatClientError
 from drivers.clock import CLOCK
-from drivers.engine import DEFAULT_RECEIVE_ENGINE, RECEIVE_ENGINES, EngineClient, engine_for
+from drivers.engine import DEFAULT_RECEIVE_ENGINE, PUMP_MISSING, RECEIVE_ENGINES, EngineClient, engine_for
 from drivers.ledger import Frame, ReceiverLedger, now_us
 from drivers.profiles import DIRECT, assign, parse_mix
 from drivers.schedule import LiveSchedule, Schedule
@@ -137,11 +137,19 @@ def _options(parser: ArgumentParser) -> None:
                    "scenario's ChatUser.pong_timeout_s)")
     g.add_argument("--backoff-jitter", choices=["full", "none"], env_var="CHATBENCH_BACKOFF_JITTER", default="full",
                    help="reconnect backoff: full jitter, or none (every client waits exactly base·2ⁿ: the herd)")
-    g.add_argument("--receive-engine", choices=list(RECEIVE_ENGINES), env_var="CHATBENCH_RECEIVE_ENGINE",
-                   default=DEFAULT_RECEIVE_ENGINE,
+    g.add_argument("--receive-engine", type=_receive_engine, choices=list(RECEIVE_ENGINES),
+                   env_var="CHATBENCH_RECEIVE_ENGINE", default=DEFAULT_RECEIVE_ENGINE,
                    help="how members receive: batch (every connection of the process in one uvloop + picows event "
-                   "loop in a real thread, pushes applied to the ledger in batches: drivers/engine.py) or client (a "
-                   "ChatClient and its greenlet per member, every push through the ledger one by one)")
+                   "loop in a real thread, read by a compiled pump, pushes applied to the ledger in batches: "
+                   "drivers/engine.py; Linux) or client (a ChatClient and its greenlet per member, every push through "
+                   "the ledger one by one)")
+
+
+def _receive_engine(name: str) -> str:
+    """argparse type of --receive-engine: batch where its pump is not built stops at the command line, saying why."""
+    if name == "batch" and PUMP_MISSING is not None:
+        raise ArgumentTypeError(f"{PUMP_MISSING}; use --receive-engine client")
+    return name
 
 
 def _profile_mix(spec: str) -> str:

@@ -71,3 +71,20 @@ def test_pods_read_only_what_is_defined() -> None:
     run = docs[("ConfigMap", "chatbench-run")]["data"]
     assert run["LOCUST_LOCUSTFILE"].startswith("/chatbench/scenarios/")  # where the image puts scenarios/
     assert all(isinstance(v, str) for v in run.values())  # ConfigMap values must be strings
+
+
+def test_the_image_builds_from_every_package_and_the_compiled_part() -> None:
+    """The Dockerfile (not built here) copies every package pyproject.toml installs and setup.py into the stage that
+    builds the wheel (the receive engine's pump is compiled there), and scenarios/ into the image."""
+    import tomllib
+
+    repo = DEPLOY.parents[1]
+    stages = (DEPLOY / "Dockerfile").read_text().split("\nFROM ")[1:]
+    assert len(stages) == 2, "a build stage (compiler) and the image"
+    build, image = stages
+    copied = {word for line in build.splitlines() if line.startswith("COPY ") for word in line.split()[1:-1]}
+    packages = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    wanted = {p.rstrip("*") for p in packages["include"]} | {"pyproject.toml", "setup.py", "README.md"}
+    assert wanted <= copied, wanted - copied
+    assert "drivers/_pump.c" in (repo / "setup.py").read_text()
+    assert "pip wheel" in build and "COPY scenarios scenarios" in image and "/wheels/*.whl" in image
