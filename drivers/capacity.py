@@ -150,6 +150,8 @@ class Search:
         self._confirms = 0
         #: why the search ended before it narrowed (None: it did not): no later step could be judged fairly
         self.stopped: str | None = None
+        #: the failed confirm at the lowest measurable level, if the search ended there
+        self._failed_at_minimum: Step | None = None
 
     def next_level(self) -> float | None:
         return self._next
@@ -170,8 +172,9 @@ class Search:
                 self._next = None
             elif self.lo is None:  # nothing below held a step yet: bracket downwards from here
                 self.phase = "bracket"
-                if step.level <= self.minimum:
+                if step.level <= self.minimum:  # even the lowest measurable level did not hold for the period
                     self.confirmed = False
+                    self._failed_at_minimum = step
                     self._next = None
                 else:
                     self._next = max(self._down(step.level / self.growth, step.level), self.minimum)
@@ -246,7 +249,13 @@ class Search:
         below = self.lo is None and first is not None and first.level <= self.minimum and not generator_bound
         if below:
             because = [*because, f"no level held down to {self.minimum:g}, the lowest a step measures"]
-        if self.confirmed is False:
+        at_minimum = self._failed_at_minimum
+        if at_minimum is not None and not generator_bound and not at_minimum.generator_limits and not below:
+            # a short step at the lowest level held, its confirm did not: no capacity under the SLO either
+            below = True
+            because = [*because, *at_minimum.failures,
+                       f"the lowest level a step measures ({self.minimum:g}) did not hold for the confirm period"]
+        elif self.confirmed is False:
             because = [*because, "no level held for the confirm period"]
         if self.stopped is not None:
             because = [*because, self.stopped]

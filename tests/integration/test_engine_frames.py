@@ -12,8 +12,11 @@ import hashlib
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +29,7 @@ from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]
 GID = 5
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -169,3 +173,19 @@ def test_a_masked_frame_or_a_stream_that_just_ends_closes_the_member_with_a_reas
     assert client.close_code == 1006 and client.close_reason == reason
     assert engine.ledger.delivered == 1  # the push before it counted
     assert pumped(engine) == 0
+
+
+def test_the_batch_engine_without_its_pump_stops_locust_saying_why() -> None:
+    """Where drivers/_pump.c is not built (not Linux, or installed without compiling), --receive-engine batch stops
+    at the command line with what to do; the default is then the client engine."""
+    hide = "import sys; sys.modules['drivers._pump'] = None; from locust.main import main; sys.exit(main())"
+    base = [sys.executable, "-c", hide, "-f", str(REPO / "scenarios" / "smoke.py"), "--headless", "-u", "1", "-t",
+            "1s", "--host", "ws://127.0.0.1:9"]
+    proc = subprocess.run([*base, "--receive-engine", "batch"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "is not built" in proc.stderr and "use --receive-engine client" in proc.stderr
+    out = subprocess.run([sys.executable, "-c", "import sys; sys.modules['drivers._pump'] = None; "
+                          "import drivers.engine as e; print(e.DEFAULT_RECEIVE_ENGINE)"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "client", out.stderr[-2000:]

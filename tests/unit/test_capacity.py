@@ -150,6 +150,28 @@ def test_a_failed_confirm_with_nothing_held_below_brackets_downwards() -> None:
     assert answer["confirmed"] is True and 5 <= answer["capacity"] <= 7.5  # type: ignore[operator]
 
 
+def test_a_confirm_that_fails_at_the_lowest_measurable_level_is_no_capacity_not_no_answer() -> None:
+    """Write diffusion at 2,000 members: every level fails down to the minimum, where a short step holds but its
+    confirm does not. The configuration holds nothing for the confirm period: 'below the minimum', a server answer
+    (not an unanswered search). A generator-limited confirm there answers nothing."""
+    for gen in (False, True):
+        search = Search(10, minimum=0.625)
+        while (level := search.next_level()) is not None:
+            step = Step(level, search.phase)
+            if level > 0.625 or search.phase == "confirm":
+                step.failures.append("latency p99 over")
+                if gen and search.phase == "confirm":
+                    step.generator_limits.append("generator event loop late")
+            search.record(step)
+        answer = search.answer()
+        assert answer["capacity"] is None and answer["confirmed"] is False
+        assert answer["highest_held"] is None  # the failed confirm took back the short step's hold
+        assert answer["below_minimum"] is (not gen), answer
+        because = answer["failed_because"]
+        assert isinstance(because, list)
+        assert any("did not hold for the confirm period" in b for b in because) is (not gen)
+
+
 def test_the_maximum_caps_the_search() -> None:
     answer = run(Search(10, maximum=100), capacity=1e9)
     assert answer["capacity"] == 100 and answer["first_failed"] is None
