@@ -26,10 +26,7 @@ and the end-of-run reconciliation see every seq the moment its batch is applied.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
-from itertools import repeat
-from operator import attrgetter
 from typing import Any, Final
 
 import numpy as np
@@ -43,7 +40,6 @@ __all__ = ["BatchLedger"]
 
 I64: Final = np.int64
 _NO_GID: Final = -2**63  # never a gid (_as_message takes gids above it only)
-_LAST: Final = attrgetter("last")
 
 ErrorFn = Callable[[int, BaseException], None]  # (slot, exception) for a frame the ledger could not take
 
@@ -73,6 +69,7 @@ class BatchLedger:
         #: per slot: the receiver's GroupLedger when it has exactly one group (the run check's short way), else None
         self._slot_gl: list[GroupLedger | None] = []
         self._slot_gid = np.zeros(0, I64)  # that group's gid, or _NO_GID
+        self._slot_gi = np.zeros(0, I64)  # that group's element of the ledger's Lasts, or -1
         self._slot_rid = np.zeros(0, I64)  # the receiver's identity (id()), to keep a receiver's runs together
         self._profiles: dict[int, str] = {}  # slot -> network profile of its receiver, for slots that have one
         self._free: list[int] = []
@@ -93,6 +90,7 @@ class BatchLedger:
             if slot >= self._slot_gid.size:
                 size = max(64, 2 * self._slot_gid.size)
                 self._slot_gid = np.resize(self._slot_gid, size)
+                self._slot_gi = np.resize(self._slot_gi, size)
                 self._slot_rid = np.resize(self._slot_rid, size)
         self._slot_rid[slot] = id(rl)
         if rl.profile is not None:
@@ -106,6 +104,7 @@ class BatchLedger:
         gl = next(iter(rl.groups.values())) if rl is not None and len(rl.groups) == 1 else None
         self._slot_gl[slot] = gl
         self._slot_gid[slot] = _NO_GID if gl is None else gl.gid
+        self._slot_gi[slot] = -1 if gl is None else gl.ix
 
     def release(self, slot: int) -> None:
         """The connection of ``slot`` ended and its last frames were applied: the slot may be reused."""
@@ -113,6 +112,7 @@ class BatchLedger:
             self.receivers[slot] = None
             self._slot_gl[slot] = None
             self._slot_gid[slot] = _NO_GID
+            self._slot_gi[slot] = -1
             self._slot_rid[slot] = 0
             self._profiles.pop(slot, None)
             self._free.append(slot)
@@ -192,35 +192,17 @@ class BatchLedger:
             short &= ~np.isin(rid, rid[~short])
             general = np.flatnonzero(~short)
         slow: list[int] = []  # runs that went through on_push
-        slot_gl = self._slot_gl
-        sidx = np.flatnonzero(short) if general is not None else None
-        rk = run_k if sidx is None else run_k[sidx]
-        rf = run_first if sidx is None else run_first[sidx]
-        rl_ = run_last if sidx is None else run_last[sidx]
-        gls = list(map(slot_gl.__getitem__, rk.tolist()))
-        if rk.size and int(np.bincount(rk).max()) == 1:
-            # each receiver once: read every `last` at once, check, write the new ones back
-            ok = rf == np.fromiter(map(_LAST, gls), I64, len(gls)) + 1
-            if ok.all():
-                deque(map(setattr, gls, repeat("last"), rl_.tolist()), maxlen=0)
+        sidx = np.flatnonzero(short) if general is not None else np.arange(run_k.size)
+        # in batch order, each against what the one before left: from a group's first run out of step on
+        for r in self._run_check(run_k[sidx], run_first[sidx], run_last[sidx], sidx):
+            k = int(run_k[r])
+            gl = self._slot_gl[k]
+            assert gl is not None  # a short run's slot has its one GroupLedger
+            if int(run_first[r]) == gl.last + 1:
+                gl.last = int(run_last[r])
             else:
-                good = np.flatnonzero(ok)
-                deque(map(setattr, [gls[i] for i in good.tolist()], repeat("last"), rl_[good].tolist()), maxlen=0)
-                for i in np.flatnonzero(~ok).tolist():
-                    r = i if sidx is None else int(sidx[i])
-                    slow.append(r)
-                    k = int(run_k[r])
-                    self._slow_run(self.receivers[k], k, int(starts[r]), int(ends[r]), ids, t_us, frames, on_error)
-        else:  # a receiver in several runs: in batch order, each against what the one before left
-            for r, gl, first, last in zip(range(rk.size) if sidx is None else sidx.tolist(), gls, rf.tolist(),
-                                          rl_.tolist(), strict=True):
-                if first == gl.last + 1:  # type: ignore[union-attr]
-                    gl.last = last  # type: ignore[union-attr]
-                else:
-                    slow.append(r)
-                    k = int(run_k[r])
-                    self._slow_run(self.receivers[k], k, int(starts[r]), int(ends[r]), ids, t_us, frames,
-                                   on_error)
+                slow.append(r)
+                self._slow_run(self.receivers[k], k, int(starts[r]), int(ends[r]), ids, t_us, frames, on_error)
         if general is not None:
             receivers = self.receivers
             for r, k, gid, first, last, b in zip(general.tolist(), run_k[general].tolist(),
@@ -267,6 +249,36 @@ class BatchLedger:
                 else:
                     out.append((k, frame))
         return out
+
+    def _run_check(self, rk: Any, rf: Any, rl_: Any, runs: Any) -> list[int]:
+        """The short way's check, in bulk: per receiver's group, its runs (slot ``rk``, first and last seq, in
+        batch order) in step with each other and with the group's ``last``, which moves to the last run in step.
+        Returns the runs (from ``runs``) left to check one by one, in batch order: a group's first run out of step
+        and every later run of that group."""
+        m = int(rk.size)
+        if not m:
+            return []
+        gi = self._slot_gi[rk]  # each run's element of the ledger's Lasts
+        lasts = self.ledger.lasts.view()  # (a local: no view may outlive this call, GroupLedgers append to it)
+        order = np.argsort(gi, kind="stable")  # each group's runs together, in batch order
+        g, f, last = gi[order], rf[order], rl_[order]
+        head = np.ones(m, np.bool_)
+        head[1:] = g[1:] != g[:-1]
+        before = np.empty(m, I64)  # what each run must follow: the group's last, or the run before it
+        before[head] = lasts[g[head]]
+        follows = np.flatnonzero(~head)
+        before[follows] = last[follows - 1]
+        off = f != before + 1
+        heads = np.flatnonzero(head)
+        pos = np.arange(m)
+        first_off = np.minimum.reduceat(np.where(off, pos, m), heads)  # per group: its first run out of step
+        in_step_to = np.minimum(np.append(heads[1:], m), first_off) - 1  # per group: its last run in step
+        moved = in_step_to >= heads
+        lasts[g[in_step_to[moved]]] = last[in_step_to[moved]]
+        if not off.any():
+            return []
+        grp = np.cumsum(head) - 1
+        return [int(r) for r in runs[np.sort(order[pos >= first_off[grp]])].tolist()]
 
     def _slow_run(self, rl: ReceiverLedger | None, k: int, start: int, end: int, ids: Any, t_us: Any,
                   frames: list[Frame | None], on_error: ErrorFn | None) -> None:

@@ -38,8 +38,11 @@ exact once receiving is quiet; a :meth:`Ledger.take` racing a receive thread may
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Callable
 from typing import Any, Final
+
+import numpy as np
 
 from drivers.clock import CLOCK
 from drivers.deliveries import LogBuckets, Recorder
@@ -68,18 +71,48 @@ def now_us() -> int:
     return CLOCK.now_us()
 
 
-class GroupLedger:
-    __slots__ = ("base", "gid", "holes", "invisible", "last", "live_from", "read", "repaired")
+class Lasts:
+    """Every GroupLedger's ``last`` of one Ledger, in one growable array of int64 (``array('q')``: an element reads
+    as a Python int). The batch ledger checks and moves many of them at once through a numpy view of it
+    (:meth:`view`); a GroupLedger reads and writes its own element."""
 
-    def __init__(self, gid: int, max_seq: int, read: int) -> None:
+    __slots__ = ("a",)
+
+    def __init__(self) -> None:
+        self.a = array("q")
+
+    def new(self, value: int) -> int:
+        """The index of a new element holding ``value``."""
+        self.a.append(value)
+        return len(self.a) - 1
+
+    def view(self) -> Any:
+        """A numpy int64 view of every element (drop it before the next :meth:`new`: a view pins the array)."""
+        return np.frombuffer(self.a, np.int64)
+
+
+class GroupLedger:
+    __slots__ = ("_lasts", "base", "gid", "holes", "invisible", "ix", "live_from", "read", "repaired")
+
+    def __init__(self, lasts: Lasts, gid: int, max_seq: int, read: int) -> None:
         self.gid = gid
-        self.last = max_seq  # highest seq accounted for in the push stream
+        self._lasts = lasts.a
+        self.ix = lasts.new(max_seq)  # this group's element in the ledger's Lasts
         self.live_from = max_seq  # seqs ≤ this belong to history / catch-up
         self.base = max_seq  # live_from at the first connect: below it visibility is unknown
         self.read = read  # the read mark as the client knows it
         self.holes: dict[int, int] = {}  # seq -> µs when the hole was seen
         self.invisible: set[int] = set()  # seqs > base this receiver cannot see (private to others, deleted)
         self.repaired: set[int] = set()  # seqs counted lost and fetched by sync (a late push is not a duplicate)
+
+    @property
+    def last(self) -> int:
+        """The highest seq accounted for in the push stream."""
+        return self._lasts[self.ix]
+
+    @last.setter
+    def last(self, value: int) -> None:
+        self._lasts[self.ix] = value
 
 
 class ReceiverLedger:
@@ -114,7 +147,7 @@ class ReceiverLedger:
             gid, mx = g["gid"], g["max"]
             gl = self.groups.get(gid)
             if gl is None:
-                self.groups[gid] = GroupLedger(gid, mx, g["read"])
+                self.groups[gid] = GroupLedger(ledger.lasts, gid, mx, g["read"])
             else:
                 if mx > gl.last:
                     self.pending_catchup[gid] = (gl.last, mx)
@@ -130,7 +163,7 @@ class ReceiverLedger:
         it is checked (a group first seen in a push starts at that push: ``unexpected_group``)."""
         if gid in self.groups:
             return
-        self.groups[gid] = GroupLedger(gid, 0, 0)
+        self.groups[gid] = GroupLedger(self.ledger.lasts, gid, 0, 0)
         if self.online:
             self.ledger.presence.append((gid, now_us() if t_us is None else t_us, 1))
 
@@ -164,7 +197,7 @@ class ReceiverLedger:
         gl = self.groups.get(gid)
         if gl is None:  # added to a group after hello: start its ledger here
             ledger.counts["unexpected_group"] += 1
-            gl = self.groups[gid] = GroupLedger(gid, seq - 1, seq - 1)
+            gl = self.groups[gid] = GroupLedger(ledger.lasts, gid, seq - 1, seq - 1)
         last = gl.last
         if seq == last + 1:
             gl.last = seq
@@ -368,6 +401,7 @@ class Ledger:
         self.frozen = False  # set at the end of a run: pushes after the final reconciliation are not counted
         self.receivers: dict[int, ReceiverLedger] = {}
         self.holey: set[ReceiverLedger] = set()  # receivers that saw a hole since the last repair pass
+        self.lasts = Lasts()  # every GroupLedger's last (kept across take(): it is the receivers' state)
         self._lock = threading.Lock()
         self._reset()
 
