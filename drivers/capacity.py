@@ -89,6 +89,10 @@ class Step:
                 "failures": self.failures, "generator_limits": self.generator_limits, "drain_s": self.drain_s}
 
 
+#: a generator lag under this fraction of a latency ceiling is within a step's resolution (see judge)
+LAG_MATERIAL: Final = 0.1
+
+
 def judge(step: Step, slo: Slo, cpu_limit: float, lag_limit_ms: float) -> None:
     """Fill ``step.failures`` (the SLO) and ``step.generator_limits`` (the generator's own health)."""
     for name, ceiling in slo.latency_ms.items():
@@ -109,12 +113,17 @@ def judge(step: Step, slo: Slo, cpu_limit: float, lag_limit_ms: float) -> None:
         step.generator_limits.append(f"generator CPU {step.generator_cpu:.0%} > {cpu_limit:.0%}")
     if step.generator_lag_ms > lag_limit_ms:
         step.generator_limits.append(f"generator event loop {step.generator_lag_ms:.0f} ms late")
-    else:  # a late event loop delays every receive it holds up: a latency over the SLO is then partly its own
+    else:
+        # a late event loop delays every receive it holds up by at most its lag: a latency over its ceiling by less
+        # than that lag may be the generator's alone (then the step says nothing of the server); a lag under a tenth
+        # of the ceiling is within the step's resolution
+        lag = step.generator_lag_ms
         for name, ceiling in slo.latency_ms.items():
             value = step.latency_ms.get(name)
-            if value is not None and value >= ceiling and step.generator_lag_ms >= ceiling / 2:
-                step.generator_limits.append(f"generator event loop {step.generator_lag_ms:.0f} ms late against a "
-                                             f"{name} ceiling of {ceiling:g} ms: the latency is partly the generator's")
+            if value is not None and value >= ceiling and lag >= ceiling * LAG_MATERIAL and value - lag < ceiling:
+                step.generator_limits.append(
+                    f"generator event loop {lag:.0f} ms late: {name} {value:.1f} ms less that is under the "
+                    f"{ceiling:g} ms ceiling, so the latency may be the generator's")
                 break
 
 
