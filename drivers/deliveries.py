@@ -238,6 +238,47 @@ class LogBuckets:
     def to_wire(self) -> list[Any]:
         return [self.count, self.min, self.max, list(self.buckets.items())]
 
+    @staticmethod
+    def many_to_wire(parts: list[list[Any]]) -> list[list[Any]]:
+        """``[LogBuckets() + add_latencies(p) → to_wire()]`` for every part (the fan-out parts of a report's
+        messages), in one numpy pass: a worker report of 1,500 messages took ~25 ms message by message, long enough
+        to make its senders late."""
+        if not parts:
+            return []
+        arrays: list[Any] = []
+        ndarray = np.ndarray
+        for p in parts:
+            first = p[0] if p else None
+            if type(first) is ndarray and len(p) == 1:  # the batch ledger's part: one array
+                arrays.append(first)
+                continue
+            if type(first) is not ndarray:
+                try:
+                    arrays.append(np.fromiter(p, np.int64, len(p)))  # on_push's part: ints
+                    continue
+                except (TypeError, ValueError):
+                    pass
+            arrays.append(np.concatenate([np.atleast_1d(np.asarray(v, np.int64)) for v in p]))  # a mix
+        sizes = np.fromiter(map(len, arrays), np.int64, len(arrays))
+        arr = np.maximum(np.concatenate(arrays), 1)
+        starts = np.concatenate((np.zeros(1, np.int64), np.cumsum(sizes)[:-1]))
+        nonempty = sizes > 0
+        lo = np.zeros(len(arrays), np.int64)
+        hi = np.zeros(len(arrays), np.int64)
+        if arr.size:
+            lo[nonempty] = np.minimum.reduceat(arr, starts[nonempty])
+            hi[nonempty] = np.maximum.reduceat(arr, starts[nonempty])
+        bounds = _log_bounds(int(arr.max()) if arr.size else 1)
+        span = len(bounds) + 1  # bucket numbers are 0 .. len(bounds)
+        owner = np.repeat(np.arange(len(arrays), dtype=np.int64), sizes)
+        keys, counts = np.unique(owner * span + np.searchsorted(bounds, arr, side="right"), return_counts=True)
+        cut = np.searchsorted(keys // span, np.arange(len(arrays) + 1), side="left").tolist()
+        buckets = (keys % span).tolist()
+        counted = counts.tolist()
+        return [[n, a, b, list(zip(buckets[cut[m]:cut[m + 1]], counted[cut[m]:cut[m + 1]], strict=True))]
+                if n else [0, 0, 0, []]
+                for m, (n, a, b) in enumerate(zip(sizes.tolist(), lo.tolist(), hi.tolist(), strict=True))]
+
     def merge_wire(self, w: list[Any]) -> None:
         count, lo, hi, items = w
         if not count:

@@ -448,11 +448,8 @@ class Ledger:
             fan, sends, presence, profiles = self.fan, self.sends, self.presence, self.profiles
             self._reset()
         counts["delivered"] += delivered
-        fan_wire = []
-        for (gid, seq), lats in fan.items():
-            b = LogBuckets()
-            b.add_latencies(lats)
-            fan_wire.append([gid, seq, b.to_wire()])
+        fan_wire = [[gid, seq, w] for (gid, seq), w in zip(fan, LogBuckets.many_to_wire(list(fan.values())),
+                                                              strict=True)]
         return {
             "counts": counts, "latency": latency.take(), "send_ack": send_ack.take(), "catchup": catchup.take(),
             "fan": fan_wire, "sends": [list(s) for s in sends], "presence": [list(p) for p in presence],

@@ -295,6 +295,30 @@ def test_add_latencies_is_add_many_of_the_clamped_values(values: list[int]) -> N
     assert (bulk.count, bulk.min, bulk.max, bulk.buckets) == (one.count, one.min, one.max, one.buckets)
 
 
+part_st = st.one_of(
+    st.lists(st.integers(-5, 10**9), min_size=1, max_size=80),  # on_push's part: ints
+    st.lists(st.lists(st.integers(-5, 10**9), max_size=120).map(lambda v: np.array(v, np.int64)), min_size=1,
+             max_size=3),  # the batch ledger's: arrays
+    st.tuples(st.integers(1, 10**6), st.lists(st.integers(1, 10**9), max_size=70)).map(
+        lambda t: [t[0], np.array(t[1], np.int64)]),  # a mix
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(part_st, max_size=40))
+def test_many_to_wire_is_each_parts_own_log_buckets(parts: list[list[Any]]) -> None:
+    """A worker report's fan-out parts bucketed in one pass give what each message's LogBuckets gives."""
+    def norm(w: list[Any]) -> list[Any]:
+        return [w[0], w[1], w[2], sorted(w[3])]
+
+    expected = []
+    for p in parts:
+        b = LogBuckets()
+        b.add_latencies(p)
+        expected.append(norm(b.to_wire()))
+    assert [norm(w) for w in LogBuckets.many_to_wire(parts)] == expected
+
+
 def test_log_bounds_are_the_bucket_edges_of_math_log() -> None:
     bounds = _log_bounds(10**12)
     k = LogBuckets._K
