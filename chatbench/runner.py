@@ -106,6 +106,10 @@ def scenario_path(name: str) -> Path:
     return path
 
 
+class ServerReadError(RuntimeError):
+    """A server process could not be read (exited, or its /metrics failed)."""
+
+
 class Servers:
     """The system under test for one run: one embedded server, or Redis + logic node + K gateways."""
 
@@ -176,14 +180,23 @@ class Servers:
 
     def read(self, names: Sequence[str] = ()) -> tuple[dict[str, float], dict[str, float]]:
         """(counters summed over every server process — only ``names``, if given —, schedstat CPU seconds per
-        role)."""
+        role). Raises :class:`ServerReadError` naming each process that could not be read (gone, or its /metrics
+        unreadable): a sum without it would be a false figure."""
         total: dict[str, float] = {}
         cpu: dict[str, float] = {}
+        failed: list[str] = []
         for role, srv in self.processes():
             assert srv.admin is not None
-            with contextlib.suppress(Exception):
+            if srv.proc is None or srv.proc.poll() is not None:
+                failed.append(f"{role} has exited" + ("" if srv.proc is None else f" ({srv.proc.returncode})"))
+                continue
+            try:
                 add(total, counters(srv.admin.metrics_text(names)))
+            except Exception as exc:  # any failure of one process makes the whole reading unusable
+                failed.append(f"{role}'s /metrics: {type(exc).__name__}: {exc}")
             cpu[role] = process_cpu_seconds(srv.pid)
+        if failed:
+            raise ServerReadError("; ".join(failed))
         if self.cluster is not None and self.cluster.redis is not None and self.cluster.redis.proc is not None:
             cpu["redis"] = process_cpu_seconds(self.cluster.redis.proc.pid)
         return total, cpu
@@ -202,6 +215,7 @@ class Sampler:
         self.cpu_interval_s = cpu_interval_s
         self.samples: list[tuple[float, dict[str, float], float]] = []  # (epoch s, counters, server CPU s)
         self.cpu: list[tuple[float, float]] = []  # (epoch s, server CPU s)
+        self.missed: list[str] = []  # why each scrape that could not read every server process failed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -224,8 +238,12 @@ class Sampler:
         while True:
             if time.monotonic() >= next_scrape:
                 next_scrape = time.monotonic() + self.interval_s
-                c, cpu = self.servers.read([series for _, series in self.SERIES])
-                self.samples.append((time.time(), c, sum(v for k, v in cpu.items() if k != "redis")))
+                try:
+                    c, cpu = self.servers.read([series for _, series in self.SERIES])
+                except ServerReadError as exc:  # no sample rather than a partial one; the series spans the gap
+                    self.missed.append(str(exc))
+                else:
+                    self.samples.append((time.time(), c, sum(v for k, v in cpu.items() if k != "redis")))
             else:
                 self._cpu_sample()
             if self._stop.wait(self.cpu_interval_s):
@@ -325,17 +343,22 @@ def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str]
     with Sampler(servers) as sampler:
         rc, output = run_locust(cmd, on_line, cfg.generator_cpu_quota)
     elapsed = time.monotonic() - t0
-    after, cpu1 = servers.read()
+    invalid: list[str] = []
+    try:
+        after, cpu1 = servers.read()
+    except ServerReadError as exc:  # the run's server counters and CPU are unknown: the bundle says so
+        after, cpu1 = dict(before), dict(cpu0)
+        invalid.append(f"the servers could not be read after the run: {exc}")
     if not out.exists():
         return RunOutcome(None, None, rc, output, elapsed, before, after)
     swarm = orjson.loads(out.read_bytes())
-    bundle = assemble(cfg, swarm, servers, before, after, cpu0, cpu1, sampler)
+    bundle = assemble(cfg, swarm, servers, before, after, cpu0, cpu1, sampler, invalid)
     return RunOutcome(bundle, None, rc, output, elapsed, before, after)
 
 
 def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: dict[str, float],
              after: dict[str, float], cpu0: dict[str, float], cpu1: dict[str, float],
-             sampler: Sampler) -> dict[str, Any]:
+             sampler: Sampler, invalid: Sequence[str] = ()) -> dict[str, Any]:
     bundle = dict(swarm)
     bundle["config"] = cfg.record()
     bundle["scenario"] = swarm.get("scenario") or scenario_path(cfg.scenario).stem
@@ -372,7 +395,11 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
     bundle["server"] = {"processes": procs, "redis_cpu_s": cpu.get("redis"),
                         "counters": {n: delta(after, before, n) for n in names}}
     bundle["timeseries"] = sampler.series()
-    return record.finish(bundle)
+    m["server_scrapes_missed"] = len(sampler.missed)
+    if invalid:  # the servers' end reading failed: none of its counters is known
+        bundle["server"]["counters"] = {}
+        m["server_push_latency_ms_le"] = {}
+    return record.finish(bundle, list(invalid))
 
 
 def bundle_stem(bundle: dict[str, Any]) -> str:

@@ -190,6 +190,8 @@ FIELDS: Final[tuple[Field, ...]] = (
        "ticks) over the traffic window, as the swarm read it"),
     _f("metrics.server_cpu_s_run", "float", "CPU s", "schedstat CPU of every server process over the whole swarm"),
     _f("metrics.server_cpu_window_s", "list", "epoch s", "[start, end] of the traffic window"),
+    _f("metrics.server_scrapes_missed", "int", "", "the sampler's scrapes that could not read every server process "
+       "(none kept: the time series spans the gap)"),
     _f("metrics.server_deliveries", "float", "", "deliveries the server pushed (every process)"),
     _f("metrics.server_messages_accepted", "float", "", "messages the server accepted"),
     _f("metrics.deliveries_per_server_cpu_s", "float", "1/CPU s", "server deliveries / server CPU"),
