@@ -739,6 +739,17 @@ static PyObject *Pump_take(Pump *self, PyObject *args) {
     return r;
 }
 
+static PyObject *Pump_holds(Pump *self, PyObject *args) {
+    long long slot;
+    Py_ssize_t upto = -1;
+    if (!PyArg_ParseTuple(args, "L|n", &slot, &upto)) return NULL;
+    if (!enter(self)) return NULL;
+    Py_ssize_t n = upto < 0 || upto > self->nrec ? self->nrec : upto;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (self->slots[i] == slot) Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
 static PyObject *Pump_get_pending(Pump *self, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(self->nrec); }
 
 static PyObject *Pump_get_stats(Pump *self, void *Py_UNUSED(closure)) {
@@ -766,6 +777,8 @@ static PyMethodDef Pump_methods[] = {
     {"push", (PyCFunction)Pump_push, METH_VARARGS, "push(slot, payload, t_ns): a push read elsewhere, in order."},
     {"take", (PyCFunction)Pump_take, METH_VARARGS,
      "take(upto=-1) -> (distinct payloads, int32 ids, int64 slots, int64 times) or None: the first records."},
+    {"holds", (PyCFunction)Pump_holds, METH_VARARGS,
+     "holds(slot, upto=-1): whether one of the first upto pending push records (-1: all) is of this slot."},
     {"close", (PyCFunction)Pump_close, METH_NOARGS, "Close the epoll descriptor and free everything."},
     {NULL, NULL, 0, NULL},
 };

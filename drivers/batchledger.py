@@ -26,6 +26,7 @@ and the end-of-run reconciliation see every seq the moment its batch is applied.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -34,7 +35,7 @@ import numpy.ma  # np.unique imports it on first use: here, not inside a run (it
 import orjson
 
 from drivers.clock import CLOCK
-from drivers.ledger import Frame, GroupLedger, Ledger, ReceiverLedger
+from drivers.ledger import Frame, Ledger, ReceiverLedger
 
 __all__ = ["BatchLedger"]
 
@@ -66,10 +67,15 @@ class BatchLedger:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.receivers: list[ReceiverLedger | None] = []
-        #: per slot: the receiver's GroupLedger when it has exactly one group (the run check's short way), else None
-        self._slot_gl: list[GroupLedger | None] = []
-        self._slot_gid = np.zeros(0, I64)  # that group's gid, or _NO_GID
+        # where the run check finds a run's GroupLedger (its element of the ledger's Lasts): a slot whose receiver
+        # has one group in two arrays (a 10,000-member group: no Python per run); every (slot, group) of a
+        # receiver with several in a dict keyed slot << 32 | the gid's dense index (many groups: one look-up a run)
+        self._slot_gid = np.zeros(0, I64)  # per slot: its receiver's one group's gid, or _NO_GID
         self._slot_gi = np.zeros(0, I64)  # that group's element of the ledger's Lasts, or -1
+        self._slot_groups: list[int] = []  # per slot: how many groups its receiver had when last read
+        self._slot_keys: list[list[int]] = []  # per slot: its keys in _pair_gi
+        self._gidx: dict[int, int] = {}  # gid -> dense index (for the pair keys)
+        self._pair_gi: dict[int, int] = {}  # slot << 32 | gidx -> the GroupLedger's element of Lasts
         self._slot_rid = np.zeros(0, I64)  # the receiver's identity (id()), to keep a receiver's runs together
         self._profiles: dict[int, str] = {}  # slot -> network profile of its receiver, for slots that have one
         self._free: list[int] = []
@@ -86,7 +92,8 @@ class BatchLedger:
         else:
             slot = len(self.receivers)
             self.receivers.append(rl)
-            self._slot_gl.append(None)
+            self._slot_groups.append(0)
+            self._slot_keys.append([])
             if slot >= self._slot_gid.size:
                 size = max(64, 2 * self._slot_gid.size)
                 self._slot_gid = np.resize(self._slot_gid, size)
@@ -101,18 +108,28 @@ class BatchLedger:
     def refresh(self, slot: int) -> None:
         """Re-read the slot's receiver's groups (call after its hello: on_connect creates them)."""
         rl = self.receivers[slot]
-        gl = next(iter(rl.groups.values())) if rl is not None and len(rl.groups) == 1 else None
-        self._slot_gl[slot] = gl
+        groups = {} if rl is None else rl.groups
+        gl = next(iter(groups.values())) if len(groups) == 1 else None
         self._slot_gid[slot] = _NO_GID if gl is None else gl.gid
         self._slot_gi[slot] = -1 if gl is None else gl.ix
+        self._slot_groups[slot] = len(groups)
+        pairs = self._pair_gi
+        for key in self._slot_keys[slot]:
+            del pairs[key]
+        keys: list[int] = []
+        if len(groups) > 1:
+            gidx, base = self._gidx, slot << 32
+            for gid, g in groups.items():
+                key = base | gidx.setdefault(gid, len(gidx))
+                pairs[key] = g.ix
+                keys.append(key)
+        self._slot_keys[slot] = keys
 
     def release(self, slot: int) -> None:
         """The connection of ``slot`` ended and its last frames were applied: the slot may be reused."""
         if 0 <= slot < len(self.receivers) and self.receivers[slot] is not None:
             self.receivers[slot] = None
-            self._slot_gl[slot] = None
-            self._slot_gid[slot] = _NO_GID
-            self._slot_gi[slot] = -1
+            self.refresh(slot)
             self._slot_rid[slot] = 0
             self._profiles.pop(slot, None)
             self._free.append(slot)
@@ -183,9 +200,17 @@ class BatchLedger:
         run_k = slot[starts]
         run_first = seq_a[starts]
         run_last = seq_a[ends - 1]
-        # the short way: an in-order run to a receiver of one group, the group of the run; a receiver with any other
-        # run in this batch has all its runs checked the general way, in batch order
-        short = ~np.logical_or.reduceat(bad, starts) & (gid_a[starts] == self._slot_gid[run_k])
+        # the short way: an in-order run of a group its receiver has; a receiver with any other run in this batch
+        # has all its runs checked the general way, in batch order
+        run_gid = gid_a[starts]
+        run_gi = np.where(run_gid == self._slot_gid[run_k], self._slot_gi[run_k], -1)
+        look = np.flatnonzero(run_gi < 0)
+        if look.size and self._pair_gi:  # runs to receivers of several groups: their (slot, group) pairs
+            gidx = self._gidx
+            run_gx = np.array([gidx.get(g, -1) for g in m_gid], I64)[ids[starts[look]]]
+            keys = np.where(run_gx >= 0, (run_k[look] << 32) | run_gx, -1)
+            run_gi[look] = np.fromiter(map(self._pair_gi.get, keys.tolist(), itertools.repeat(-1)), I64, look.size)
+        short = ~np.logical_or.reduceat(bad, starts) & (run_gi >= 0)
         general: Any = None
         if not short.all():
             rid = self._slot_rid[run_k]
@@ -194,10 +219,11 @@ class BatchLedger:
         slow: list[int] = []  # runs that went through on_push
         sidx = np.flatnonzero(short) if general is not None else np.arange(run_k.size)
         # in batch order, each against what the one before left: from a group's first run out of step on
-        for r in self._run_check(run_k[sidx], run_first[sidx], run_last[sidx], sidx):
+        for r in self._run_check(run_gi[sidx], run_first[sidx], run_last[sidx], sidx):
             k = int(run_k[r])
-            gl = self._slot_gl[k]
-            assert gl is not None  # a short run's slot has its one GroupLedger
+            rl = self.receivers[k]
+            assert rl is not None  # a short run's slot has its receiver, which has the run's group
+            gl = rl.groups[int(run_gid[r])]
             if int(run_first[r]) == gl.last + 1:
                 gl.last = int(run_last[r])
             else:
@@ -214,6 +240,8 @@ class BatchLedger:
                     slow.append(r)
                     continue
                 gl = rl.groups.get(gid)
+                if len(rl.groups) != self._slot_groups[k]:
+                    self.refresh(k)  # a group joined since the slot was read: later batches take the short way
                 if not b and gl is not None and first == gl.last + 1:
                     gl.last = last
                     continue
@@ -250,15 +278,14 @@ class BatchLedger:
                     out.append((k, frame))
         return out
 
-    def _run_check(self, rk: Any, rf: Any, rl_: Any, runs: Any) -> list[int]:
-        """The short way's check, in bulk: per receiver's group, its runs (slot ``rk``, first and last seq, in
-        batch order) in step with each other and with the group's ``last``, which moves to the last run in step.
-        Returns the runs (from ``runs``) left to check one by one, in batch order: a group's first run out of step
-        and every later run of that group."""
-        m = int(rk.size)
+    def _run_check(self, gi: Any, rf: Any, rl_: Any, runs: Any) -> list[int]:
+        """The short way's check, in bulk: per receiver's group (``gi``: each run's element of the ledger's Lasts),
+        its runs (first and last seq, in batch order) in step with each other and with the group's ``last``, which
+        moves to the last run in step. Returns the runs (from ``runs``) left to check one by one, in batch order: a
+        group's first run out of step and every later run of that group."""
+        m = int(gi.size)
         if not m:
             return []
-        gi = self._slot_gi[rk]  # each run's element of the ledger's Lasts
         lasts = self.ledger.lasts.view()  # (a local: no view may outlive this call, GroupLedgers append to it)
         order = np.argsort(gi, kind="stable")  # each group's runs together, in batch order
         g, f, last = gi[order], rf[order], rl_[order]
@@ -293,7 +320,7 @@ class BatchLedger:
             except Exception as exc:  # a malformed push: the caller counts it, the batch goes on
                 if on_error is not None:
                     on_error(k, exc)
-        if len(rl.groups) != (0 if self._slot_gl[k] is None else 1) or self._slot_gl[k] is None:
+        if len(rl.groups) != self._slot_groups[k]:
             self.refresh(k)  # on_push may have added a group the hello did not have
 
     def _account(self, nf: int, lat: Any, fid: Any, fslot: Any, m_gid: list[int], m_seq: list[int]) -> None:

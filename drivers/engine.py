@@ -11,13 +11,15 @@ socket's reading moves to :class:`drivers._pump.Pump` (drivers/_pump.c): one epo
 with the GIL released, frames cut in C, each push (a final text frame laid out as
 :func:`reference_server.protocol.encode_push` writes it) kept as (message, slot, receive time) with each distinct
 payload once. Every other frame (a reply, a pong, a close, a fragment, a ping), the end of a stream and a protocol
-error come back to the engine thread as events, in order: before an event the pushes read ahead of it are handed
-over, so a connection's reply comes after the pushes that preceded it on the wire. Connections without a ledger
+error come back to the engine thread as events, in order: before a frame the pushes read ahead of it are handed
+over if one of them is its connection's (before an end or an error, all of them), so a connection's reply comes
+after the pushes that preceded it on the wire. Connections without a ledger
 (scripting) stay with picows, frame by frame.
 
-Every ``flush_frames`` pushes or ``flush_s`` (and before any other frame of any connection: a reply, an end) the
-pump's records go to the swarm's thread, where :class:`drivers.batchledger.BatchLedger` applies them with the full
-ledger's result (order, holes, duplicates, catch-up overlap, latency into HDR, fan-out parts, per-profile figures).
+Every ``flush_frames`` pushes or ``flush_s`` (and before another frame of a connection whose pushes are pending, a
+reply: so it comes after them; before the end of any connection) the pump's records go to the swarm's thread,
+where :class:`drivers.batchledger.BatchLedger` applies them with the full ledger's result (order, holes,
+duplicates, catch-up overlap, latency into HDR, fan-out parts, per-profile figures).
 
 Threads. Locust runs on gevent; the engine thread is a real one (``gevent.monkey.get_original("_thread",
 "start_new_thread")`` — under monkey-patching ``threading.Thread`` would start a greenlet) and never touches a
@@ -278,10 +280,13 @@ class Engine:
             self._lag_ms = max(self._lag_ms, lag / 1e6)
         taken = 0
         for pos, cid, kind, opcode, fin, _code, data in events:
-            if pos > taken:
-                self._flush(pos - taken)  # the pushes read before this event, first
-                taken = pos
             conn = self._conns.get(cid)
+            # the pushes read before this event, first — for a frame, only when its connection has one of them
+            # (another connection's pushes may follow its reply: a reply per sent message would otherwise cut the
+            # batches into one per message, and the ledger pays per batch)
+            if pos > taken and (kind != _pump.FRAME or conn is None or pump.holds(conn.slot, pos - taken)):
+                self._flush(pos - taken)
+                taken = pos
             if conn is None or conn.transport is None:
                 continue
             if kind == _pump.FRAME:

@@ -158,6 +158,32 @@ def test_pushes_from_python_and_from_sockets_share_one_order_and_one_copy_per_pa
     assert records(taken) == [(m, 3), (m, 7)] and len(taken[0]) == 1
 
 
+def test_holds_says_whether_a_slot_has_a_record_among_the_first_pending(pump: Any, pairs: Any) -> None:
+    a, b = pair(pairs)
+    pump.add(a.fileno(), 1, 7)
+    assert not pump.holds(7)  # nothing pending
+    pump.push(3, push(5, 1), 1)
+    b.sendall(ws(1, push(5, 2)) + ws(1, push(5, 3)))
+    drain_to(pump, 3)
+    pump.push(4, push(5, 4), 2)
+    assert [pump.holds(7, n) for n in (0, 1, 2, 3, 4, -1, 99)] == [False, False, True, True, True, True, True]
+    assert [pump.holds(3, n) for n in (0, 1, -1)] == [False, True, True]
+    assert [pump.holds(4, n) for n in (3, 4)] == [False, True] and not pump.holds(8)
+    pump.take(2)  # what is left: slot 7's second record, slot 4's
+    assert pump.holds(7, 1) and not pump.holds(3) and not pump.holds(4, 1) and pump.holds(4)
+    pump.close()
+    with pytest.raises(ValueError, match="closed"):
+        pump.holds(7)
+
+
+def drain_to(pump: Any, want_records: int, timeout: float = 5.0) -> None:
+    """process() until ``want_records`` are pending (nothing taken)."""
+    deadline = time.monotonic() + timeout
+    while pump.pending < want_records:
+        assert time.monotonic() < deadline, f"{pump.pending} of {want_records} records"
+        assert pump.process(1 << 20, 1 << 20) == []
+
+
 # --- hostile bytes ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("raw", "code", "why"), [

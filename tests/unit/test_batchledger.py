@@ -207,6 +207,45 @@ def test_clean_streams_take_the_run_check() -> None:
     assert expected["delivered"] == 90 and expected["counts"]["duplicated"] == 0
 
 
+def test_receivers_of_several_groups_take_the_run_check_and_joins_and_reused_slots_count_right() -> None:
+    """Members of several groups (many_groups): in-order runs are checked in bulk through their (slot, group) pairs;
+    a group joined after the slot was read and a slot reused by a receiver of other groups count as on_push does."""
+    one, two = Ledger(), Ledger()
+    bl = BatchLedger(two)
+    a = {u: one.receiver(u) for u in (1, 2)}
+    b = {u: two.receiver(u) for u in (1, 2)}
+    for rl in (*a.values(), *b.values()):
+        rl.on_connect(hello(0, GIDS))
+    slots = {u: bl.register(b[u]) for u in (1, 2)}
+
+    def both(frames: list[tuple[int, int, int]]) -> None:
+        ps = [payload(g, s) for _, g, s in frames]
+        ts = [(T0 + 10 * s + 500) * 1000 for _, _, s in frames]
+        for (u, _, _), p, t in zip(frames, ps, ts, strict=True):
+            a[u].on_push(orjson.loads(p), t // 1000)
+        bl.apply(ps, [slots[u] for u, _, _ in frames], ts)
+
+    both([(u, g, s) for s in range(1, 6) for g in GIDS for u in (1, 2)])
+    assert bl.in_order == bl.frames == 20
+    for rls in (a, b):  # a group joined without a new hello: its first batch the general way, then the short one
+        rls[1].join(77, T0)
+    both([(1, 77, 1), (1, 77, 2), (2, GIDS[0], 6)])
+    both([(1, 77, 3), (1, GIDS[1], 6), (1, 77, 4)])
+    assert bl.in_order == bl.frames == 26
+    # receiver 2 goes; its slot goes to receiver 3, which is in GIDS[0] only: a push of GIDS[1] on that slot is
+    # receiver 3's unexpected group, not receiver 2's next message
+    bl.release(slots[2])
+    a[3], b[3] = one.receiver(3), two.receiver(3)
+    for rl in (a[3], b[3]):
+        rl.on_connect(hello(6, GIDS[:1]))
+    slots[3] = bl.register(b[3])
+    assert slots[3] == slots[2]
+    both([(3, GIDS[1], 6), (3, GIDS[0], 7), (1, GIDS[0], 6)])
+    assert two.counts["unexpected_group"] == one.counts["unexpected_group"] == 1
+    assert b[2].groups[GIDS[1]].last == 5
+    assert state(two, b) == state(one, a)
+
+
 def test_injected_drop_duplicate_and_reorder_are_counted() -> None:
     """The example of test_ledger (2 duplicated, 3 after 4, 5 a hole), arriving as one coalesced read."""
     ledger = Ledger()
