@@ -425,6 +425,8 @@ def _on_test_stopping(environment: Environment, **_: Any) -> None:
     from drivers import bundle
 
     run.server_after = bundle.server_counters(environment)  # before the reconciliation's own requests
+    # the generator is judged while deliveries land (quiet_s after the stop), not on the reconciliation's work
+    totals.set_measure_until(CLOCK.time() + quiet)
     runner = environment.runner
     if isinstance(runner, MasterRunner):
         present = {c.id for c in runner.clients.all if c.state != "missing"}

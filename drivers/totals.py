@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import math
 from typing import Any, Final
 
 from drivers.deliveries import LogBuckets, Recorder, encode, summary_ms
@@ -74,6 +75,7 @@ class Totals:
         self.health: dict[str, dict[str, float]] = {}  # worker -> {cpu_max, cpu_last, lag_max_ms, samples}
         self._health_samples: dict[str, dict[str, list[tuple[float, float]]]] = {}
         self.measure_from = 0.0  # epoch s; health samples before it (connect phase) are not judged
+        self.measure_until = math.inf  # epoch s; nor those after it (the end-of-run reconciliation)
         self.clock: dict[str, list[tuple[float, int, int, bool]]] = {}  # worker -> (t, offset µs, bound µs, applied)
         self.reports = 0
         self.interval: Recorder | None = None  # latency merged since start_interval() (capacity search steps)
@@ -140,8 +142,9 @@ class Totals:
     def _summarize_health(self) -> None:
         for worker, samples in self._health_samples.items():
             cur = self.health[worker]
-            cur["cpu_max"] = max((v for t, v in samples["cpu"] if t >= self.measure_from), default=0.0)
-            cur["lag_max_ms"] = max((v for t, v in samples["lag_ms"] if t >= self.measure_from), default=0.0)
+            lo, hi = self.measure_from, self.measure_until
+            cur["cpu_max"] = max((v for t, v in samples["cpu"] if lo <= t <= hi), default=0.0)
+            cur["lag_max_ms"] = max((v for t, v in samples["lag_ms"] if lo <= t <= hi), default=0.0)
 
     def cpu_samples(self) -> dict[str, list[tuple[float, float]]]:
         """Per generator process: (reference epoch s, CPU seconds so far), to take its CPU over any window."""
@@ -167,6 +170,12 @@ class Totals:
     def set_measure_from(self, t: float) -> None:
         """Judge the generator's health only from epoch second ``t`` on (e.g. after the connect phase)."""
         self.measure_from = t
+        self._summarize_health()
+
+    def set_measure_until(self, t: float) -> None:
+        """Judge the generator's health only up to epoch second ``t`` (the last deliveries landed; what follows is
+        the reconciliation, whose work measures nothing)."""
+        self.measure_until = t
         self._summarize_health()
 
     # -- fan-out completion
@@ -250,6 +259,7 @@ class Totals:
             "generator_cpu_ratio": cpu,
             "generator_health": {w: dict(h) for w, h in sorted(self.health.items())},
             "generator_health_from": self.measure_from,
+            "generator_health_until": self.measure_until if self.measure_until < math.inf else None,
             "generator_cpu_samples": self.cpu_samples(),
             "generator_saturated": bool(reasons),
             "generator_saturated_reasons": reasons,

@@ -104,6 +104,8 @@ def generator_cpu(metrics: dict[str, Any], t0: float, t1: float) -> None:
     samples = metrics.get("generator_cpu_samples") or {}
     metrics["generator_cpu_s"] = sum(cpu_in_window(s, t0, t1) for s in samples.values()) if samples else None
     metrics["generator_cpu_window_s"] = [t0, t1]
+    metrics["generator_cpu_busiest_ratio"] = max(cpu_in_window(s, t0, t1) for s in samples.values()) / (t1 - t0) \
+        if samples and t1 > t0 else None
 
 
 def derive(metrics: dict[str, Any]) -> None:
@@ -115,7 +117,8 @@ def derive(metrics: dict[str, Any]) -> None:
     * ``server_cpu_us_per_delivery`` = ``server_cpu_s`` / ``server_deliveries`` × 10⁶, and
       ``generator_cpu_us_per_delivery`` = ``generator_cpu_s`` / ``delivered`` × 10⁶: who pays more per delivery
     * ``limit_side``: the side closer to its limit — ``server`` or ``generator`` (CPU ratio of a core over the
-      window: the server is one event loop, so one core is its limit; the swarm's is its busiest process)
+      window: the server is one event loop, so one core is its limit; the swarm's is its busiest process's average
+      over the same window, ``generator_cpu_busiest_ratio``; a record without it, the highest sample)
     """
     cpu = metrics.get("server_cpu_s")
     accepted = metrics.get("server_messages_accepted")
@@ -128,10 +131,13 @@ def derive(metrics: dict[str, Any]) -> None:
         metrics["generator_cpu_us_per_delivery"] = gen_cpu / delivered * 1e6 if gen_cpu is not None and delivered \
             else None
     window = metrics.get("server_cpu_window_s") or metrics.get("generator_cpu_window_s")
-    if cpu is not None and window and window[1] > window[0] and "generator_cpu_ratio" in metrics:
+    gen_ratio = metrics.get("generator_cpu_busiest_ratio")
+    if gen_ratio is None:
+        gen_ratio = metrics.get("generator_cpu_ratio")
+    if cpu is not None and window and window[1] > window[0] and gen_ratio is not None:
         server_ratio = cpu / (window[1] - window[0]) / max(1, int(metrics.get("server_processes") or 1))
         metrics["server_cpu_ratio"] = server_ratio
-        metrics["limit_side"] = "server" if server_ratio >= metrics["generator_cpu_ratio"] else "generator"
+        metrics["limit_side"] = "server" if server_ratio >= gen_ratio else "generator"
     for key, counter in _PER_MESSAGE.items():
         raw = metrics.pop(f"_{counter}", None)
         if raw is not None or key not in metrics:

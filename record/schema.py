@@ -119,7 +119,8 @@ FIELDS: Final[tuple[Field, ...]] = (
         ("dead_connections", "connections declared dead by the pong timeout"),
         ("connect_failures", "members' first connects that failed"),
     )),
-    _f("metrics.generator_cpu_ratio", "float", "cores", "highest generator process CPU over the measured phase"),
+    _f("metrics.generator_cpu_ratio", "float", "cores", "highest CPU sample of a generator process over the measured "
+       "phase (generator_health_from to generator_health_until)"),
     _f("metrics.generator_health", "dict", "", "per generator process"),
     _f("metrics.generator_health.<worker>", "dict", "", "one generator process's health"),
     _f("metrics.generator_health.<worker>.cpu_max", "float", "cores", "highest CPU sample"),
@@ -127,6 +128,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.generator_health.<worker>.lag_max_ms", "float", "ms", "highest event-loop lag"),
     _f("metrics.generator_health.<worker>.samples", "int", "", "health samples taken"),
     _f("metrics.generator_health_from", "float", "epoch s", "start of the measured phase (after connecting)"),
+    _f("metrics.generator_health_until", "float", "epoch s", "end of the measured phase: the stop + quiet_s, when "
+       "the last deliveries landed (the reconciliation after it is not judged); null: not stopped yet"),
     _f("metrics.generator_saturated", "bool", "", "a generator process was the limit"),
     _f("metrics.generator_saturated_reasons", "list", "", "why"),
     _f("metrics.clock", "dict", "", "generator clocks against one reference (the Locust master's; drivers/clock.py)"),
@@ -212,9 +215,12 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.generator_cpu_samples.<worker>", "list", "", "one process's cumulative CPU samples"),
     _f("metrics.generator_cpu_s", "float", "CPU s", "CPU of every generator process over generator_cpu_window_s"),
     _f("metrics.generator_cpu_window_s", "list", "epoch s", "[start, end]: the server CPU's window"),
+    _f("metrics.generator_cpu_busiest_ratio", "float", "cores", "the busiest generator process's CPU over "
+       "generator_cpu_window_s / its wall time (an average, like server_cpu_ratio)"),
     _f("metrics.generator_cpu_us_per_delivery", "float", "CPU µs", "generator CPU / deliveries received: beside "
        "server_cpu_us_per_delivery, who pays more per delivery"),
-    _f("metrics.limit_side", "str", "", "`server` or `generator`: the side whose CPU was closer to its limit"),
+    _f("metrics.limit_side", "str", "", "`server` or `generator`: the side whose CPU was closer to its limit over "
+       "the same window (server_cpu_ratio against generator_cpu_busiest_ratio)"),
     _f("metrics.server_push_latency_ms_le", "dict", "ms", "upper bounds of the server's accept → socket write "
        "quantiles (p50, p99, p99.9; null: above the last bucket)"),
     # -- benchmarks (docs: each benchmark's docstring; server figures there are medians over the windows)

@@ -268,6 +268,25 @@ def test_schedule_rate_burst_and_poisson() -> None:
     assert 9_500 < len(list(p.slots())) < 10_500
 
 
+def test_the_generator_is_judged_between_the_measured_phase_and_the_last_deliveries_only() -> None:
+    """Connecting before it and the end-of-run reconciliation after it are the generator's own work, not the load:
+    a 95 % sample there does not make the run generator-bound; inside, it does."""
+    totals = Totals()
+    totals.merge_health("w0", {"cpu": [(5.0, 0.97), (12.0, 0.4), (20.0, 0.95), (31.0, 0.99)],
+                               "lag_ms": [(5.0, 400.0), (12.0, 20.0), (20.0, 60.0), (31.0, 900.0)]})
+    totals.set_measure_from(10.0)
+    totals.set_measure_until(30.0)
+    h = totals.health["w0"]
+    assert (h["cpu_max"], h["lag_max_ms"]) == (0.95, 60.0)
+    assert totals.saturated() == ["w0: CPU 95% > 90%"]
+    assert totals.metrics()["generator_health_until"] == 30.0
+    totals.set_measure_until(15.0)
+    assert (h["cpu_max"], h["lag_max_ms"]) == (0.4, 20.0) and totals.saturated() == []
+    totals.merge_health("w0", {"cpu": [(14.0, 0.93)], "lag_ms": []})  # a late report of a sample inside
+    assert totals.saturated() == ["w0: CPU 93% > 90%"]
+    assert Totals().metrics()["generator_health_until"] is None
+
+
 def test_generator_metrics_names_and_values() -> None:
     totals = Totals()
     totals.merge(_worker([1, 2], set(), 5), "w0")

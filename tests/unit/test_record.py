@@ -132,3 +132,26 @@ def test_written_bytes_reads_proc_io_and_says_none_when_it_cannot(tmp_path: Path
     io.write_text("rchar: 10\n")
     assert read_written_bytes(str(io)) is None
     assert read_written_bytes(str(tmp_path / "missing")) is None
+
+
+def test_the_side_closer_to_its_limit_is_judged_on_averages_over_one_window() -> None:
+    """A generator whose busiest process averaged 30 % of a core over the traffic window is further from its limit
+    than a server at 40 %, whatever its highest sample; with two processes, the busiest one counts."""
+    r = record.new("swarm", "s", {})
+    m = r["metrics"]
+    m.update({"server_cpu_s": 4.0, "server_deliveries": 1000.0, "server_processes": 1, "delivered": 1000,
+              "server_cpu_window_s": [100.0, 110.0], "generator_cpu_ratio": 0.85,  # a peak sample
+              "generator_cpu_samples": {"w1": [[100.0, 1.0], [105.0, 2.0], [110.0, 4.0]],  # 3 s: 30 %
+                                        "w2": [[100.0, 0.0], [110.0, 1.0]]}})  # 10 %
+    record.generator_cpu(m, 100.0, 110.0)
+    record.finish(r)
+    assert record.problems(r) == []
+    assert m["generator_cpu_s"] == pytest.approx(4.0) and m["generator_cpu_busiest_ratio"] == pytest.approx(0.3)
+    assert m["server_cpu_ratio"] == pytest.approx(0.4) and m["limit_side"] == "server"
+    m["generator_cpu_samples"]["w2"] = [[100.0, 0.0], [104.0, 0.1], [110.0, 5.1]]  # now the busiest: 51 %
+    record.generator_cpu(m, 100.0, 110.0)
+    record.finish(r)
+    assert m["generator_cpu_busiest_ratio"] == pytest.approx(0.51) and m["limit_side"] == "generator"
+    old = record.new("swarm", "s", {})  # a record from before the busiest average: its highest sample
+    old["metrics"].update({"server_cpu_s": 4.0, "server_cpu_window_s": [100.0, 110.0], "generator_cpu_ratio": 0.45})
+    assert record.finish(old)["metrics"]["limit_side"] == "generator"
