@@ -387,9 +387,9 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
                   f"{m['server_cpu_us_per_delivery']:.2f} / {m['generator_cpu_us_per_delivery']:.2f}")
     if m.get("limit_side"):
         busiest = m.get("generator_cpu_busiest_ratio")
-        t.add_row("closer to its limit", f"{m['limit_side']} (same window: server {m['server_cpu_ratio']:.0%} of a "
-                  f"core per process, swarm's busiest process " + (f"{busiest:.0%}, " if busiest is not None else "")
-                  + f"its highest sample {m['generator_cpu_ratio']:.0%})")
+        t.add_row("closer to its limit", f"{m['limit_side']} (server {m['server_cpu_ratio']:.0%} of a core a process, "
+                  "swarm's busiest " + (f"{busiest:.0%}, peak " if busiest is not None else "")
+                  + f"{m['generator_cpu_ratio']:.0%})")
     for kind, n in writes.items():
         if n:
             t.add_row(f"storage writes: {kind}", f"{n:,.0f}" + (f" ({n / messages:.2f}/msg)" if messages else ""))

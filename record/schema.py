@@ -169,7 +169,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.error", "str", "", "why no search ran (an axis the scenario does not offer); absent "
        "otherwise"),
     _f("metrics.capacity.slo", "str", "", "the SLO, as given"),
-    _f("metrics.capacity.highest_held", "float", "level", "highest level that held a step"),
+    _f("metrics.capacity.highest_held", "float", "level", "highest level that held a step, not counting those at "
+       "or above a failed confirm"),
     _f("metrics.capacity.first_failed", "float", "level", "lowest level that failed (null: none did)"),
     _f("metrics.capacity.failed_because", "list", "", "the SLO clauses it broke, or the generator's limits"),
     _f("metrics.capacity.generator_bound", "bool", "", "the generator broke first: not a server capacity"),

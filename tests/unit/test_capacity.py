@@ -98,9 +98,10 @@ def test_a_level_that_does_not_hold_for_the_confirm_period_is_not_the_capacity()
     assert seen.count(answer["capacity"]) >= 1  # type: ignore[arg-type]
 
 
-def test_failed_confirms_walk_down_the_levels_that_held() -> None:
-    """Near the knee a short step may hold where the long confirm does not: each failed confirm tries the next
-    lower level that held, up to Search.MAX_CONFIRMS of them; past that there is no capacity."""
+def test_failed_confirms_walk_down_further_each_time() -> None:
+    """Near a soft knee a short step may hold where the long confirm does not, a few percent apart: each failed
+    confirm holds the next one further down — × 0.75, then × 0.75², × 0.75⁴ at resolution 0.25 —, whatever shorter
+    steps held between, up to Search.MAX_CONFIRMS; past that there is no capacity."""
     def confirm_holds_below(limit: float) -> tuple[dict[str, object], list[float]]:
         search = Search(10, resolution=0.25)
         confirms: list[float] = []
@@ -113,12 +114,31 @@ def test_failed_confirms_walk_down_the_levels_that_held() -> None:
             search.record(step)
         return search.answer(), confirms
 
-    answer, confirms = confirm_holds_below(70)  # the third confirm holds (95 and 80 do not)
-    assert len(confirms) == Search.MAX_CONFIRMS == 3 and confirms == sorted(confirms, reverse=True)
+    answer, confirms = confirm_holds_below(70)  # the first confirm, at the highest hold (~95), fails; 71 fails
+    assert Search.MAX_CONFIRMS == 4
+    assert len(confirms) == 3 and 80 < confirms[0] < 100
+    assert confirms[1:] == pytest.approx([confirms[0] * 0.75, confirms[0] * 0.75 * 0.75 ** 2])
     assert answer["confirmed"] is True and answer["capacity"] == confirms[-1] <= 70
+    assert answer["highest_held"] == answer["capacity"]  # the short steps at or above a failed confirm do not count
     answer, confirms = confirm_holds_below(1)  # none does
-    assert len(confirms) == 3 and answer["capacity"] is None and answer["confirmed"] is False
+    assert len(confirms) == 4 and answer["capacity"] is None and answer["confirmed"] is False
+    assert confirms[-1] == pytest.approx(confirms[0] * 0.75 ** (1 + 2 + 4))
     assert "no level held for the confirm period" in answer["failed_because"]  # type: ignore[operator]
+
+
+def test_confirms_over_whole_levels_walk_down_whole_levels_to_the_minimum() -> None:
+    """A count of groups: each confirm at a whole level, at least one below the failed one, never below the
+    minimum; a failed confirm at the minimum answers 'below the minimum'."""
+    search = Search(3, resolution=0.1, minimum=1, whole=True)
+    while (level := search.next_level()) is not None:
+        step = Step(level, search.phase)
+        if level > 3 or search.phase == "confirm":
+            step.failures.append("latency p99 over")
+        search.record(step)
+    answer = search.answer()
+    confirms = [s["level"] for s in answer["steps"] if s["phase"] == "confirm"]  # type: ignore[union-attr, index]
+    assert confirms == [3.0, 2.0, 1.0]
+    assert answer["capacity"] is None and answer["below_minimum"] is True
 
 
 def test_a_configuration_that_fails_at_the_lowest_measurable_level_has_no_capacity() -> None:
@@ -134,7 +154,7 @@ def test_a_configuration_that_fails_at_the_lowest_measurable_level_has_no_capaci
         Search(1, minimum=2)
 
 
-def test_a_failed_confirm_with_nothing_held_below_brackets_downwards() -> None:
+def test_a_failed_confirm_with_nothing_held_below_goes_on_downwards() -> None:
     """The start level held a short step but not the confirm, and nothing below it was tried: the search goes on
     downwards (a state that degrades over the run, e.g. a growing write-diffusion table), not 'none' at once."""
     search = Search(10, resolution=0.25, minimum=0.5)
@@ -146,8 +166,8 @@ def test_a_failed_confirm_with_nothing_held_below_brackets_downwards() -> None:
         search.record(step)
     answer = search.answer()
     levels = [(s["phase"], s["level"]) for s in answer["steps"]]  # type: ignore[union-attr]
-    assert ("confirm", 10) in levels and ("bracket", 5) in levels  # the failed confirm at 10, then down
-    assert answer["confirmed"] is True and 5 <= answer["capacity"] <= 7.5  # type: ignore[operator]
+    assert levels[-2:] == [("confirm", 10), ("confirm", 7.5)]  # the failed confirm at 10, then 25 % down
+    assert answer["confirmed"] is True and answer["capacity"] == 7.5
 
 
 def test_a_confirm_that_fails_at_the_lowest_measurable_level_is_no_capacity_not_no_answer() -> None:
