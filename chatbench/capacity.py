@@ -81,6 +81,7 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
         t.add_row(bundles.label(g.key, varying), str(len(g.bundles)),
                   fmt(statistics.median(values)) if values else below or "none", spread,
                   fmt(statistics.median(failed)) if failed else "–", escape(limit) if not gen else limit, nxt)
-    t.caption = ("capacity: the highest level that held the SLO for a step and again for the confirm period; "
+    t.caption = ("capacity: the level that held the SLO for the confirm period (the highest short step that held, "
+                 "or one further down after failed confirms); "
                  "medians over the repeats; 'vs next': one-sided Mann-Whitney U against the row below")
     return t

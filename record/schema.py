@@ -158,8 +158,9 @@ FIELDS: Final[tuple[Field, ...]] = (
        "profile's connections (delayed, stalled, reset, ...)"),
     # -- a capacity search (--capacity SLO; drivers/capacity.py)
     _f("metrics.capacity", "dict", "", "the capacity search's answer"),
-    _f("metrics.capacity.capacity", "float", "level", "highest level that held the SLO (and its confirm period); "
-       "null when generator-bound or none held"),
+    _f("metrics.capacity.capacity", "float", "level", "the level that held the SLO for its confirm period (the "
+       "highest short step that held, or one further down after failed confirms; without a confirm phase the highest "
+       "that held a step); null when generator-bound or none held"),
     _f("metrics.capacity.vary", "str", "", "what the search moved: `rate` (arrival rate over all senders) or "
        "`groups` (groups sending at once, each at the scenario's --group-rate) or `members` (the size of the group "
        "the messages go to)"),
