@@ -100,7 +100,7 @@ def test_a_level_that_does_not_hold_for_the_confirm_period_is_not_the_capacity()
 
 def test_failed_confirms_walk_down_further_each_time() -> None:
     """Near a soft knee a short step may hold where the long confirm does not, a few percent apart: each failed
-    confirm holds the next one further down — × 0.75, then × 0.75², × 0.75⁴ at resolution 0.25 —, whatever shorter
+    confirm holds the next one further down — / 1.25, then / 1.25², / 1.25⁴ at resolution 0.25 —, whatever shorter
     steps held between, up to Search.MAX_CONFIRMS; past that there is no capacity."""
     def confirm_holds_below(limit: float) -> tuple[dict[str, object], list[float]]:
         search = Search(10, resolution=0.25)
@@ -114,15 +114,15 @@ def test_failed_confirms_walk_down_further_each_time() -> None:
             search.record(step)
         return search.answer(), confirms
 
-    answer, confirms = confirm_holds_below(70)  # the first confirm, at the highest hold (~95), fails; 71 fails
+    answer, confirms = confirm_holds_below(70)  # the first confirm, at the highest hold (~95), fails; 76 fails
     assert Search.MAX_CONFIRMS == 4
     assert len(confirms) == 3 and 80 < confirms[0] < 100
-    assert confirms[1:] == pytest.approx([confirms[0] * 0.75, confirms[0] * 0.75 * 0.75 ** 2])
+    assert confirms[1:] == pytest.approx([confirms[0] / 1.25, confirms[0] / 1.25 / 1.25 ** 2])
     assert answer["confirmed"] is True and answer["capacity"] == confirms[-1] <= 70
     assert answer["highest_held"] == answer["capacity"]  # the short steps at or above a failed confirm do not count
     answer, confirms = confirm_holds_below(1)  # none does
     assert len(confirms) == 4 and answer["capacity"] is None and answer["confirmed"] is False
-    assert confirms[-1] == pytest.approx(confirms[0] * 0.75 ** (1 + 2 + 4))
+    assert confirms[-1] == pytest.approx(confirms[0] / 1.25 ** (1 + 2 + 4))
     assert "no level held for the confirm period" in answer["failed_because"]  # type: ignore[operator]
 
 
@@ -166,8 +166,9 @@ def test_a_failed_confirm_with_nothing_held_below_goes_on_downwards() -> None:
         search.record(step)
     answer = search.answer()
     levels = [(s["phase"], s["level"]) for s in answer["steps"]]  # type: ignore[union-attr]
-    assert levels[-2:] == [("confirm", 10), ("confirm", 7.5)]  # the failed confirm at 10, then 25 % down
-    assert answer["confirmed"] is True and answer["capacity"] == 7.5
+    # the failed confirm at 10, then / 1.25 (8: over 7.5, fails), then / 1.25² (5.12: holds)
+    assert [lv for ph, lv in levels if ph == "confirm"] == pytest.approx([10, 8, 8 / 1.25**2])
+    assert answer["confirmed"] is True and answer["capacity"] == pytest.approx(5.12)
 
 
 def test_a_confirm_that_fails_at_the_lowest_measurable_level_is_no_capacity_not_no_answer() -> None:
