@@ -345,16 +345,17 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
     """Print the run's table; return the summary ``--json`` writes (the bundle is the full record)."""
     assert outcome.bundle is not None
     before, after, m = outcome.before, outcome.after, outcome.bundle["metrics"]
-    messages = delta(after, before, "chat_messages_accepted_total")
-    deliveries = delta(after, before, "chat_deliveries_total")
-    cpu = m["server_cpu_s"]  # schedstat, ns resolution, every server process
+    # after is None when the servers could not be read after the run (the bundle is invalid and says why)
+    messages = delta(after, before, "chat_messages_accepted_total") if after is not None else None
+    deliveries = delta(after, before, "chat_deliveries_total") if after is not None else None
+    cpu = m["server_cpu_s"]  # schedstat, ns resolution, every server process (None: unknown)
     writes = {kind: delta(after, before, f"chat_storage_writes_total{{kind={kind}}}")
-              for kind in ("body", "index", "delete", "read_mark")}
+              for kind in ("body", "index", "delete", "read_mark")} if after is not None else {}
     t = Table(title=f"chatbench run: {args.scenario}", show_header=True, header_style="bold")
     t.add_column("measure")
     t.add_column("value", justify="right")
-    t.add_row("messages accepted (server)", f"{messages:,.0f}")
-    t.add_row("deliveries pushed (server)", f"{deliveries:,.0f}")
+    t.add_row("messages accepted (server)", "unknown" if messages is None else f"{messages:,.0f}")
+    t.add_row("deliveries pushed (server)", "unknown" if deliveries is None else f"{deliveries:,.0f}")
     t.add_row("deliveries received (swarm)", f"{m['delivered']:,}")
     for k, v in m["delivery_latency_ms"].items():
         t.add_row(f"delivery latency {k}", f"{v:,.0f}" if k == "count" else f"{v:.3f} ms")
@@ -379,7 +380,8 @@ def summary(args: argparse.Namespace, outcome: RunOutcome) -> dict[str, Any]:
         injected = {k.removeprefix("injected_"): v for k, v in prof.items() if k.startswith("injected_")}
         if injected:  # what the impairing proxy did to this profile's connections
             t.add_row(f"profile {name}: proxy did", ", ".join(f"{k} {v:,}" for k, v in sorted(injected.items())))
-    t.add_row("server CPU (schedstat, all processes, traffic window)", f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
+    t.add_row("server CPU (schedstat, all processes, traffic window)",
+              "unknown" if cpu is None else f"{cpu:.3f} s over {outcome.elapsed_s:.0f} s")
     if m.get("deliveries_per_server_cpu_s"):
         t.add_row("deliveries per server CPU-second", f"{m['deliveries_per_server_cpu_s']:,.0f}")
     if m.get("generator_cpu_us_per_delivery") is not None and m.get("server_cpu_us_per_delivery") is not None:

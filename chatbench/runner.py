@@ -92,7 +92,7 @@ class RunOutcome:
     locust_output: str
     elapsed_s: float
     before: dict[str, float] = field(default_factory=dict)
-    after: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] | None = field(default_factory=dict)  # None: the servers could not be read after
 
 
 def scenario_path(name: str) -> Path:
@@ -343,29 +343,33 @@ def execute(cfg: RunConfig, servers: Servers, tmp: Path, extra_locust: list[str]
     with Sampler(servers) as sampler:
         rc, output = run_locust(cmd, on_line, cfg.generator_cpu_quota)
     elapsed = time.monotonic() - t0
-    invalid: list[str] = []
+    end: tuple[dict[str, float], dict[str, float]] | None = None
+    unread = ""
     try:
-        after, cpu1 = servers.read()
+        end = servers.read()
     except ServerReadError as exc:  # the run's server counters and CPU are unknown: the bundle says so
-        after, cpu1 = dict(before), dict(cpu0)
-        invalid.append(f"the servers could not be read after the run: {exc}")
+        unread = str(exc)
     if not out.exists():
-        return RunOutcome(None, None, rc, output, elapsed, before, after)
+        return RunOutcome(None, None, rc, output, elapsed, before, end[0] if end else None)
     swarm = orjson.loads(out.read_bytes())
-    bundle = assemble(cfg, swarm, servers, before, after, cpu0, cpu1, sampler, invalid)
-    return RunOutcome(bundle, None, rc, output, elapsed, before, after)
+    bundle = assemble(cfg, swarm, servers, before, cpu0, end, sampler, unread)
+    return RunOutcome(bundle, None, rc, output, elapsed, before, end[0] if end else None)
 
 
 def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: dict[str, float],
-             after: dict[str, float], cpu0: dict[str, float], cpu1: dict[str, float],
-             sampler: Sampler, invalid: Sequence[str] = ()) -> dict[str, Any]:
+             cpu0: dict[str, float], end: tuple[dict[str, float], dict[str, float]] | None, sampler: Sampler,
+             unread: str = "") -> dict[str, Any]:
+    """``end``: the servers' (counters, CPU) read after the run; None when that failed (``unread`` says why):
+    every figure taken from it is then unknown (null or empty) and the bundle invalid."""
     bundle = dict(swarm)
     bundle["config"] = cfg.record()
     bundle["scenario"] = swarm.get("scenario") or scenario_path(cfg.scenario).stem
     m = bundle["metrics"]
+    after, cpu1 = end if end is not None else ({}, {})
     cpu = {role: cpu1.get(role, 0.0) - cpu0.get(role, 0.0) for role in cpu1}
-    server_cpu = sum(v for k, v in cpu.items() if k != "redis")
-    accepted = m.get("server_messages_accepted") or delta(after, before, "chat_messages_accepted_total")
+    server_cpu: float | None = sum(v for k, v in cpu.items() if k != "redis") if end is not None else None
+    accepted = m.get("server_messages_accepted") or (delta(after, before, "chat_messages_accepted_total")
+                                                      if end is not None else None)
     m["server_cpu_s_ticks"] = m.get("server_cpu_s")
     m["server_cpu_s_run"] = server_cpu
     # the traffic window: from the measured phase (after connecting) to the last scrape that saw traffic
@@ -381,25 +385,23 @@ def assemble(cfg: RunConfig, swarm: dict[str, Any], servers: Servers, before: di
         m.pop("server_cpu_window_s", None)
     m["server_cpu_source"] = ("schedstat, every server process, " +
                               ("traffic window" if "server_cpu_window_s" in m else "whole swarm run"))
-    if cfg.cluster and accepted:  # every process, whole run: includes the gateways' own traffic (load reports,
-        # registry); the swarm's own figures already sum every process (--server-metrics-urls)
+    if cfg.cluster and accepted and end is not None:  # every process, whole run: includes the gateways' own
+        # traffic (load reports, registry); the swarm's own figures already sum every process (--server-metrics-urls)
         m["bus_messages_per_message_all_processes"] = delta(after, before, "chat_bus_messages_total") / accepted
     # where the latency comes from: the server's own part (accept → the last socket write), upper bounds
-    m["server_push_latency_ms_le"] = bucket_quantiles(after, before, "chat_push_latency_seconds")
+    m["server_push_latency_ms_le"] = bucket_quantiles(after, before, "chat_push_latency_seconds") \
+        if end is not None else {}
     m["server_messages_accepted"] = accepted
-    procs = [{"role": role, "pid": srv.pid, "cpu_s": cpu.get(role, 0.0)} for role, srv in servers.processes()]
+    procs = [{"role": role, "pid": srv.pid, "cpu_s": cpu.get(role)} for role, srv in servers.processes()]
     names = ("chat_messages_accepted_total", "chat_deliveries_total", "chat_storage_writes_total",
              "chat_unread_writes_total", "chat_offline_writes_total", "chat_offline_dropped_total",
              "chat_bus_messages_total", "chat_bus_received_total", "chat_gateway_filtered_total",
              "chat_sync_requests_total", "chat_slow_consumer_disconnects_total")
     bundle["server"] = {"processes": procs, "redis_cpu_s": cpu.get("redis"),
-                        "counters": {n: delta(after, before, n) for n in names}}
+                        "counters": {n: delta(after, before, n) for n in names} if end is not None else {}}
     bundle["timeseries"] = sampler.series()
     m["server_scrapes_missed"] = len(sampler.missed)
-    if invalid:  # the servers' end reading failed: none of its counters is known
-        bundle["server"]["counters"] = {}
-        m["server_push_latency_ms_le"] = {}
-    return record.finish(bundle, list(invalid))
+    return record.finish(bundle, [f"the servers could not be read after the run: {unread}"] if end is None else [])
 
 
 def bundle_stem(bundle: dict[str, Any]) -> str:

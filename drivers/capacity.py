@@ -178,9 +178,6 @@ class Search:
                 self._next = None
                 return
             # the level found did not hold for the confirm period: hold a lower one, further down each time
-            self.hi = step.level
-            lower = [s.level for s in self.steps if s.held and s.level < step.level and s.phase != "confirm"]
-            self.lo = max(lower) if lower else None
             if step.level <= self.minimum:  # even the lowest measurable level did not hold for the period
                 self.confirmed = False
                 self._failed_at_minimum = step

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chatbench.runner import RunConfig, Sampler, ServerReadError, Servers
+import record
+from chatbench.runner import RunConfig, Sampler, ServerReadError, Servers, assemble
 from drivers.admin import AdminClient
 from drivers.subprocs import free_port
 from harness.procs import ADMIN_TOKEN
@@ -53,3 +54,31 @@ def test_an_unreachable_metrics_endpoint_fails_the_reading(tmp_path: Path) -> No
             srv.admin = reachable
         total, _ = servers.read()  # reachable again: the reading is whole
         assert "chat_deliveries_total" in total
+
+
+def test_a_failed_end_reading_leaves_the_servers_figures_unknown_and_the_bundle_invalid(tmp_path: Path) -> None:
+    """Nothing is made up from the start reading: counters, the run's CPU and the push latency are unknown, the
+    bundle invalid with the reason; read after the run, the same bundle has them."""
+    cfg = RunConfig(scenario="smoke")
+    with Servers(cfg, tmp_path) as servers:
+        before, cpu0 = servers.read()
+        with Sampler(servers, interval_s=0.1, cpu_interval_s=0.05) as sampler:
+            wait_until(lambda: len(sampler.samples) >= 2, 10, "two scrapes")
+        end = servers.read()
+        bundles = {}
+        for name, reading in (("read", end), ("unread", None)):
+            swarm = record.new("swarm", "smoke", {})
+            swarm["metrics"]["delivered"] = 0
+            bundles[name] = assemble(cfg, swarm, servers, before, cpu0, reading, sampler,
+                                     "" if reading else "embedded has exited (-9)")
+    got, lost = bundles["read"], bundles["unread"]
+    assert set(got["server"]["counters"]) >= {"chat_messages_accepted_total", "chat_deliveries_total"}
+    assert isinstance(got["metrics"]["server_cpu_s_run"], float) and got["metrics"]["server_cpu_s_run"] > 0
+    assert "could not be read" not in "; ".join(got["metrics"]["invalid_reasons"])
+    m = lost["metrics"]
+    assert m["valid"] is False
+    assert "the servers could not be read after the run: embedded has exited (-9)" in m["invalid_reasons"]
+    assert lost["server"]["counters"] == {} and m["server_push_latency_ms_le"] == {}
+    assert m["server_cpu_s_run"] is None and m["server_cpu_s"] is None
+    assert [p["cpu_s"] for p in lost["server"]["processes"]] == [None]
+    assert record.problems(lost) == []
