@@ -90,6 +90,13 @@ class AdminClient:
     def change_members(self, gid: int, add: list[int] | None = None, remove: list[int] | None = None) -> dict[str, Any]:
         return self.call("POST", f"/admin/groups/{gid}/members", {"add": add or [], "remove": remove or []})
 
+    def seed_history(self, gid: int, messages: int, *, sender: int | None = None, body: str = "") -> dict[str, Any]:
+        """Store ``messages`` of history everyone in the group has read (docs/protocol.md, admin API)."""
+        req: dict[str, Any] = {"messages": messages, "body": body}
+        if sender is not None:
+            req["sender"] = sender
+        return self.call("POST", f"/admin/groups/{gid}/history", req)
+
     def group(self, gid: int) -> dict[str, Any]:
         return self.call("GET", f"/admin/groups/{gid}")
 

@@ -61,6 +61,8 @@ OFFLINE_BLOCK = 4_000
 #: the interpreter's files — about 15 at rest — plus room for reconnect churn): a process holds at most its
 #: open-file limit minus this many members (19,000 at this machine's 20,000)
 FD_MARGIN: Final = 1_000
+#: what a scheduled send carries (and a seeded history message)
+SEND_BODY: Final = "x"
 _local_index = itertools.count()
 is_coordinator = swarm.is_coordinator
 
@@ -484,7 +486,7 @@ class ChatUser(User):
         except ChatClientError:
             swarm.ledger.counts["send_failed"] += 1
 
-    def run_schedule(self, gid: int | Callable[[], int], schedule: Schedule | LiveSchedule, body: str = "x",
+    def run_schedule(self, gid: int | Callable[[], int], schedule: Schedule | LiveSchedule, body: str = SEND_BODY,
                      to: Callable[[], list[int] | None] | None = None) -> None:
         """Send on ``schedule`` until it ends or the run stops (open model; see the module doc).
 
@@ -567,10 +569,11 @@ def offline_uids(n: int) -> list[int]:
     return [OFFLINE_BLOCK * UID_BLOCK + k + 1 for k in range(n)]
 
 
-def provision_group(env: Environment, gid: int = 0, offline: int = 0) -> None:
+def provision_group(env: Environment, gid: int = 0, offline: int = 0, history: int = 0) -> None:
     """The one-group scenarios' setup (coordinator, test start): create ``--members`` users and one group of all
     of them (``opts.chat_group``: ``gid``, or a new random one) plus ``offline`` members that never connect, and
-    pick ``--senders`` of them (``opts.sender_uids``)."""
+    pick ``--senders`` of them (``opts.sender_uids``). ``history``: that many messages stored in the group first,
+    read by everyone (the server's tables at a stated size: write diffusion's index grows with it)."""
     opts = env.parsed_options
     assert opts is not None
     uids = planned_uids(env, opts.members) + offline_uids(offline)
@@ -578,6 +581,11 @@ def provision_group(env: Environment, gid: int = 0, offline: int = 0) -> None:
     provision_users(admin, uids)
     opts.chat_group = gid or random.randrange(1, 2**62)
     admin.create_groups({opts.chat_group: uids})
+    if history:
+        t0 = time.monotonic()
+        seeded = admin.seed_history(opts.chat_group, history, body=SEND_BODY)
+        log.info("group %d: %d messages of history seeded (%d storage rows) in %.1f s", opts.chat_group, history,
+                 seeded.get("storage_writes", 0), time.monotonic() - t0)
     opts.sender_uids = sender_uids(env, opts.members, opts.senders)
 
 

@@ -26,6 +26,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import gevent
@@ -349,6 +350,18 @@ def _unfreeze(**_: Any) -> None:
     gc.unfreeze()  # the run ended: its objects may be collected again (the next run in the web UI starts afresh)
 
 
+#: the scenarios' provisioning, in the order registered (see :func:`provisioner`)
+_provisioners: list[Callable[[Environment], None]] = []
+
+
+def provisioner(fn: Callable[[Environment], None]) -> Callable[[Environment], None]:
+    """Register a scenario's provisioning: called on the coordinator at test start, before the run's clock, the
+    phase timeline and the server's start reading begin — so creating users and groups, or seeding history, is
+    not the run's time or cost however long it takes."""
+    _provisioners.append(fn)
+    return fn
+
+
 def _on_test_start(environment: Environment, **_: Any) -> None:
     for g in _background:
         g.kill(block=False)
@@ -364,6 +377,8 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     ledger.receivers.clear()
     users.clear()
     if is_coordinator(environment):
+        for provision in _provisioners:
+            provision(environment)
         given = option(environment, "run_id", "")  # e.g. chatbench run's id, so Prometheus labels agree
         run.run_id = given or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         run.started_us = now_us()

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from reference_server import protocol
-from reference_server.store import AdminError, AdminJob, ChangeMembers, CreateGroups, CreateUsers
+from reference_server.store import AdminError, AdminJob, ChangeMembers, CreateGroups, CreateUsers, SeedHistory
 
 if TYPE_CHECKING:
     from reference_server.config import ServerConfig
@@ -29,6 +29,11 @@ MAX_BULK = 1_000_000
 CHECK_SLICE = 50_000
 #: users are created this many at a time, each chunk one writer transaction, so sends commit in between
 USER_CHUNK = 20_000
+#: seeded history: at most this many messages per request, and messages × members at most SEED_MAX_ROWS
+SEED_MAX_MESSAGES = 100_000
+SEED_MAX_ROWS = 20_000_000
+#: ... applied this many messages × members at a time (at least one message), each chunk one writer transaction
+SEED_CHUNK_ROWS = 200_000
 
 Health = Callable[[], tuple[bool, dict[str, object]]]
 #: a cluster front's choice of gateway for a new connection (None: no live gateway)
@@ -139,6 +144,41 @@ def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: Co
         remove = await _ids(data.get("remove", []), "remove")
         return _json(await run(ChangeMembers(asyncio.get_running_loop(), gid, add, remove, logic.publish)))
 
+    async def seed_history(request: web.Request) -> web.Response:
+        gid = _path_id(request, "gid")
+        data = await body(request)
+        count, sender, text = data.get("messages"), data.get("sender"), data.get("body", "")
+        if type(count) is not int or not 1 <= count <= SEED_MAX_MESSAGES:
+            raise AdminError(400, f"'messages' must be an integer in 1..{SEED_MAX_MESSAGES}")
+        if sender is not None and (type(sender) is not int or not 0 <= sender <= protocol.MAX_ID):
+            raise AdminError(400, "'sender' must be a user id")
+        if type(text) is not str or len(text) > config.max_body_chars:
+            raise AdminError(400, f"'body' must be a string of at most {config.max_body_chars} characters")
+        group = store.directory.groups.get(gid)
+        if group is None:
+            raise AdminError(404, f"no group {gid}")
+        size = max(1, len(group.members))
+        if count * size > SEED_MAX_ROWS:
+            raise AdminError(400, f"{count} messages to {size} members: at most {SEED_MAX_ROWS:,} message-members "
+                                  f"per request ({SEED_MAX_ROWS // size} messages for this group)")
+        loop = asyncio.get_running_loop()
+        chunk = max(1, SEED_CHUNK_ROWS // size)
+        done, writes, result = 0, 0, {}
+        while done < count:  # each chunk its own commit, so sends commit in between
+            n = min(chunk, count - done)
+            try:
+                result = await run(SeedHistory(loop, gid, n, sender, text))
+            except AdminError as exc:
+                if done:
+                    raise AdminError(exc.status, f"{exc} (after {done} of {count} messages were seeded)") from None
+                raise
+            done += n
+            n_writes = result["storage_writes"]
+            assert isinstance(n_writes, int)
+            writes += n_writes
+        return _json({"messages": count, "max_seq": result["max_seq"], "members": result["members"],
+                      "storage_writes": writes})
+
     async def get_group(request: web.Request) -> web.Response:
         gid = _path_id(request, "gid")
         group = store.directory.groups.get(gid)
@@ -166,6 +206,7 @@ def build_app(config: ServerConfig, store: Store, logic: ChatLogic, registry: Co
     app.router.add_post("/admin/groups", create_groups)
     app.router.add_get("/admin/groups/{gid}", get_group)
     app.router.add_post("/admin/groups/{gid}/members", change_members)
+    app.router.add_post("/admin/groups/{gid}/history", seed_history)
     app.router.add_get("/gateway", gateway)
     return app
 

@@ -572,6 +572,53 @@ class ChangeMembers(AdminJob):
         super().done()
 
 
+class SeedHistory(AdminJob):
+    """Provisioning a group's past: ``count`` messages from ``sender``, stored as the storage mode stores a message
+    (the body once; under write diffusion an index row per member), then every member's read mark at the last of
+    them. It is history everyone has read: no unread count changes, nothing is pushed or buffered, and (like
+    group creation's member rows) its writes are not counted as storage writes. So it is refused unless every
+    member has read the group to its end: afterwards that holds again, in every unread mode."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, gid: int, count: int, sender: int | None, body: str) -> None:
+        super().__init__(loop)
+        self.gid, self.count, self.sender, self.body = gid, count, sender, body
+        self.last = 0
+        self.readers: list[int] = []
+
+    def apply(self, w: Writer) -> None:
+        group = w.directory.groups.get(self.gid)
+        if group is None:
+            raise AdminError(404, f"no group {self.gid}")
+        members = w.members(group)
+        if not members:
+            raise AdminError(400, f"group {self.gid} has no members to send its history")
+        sender = min(members) if self.sender is None else self.sender
+        if sender not in members:
+            raise AdminError(400, f"user {sender} is not a member of group {self.gid}")
+        end = w.last_seq.get(self.gid, 0)
+        behind = next((u for u in members if w.read_mark(group, u) < end), None)
+        if behind is not None:
+            raise AdminError(409, f"group {self.gid}: member {behind} has read to seq {w.read_mark(group, behind)} "
+                                  f"of {end}; history is seeded only into a group its members have read to the end")
+        sts = now_us()
+        tally = Tally()  # provisioning: not the server's storage writes
+        for _ in range(self.count):
+            msg = Message(self.gid, w.next_seq(self.gid), sender, sts, sts, self.body)
+            w.storage.append(w.db, tally, msg, members)
+        self.last = w.last_seq[self.gid]
+        w.db.execute("UPDATE members SET read_seq = ? WHERE gid = ?", (self.last, self.gid))
+        self.readers = list(members)
+        for u in self.readers:
+            w.read_now[(self.gid, u)] = self.last
+        self.result = {"messages": self.count, "max_seq": self.last, "members": len(members),
+                       "storage_writes": tally.storage["body"] + tally.storage["index"]}
+
+    def after_commit(self, w: Writer) -> None:
+        group = w.directory.groups[self.gid]
+        group.max_seq = self.last
+        group.read.update(dict.fromkeys(self.readers, self.last))
+
+
 class RecallJob(Job):
     """The sender retracts its own ordinary message within the recall window. In the transaction: the message
     leaves the unread counts of everyone who still had it unread, its body is erased (it leaves every history),

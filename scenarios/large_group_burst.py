@@ -25,10 +25,9 @@ from locust.env import Environment
 import math
 import random
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
-from typing import Any
 
 from drivers import autorate, swarm
-from drivers.locust_user import ChatUser, admin_client, is_coordinator, provision_group, sender_uids
+from drivers.locust_user import ChatUser, admin_client, provision_group, sender_uids
 from drivers.schedule import LiveSchedule, Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
@@ -51,6 +50,9 @@ def _options(parser: ArgumentParser) -> None:
     g.add_argument("--burst-s", type=float, default=10, env_var="LGB_BURST_S", help="seconds of sending")
     g.add_argument("--settle-s", type=float, default=3, env_var="LGB_SETTLE_S", help="quiet seconds after connecting")
     g.add_argument("--tail-s", type=float, default=3, env_var="LGB_TAIL_S", help="quiet seconds after the burst")
+    g.add_argument("--history", type=_count, default=0, env_var="LGB_HISTORY",
+                   help="messages stored in the group before the run, read by everyone: the server's tables at a "
+                        "stated size (write diffusion's index grows by a row per member and message)")
     g.add_argument("--chat-group", type=int, default=0, env_var="LGB_GROUP",
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
 
@@ -76,7 +78,7 @@ autorate.offer(autorate.RATE, MEMBERS)
 def _count(text: str) -> int:
     n = int(text)
     if n < 0:
-        raise ArgumentTypeError(f"{n}: a count of members, 0 or more")
+        raise ArgumentTypeError(f"{n}: a count, 0 or more")
     return n
 
 
@@ -92,11 +94,10 @@ class Shape(PhasedShape):
         return phases(opts)
 
 
-@events.test_start.add_listener
-def _provision(environment: Environment, **_: Any) -> None:
-    if not is_coordinator(environment):
-        return
-    provision_group(environment, environment.parsed_options.chat_group, environment.parsed_options.offline_members)
+@swarm.provisioner
+def _provision(environment: Environment) -> None:
+    opts = environment.parsed_options
+    provision_group(environment, opts.chat_group, opts.offline_members, opts.history)
 
 
 class Member(ChatUser):

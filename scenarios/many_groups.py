@@ -23,10 +23,9 @@ from locust.env import Environment
 import math
 import random
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
-from typing import Any
 
-from drivers import autorate
-from drivers.locust_user import ChatUser, admin_client, is_coordinator, planned_uids, provision_users
+from drivers import autorate, swarm
+from drivers.locust_user import ChatUser, admin_client, planned_uids, provision_users
 from drivers.schedule import LiveSchedule, Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
@@ -81,10 +80,8 @@ class Shape(PhasedShape):
         return phases(opts)
 
 
-@events.test_start.add_listener
-def _provision(environment: Environment, **_: Any) -> None:
-    if not is_coordinator(environment):
-        return
+@swarm.provisioner
+def _provision(environment: Environment) -> None:
     opts = environment.parsed_options
     assert opts is not None
     uids = planned_uids(environment, opts.members)

@@ -69,10 +69,8 @@ class Shape(PhasedShape):
 _sampler: list[ServerSampler] = []
 
 
-@events.test_start.add_listener
-def _provision(environment: Environment, **_: Any) -> None:
-    if not is_coordinator(environment):
-        return
+@swarm.provisioner
+def _provision(environment: Environment) -> None:
     provision_group(environment)
     sampler = ServerSampler(environment)
     sampler.start()

@@ -15,13 +15,12 @@ from locust.env import Environment
 
 import random
 from argparse import ArgumentParser
-from typing import Any
 
+from drivers import swarm
 from drivers.locust_user import (
     UID_BLOCK,
     ChatUser,
     admin_client,
-    is_coordinator,
     planned_uids,
     provision_users,
 )
@@ -38,10 +37,8 @@ def _options(parser: ArgumentParser) -> None:
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
 
 
-@events.test_start.add_listener
-def _provision(environment: Environment, **_: Any) -> None:
-    if not is_coordinator(environment):
-        return
+@swarm.provisioner
+def _provision(environment: Environment) -> None:
     opts = environment.parsed_options
     assert opts is not None and environment.runner is not None
     uids = planned_uids(environment, environment.runner.target_user_count or opts.num_users)

@@ -62,10 +62,8 @@ class Shape(PhasedShape):
         return phases(opts)
 
 
-@events.test_start.add_listener
-def _provision(environment: Environment, **_: Any) -> None:
-    if not is_coordinator(environment):
-        return
+@swarm.provisioner
+def _provision(environment: Environment) -> None:
     provision_group(environment)
 
 
