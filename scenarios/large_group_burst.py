@@ -52,7 +52,8 @@ def _options(parser: ArgumentParser) -> None:
     g.add_argument("--tail-s", type=float, default=3, env_var="LGB_TAIL_S", help="quiet seconds after the burst")
     g.add_argument("--history", type=_count, default=0, env_var="LGB_HISTORY",
                    help="messages stored in the group before the run, read by everyone: the server's tables at a "
-                        "stated size (write diffusion's index grows by a row per member and message)")
+                        "stated size (write diffusion's index grows by a row per member and message); the "
+                        "fresh groups of --capacity-vary members start empty")
     g.add_argument("--chat-group", type=int, default=0, env_var="LGB_GROUP",
                    help="group id; 0 = a fresh one per run (set by the master, passed on to workers)")
 

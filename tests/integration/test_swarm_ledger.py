@@ -88,9 +88,10 @@ def test_offline_members_cost_the_server_and_get_no_push(server_factory: Any, tm
     assert b["parameters"]["offline_members"] == offline  # type: ignore[index]
 
 
-def test_offline_members_is_a_count(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--offline-members", "--history"])
+def test_counts_are_counts(server: ServerProcess, flag: str) -> None:
     cmd = [sys.executable, "-m", "locust", "-f", "scenarios/large_group_burst.py", "--headless", "--host",
-           server.ws_url, "--offline-members", "-5"]
+           server.ws_url, flag, "-5"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
-    assert "-5: a count of members, 0 or more" in proc.stderr
+    assert f"argument {flag}: -5: a count, 0 or more" in proc.stderr
