@@ -1,14 +1,21 @@
 """Open-model send schedules: when each message is *meant* to leave, independent of how fast the server answers.
 
 A :class:`Schedule` yields ``(intended time in µs, burst)`` slots: ``burst`` messages every ``1 / rate`` seconds
-from ``start`` for ``duration`` seconds, with a fixed random phase so that many senders do not fire in lockstep.
+from ``start`` for ``duration`` seconds, at a fixed phase so that many senders do not fire in lockstep.
 ``poisson=True`` draws exponential gaps instead (a Poisson arrival process at the same mean rate).
+
+The phase: ``staggered(i, n)`` for sender i of n puts the senders' slots evenly through each interval, so their
+sum arrives at the global rate at even gaps (the periodic arrival process a capacity search wants: a level is then
+judged on its rate, not on how its senders' random phases happened to bunch — ten senders at 10 msg/s with random
+phases put two messages within 10 ms of each other in most seconds). Without one, each sender draws a random
+phase (independent senders, e.g. one per group).
 
 Global arrival rates are split evenly: :func:`per_sender` gives each of ``senders`` senders its share.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +34,8 @@ class Schedule:
     #: a slot the generator reaches later than this is missed (counted, not sent late)
     tolerance_s: float = 0.5
     poisson: bool = False
+    #: where in each interval this sender's slots fall, a fraction in [0, 1); None: drawn at random
+    phase: float | None = None
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     def slots(self) -> Iterator[tuple[int, int]]:
@@ -34,11 +43,19 @@ class Schedule:
             return
         interval = 1.0 / self.rate
         # Poisson: the first arrival is exponential too, so the mean count over T is exactly rate · T
-        t = self.start + (self.rng.expovariate(self.rate) if self.poisson else self.rng.uniform(0, interval))
+        phase = self.rng.random() if self.phase is None else self.phase
+        t = self.start + (self.rng.expovariate(self.rate) if self.poisson else phase * interval)
         end = None if self.duration is None else self.start + self.duration
         while end is None or t < end:
             yield int(t * 1e6), self.burst
             t += self.rng.expovariate(self.rate) if self.poisson else interval
+
+
+def staggered(index: int, senders: int) -> float:
+    """The phase of sender ``index`` of ``senders`` (0-based): their slots spread evenly through each interval."""
+    if not 0 <= index < senders:
+        raise ValueError(f"sender {index} of {senders}: the index must be in 0..{senders - 1}")
+    return index / senders
 
 
 def per_sender(total_rate: float, senders: int) -> float:
@@ -50,7 +67,9 @@ def per_sender(total_rate: float, senders: int) -> float:
 class LiveSchedule:
     """Like :class:`Schedule`, but the rate is read again at every slot (capacity search moves it during the run).
 
-    At rate 0 it yields empty slots (burst 0) every ``idle_s`` so the sender keeps looking."""
+    At rate 0 it yields empty slots (burst 0) every ``idle_s`` so the sender keeps looking. With a ``phase``, the
+    slots are the points ``start + (k + phase) / rate`` of a grid every sender with the same ``start`` shares, taken
+    again at each slot: after a change of rate the senders' slots are at even gaps again from their next one."""
 
     #: slots per second for this sender, now
     rate: Callable[[], float]
@@ -58,11 +77,13 @@ class LiveSchedule:
     burst: int = 1
     tolerance_s: float = 0.5
     idle_s: float = 0.1
+    phase: float | None = None
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def slots(self) -> Iterator[tuple[int, int]]:
         t = self.start
         first = True
+        m, grid_rate = 0, 0.0  # the phase's grid: t = start + (m + phase) / grid_rate
         while True:
             rate = self.rate()
             if rate <= 0:
@@ -71,6 +92,19 @@ class LiveSchedule:
                 yield int(t * 1e6), 0
                 continue
             interval = 1.0 / rate
-            t += self.rng.uniform(0, interval) if first else interval
+            if self.phase is None:
+                t += self.rng.uniform(0, interval) if first else interval
+            else:
+                if first or rate != grid_rate:  # the first grid point at (after a slot: after) t, up to rounding
+                    k = (t - self.start) / interval - self.phase
+                    m = math.ceil(k - 1e-3) if first else math.floor(k + 1e-3) + 1
+                    grid_rate = rate
+                else:
+                    m += 1
+                nxt = self.start + (m + self.phase) * interval
+                while not first and nxt <= t:  # epoch seconds in a float: rounding must not repeat a slot
+                    m += 1
+                    nxt = self.start + (m + self.phase) * interval
+                t = nxt
             first = False
             yield int(t * 1e6), self.burst

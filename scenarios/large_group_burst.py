@@ -28,7 +28,7 @@ from argparse import ArgumentParser, ArgumentTypeError, Namespace
 
 from drivers import autorate, swarm
 from drivers.locust_user import ChatUser, admin_client, provision_group, sender_uids
-from drivers.schedule import LiveSchedule, Schedule, per_sender
+from drivers.schedule import LiveSchedule, Schedule, per_sender, staggered
 from drivers.shapes import Phase, PhasedShape, window
 
 
@@ -109,6 +109,8 @@ class Member(ChatUser):
         opts = self.environment.parsed_options
         self.gid = opts.chat_group
         self.sending = self.uid in set(opts.sender_uids)
+        # the senders' slots evenly through each interval (drivers/schedule.py)
+        self.phase = staggered(opts.sender_uids.index(self.uid), len(opts.sender_uids)) if self.sending else 0.0
 
     @task
     def talk(self) -> None:
@@ -123,11 +125,12 @@ class Member(ChatUser):
                 rate = per_sender(opts.rate, opts.senders) / opts.burst_size
                 self.run_schedule(lambda: autorate.STATE.gid,
                                   LiveSchedule(lambda: rate if autorate.STATE.level > 0 else 0.0, start,
-                                               burst=opts.burst_size))
+                                               burst=opts.burst_size, phase=self.phase))
                 return
             self.run_schedule(self.gid, LiveSchedule(lambda: autorate.rate(opts.senders, opts.burst_size), start,
-                                                     burst=opts.burst_size))
+                                                     burst=opts.burst_size, phase=self.phase))
             return
         start, end = window(phases(opts), opts, "burst")
         rate = per_sender(opts.rate, opts.senders) / opts.burst_size
-        self.run_schedule(self.gid, Schedule(rate=rate, start=start, duration=end - start, burst=opts.burst_size))
+        self.run_schedule(self.gid, Schedule(rate=rate, start=start, duration=end - start, burst=opts.burst_size,
+                                             phase=self.phase))
