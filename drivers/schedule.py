@@ -83,7 +83,6 @@ class LiveSchedule:
     def slots(self) -> Iterator[tuple[int, int]]:
         t = self.start
         first = True
-        m, grid_rate = 0, 0.0  # the phase's grid: t = start + (m + phase) / grid_rate
         while True:
             rate = self.rate()
             if rate <= 0:
@@ -94,17 +93,10 @@ class LiveSchedule:
             interval = 1.0 / rate
             if self.phase is None:
                 t += self.rng.uniform(0, interval) if first else interval
-            else:
-                if first or rate != grid_rate:  # the first grid point at (after a slot: after) t, up to rounding
-                    k = (t - self.start) / interval - self.phase
-                    m = math.ceil(k - 1e-3) if first else math.floor(k + 1e-3) + 1
-                    grid_rate = rate
-                else:
-                    m += 1
+            else:  # the first grid point at (after a slot: after) t; t is a float of epoch seconds, so up to rounding
+                k = (t - self.start) / interval - self.phase
+                m = math.ceil(k - 1e-3) if first else math.floor(k + 1e-3) + 1
                 nxt = self.start + (m + self.phase) * interval
-                while not first and nxt <= t:  # epoch seconds in a float: rounding must not repeat a slot
-                    m += 1
-                    nxt = self.start + (m + self.phase) * interval
-                t = nxt
+                t = nxt if first or nxt > t else nxt + interval  # rounding never repeats a slot
             first = False
             yield int(t * 1e6), self.burst

@@ -63,7 +63,7 @@ def test_after_a_pause_the_grid_resumes() -> None:
     assert (t - e, burst) == (2_500_000, 1)  # the first grid point at or after the pause's end
 
 
-@pytest.mark.parametrize("rate", [0.3, 7.0, 20.0, 1234.5])
+@pytest.mark.parametrize("rate", [0.3, 7.0, 20.0, 1234.5, 100_000.0])
 def test_live_slots_always_move_on(rate: float) -> None:
     """Thousands of slots at a steady rate, epoch-second starts: each one interval after the last (a slot repeated
     by rounding would be sent twice at once)."""
