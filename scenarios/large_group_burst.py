@@ -1,6 +1,7 @@
 """Large group burst: one group of ``--members`` (default 10,000) members, all online — plus ``--offline-members``
 that never connect (the server stores, counts and buffers for them, pushes to nobody); ``--senders`` of them send
-bursts totalling ``--rate`` messages per second for ``--burst-s`` seconds (open model), then the room goes quiet.
+bursts totalling ``--rate`` messages per second for ``--burst-s`` seconds (open model; the senders staggered, so
+their messages arrive at even gaps: drivers/schedule.py), then the room goes quiet.
 
 Phases: ``connect`` (members join at ``--connect-rate``), ``settle``, ``burst``, ``tail``; then the run stops by
 itself and the result bundle is written. With ``--capacity SLO`` the burst is a capacity search instead: the rate
