@@ -14,13 +14,15 @@ import hashlib
 import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import orjson
 
 from drivers.bundle import RUN_SPECIFIC_OPTIONS
 from drivers.deliveries import decode_into, new_histogram
-from record.store import load, load_all, write
+from record import store
+from record.store import load, write
 
 __all__ = ["AXES", "MEASURES", "Group", "Measure", "config", "groups", "label", "load", "load_all", "write"]
 
@@ -135,6 +137,34 @@ def varying_axes(keys: Iterable[tuple[str, ...]]) -> list[str]:
     keys = list(keys)
     axes = [a for i, a in enumerate(AXES) if len({k[i] for k in keys}) > 1]
     return axes or ([a for a in AXES if a not in ("cluster", "server_cpu", "network", "workload")] if keys else [])
+
+
+def load_all(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """Records from files and directories (record.store.load_all), older ones read at today's defaults
+    (:func:`fill_defaults`)."""
+    out = store.load_all(paths)
+    fill_defaults(out)
+    return out
+
+
+def fill_defaults(loaded: list[dict[str, Any]]) -> None:
+    """Give a record that lacks a parameter — its run predates the option — the default that the other records of
+    its scenario name for it (``parameter_defaults``), in place, so that it compares with runs at that default
+    (adding an option must keep the old behaviour as its default). Not filled when those records disagree on the
+    default (it changed): then the parameter stays absent and the runs are incomparable. The names filled are
+    listed in the record's ``_filled`` (not part of the record)."""
+    known: dict[tuple[Any, str], set[bytes]] = {}
+    for b in loaded:
+        for k, v in (b.get("parameter_defaults") or {}).items():
+            known.setdefault((b.get("scenario"), k), set()).add(orjson.dumps(v))
+    for b in loaded:
+        params = b.get("parameters")
+        if not isinstance(params, dict):
+            continue
+        for (scenario, k), values in known.items():
+            if scenario == b.get("scenario") and k not in params and len(values) == 1:
+                params[k] = orjson.loads(next(iter(values)))
+                b.setdefault("_filled", []).append(k)
 
 
 def comparability(bundle: dict[str, Any]) -> dict[str, Any]:

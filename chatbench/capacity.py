@@ -51,12 +51,24 @@ def ranked(group: bundles.Group) -> list[float]:
     return group.values(CAPACITY) + [0.0 for a in answers if a.get("below_minimum")]
 
 
+def cost(answers: list[dict[str, Any]]) -> str:
+    """``first → found``: the medians over the searches of the server's CPU ms per message in their first step and
+    in the step that gave their capacity."""
+    first = [v for a in answers if (v := a.get("server_ms_per_message_first")) is not None]
+    found = [v for a in answers if (v := a.get("server_ms_per_message_found")) is not None]
+    if not first:
+        return "–"
+    return f"{statistics.median(first):.1f} → {statistics.median(found):.1f}" if found else \
+        f"{statistics.median(first):.1f} → –"
+
+
 def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
     gs = sorted(bundles.groups(loaded), key=lambda g: -(g.median(CAPACITY) or -1))
     varying = bundles.varying_axes([g.key for g in gs])
     t = Table(title=title, header_style="bold", title_justify="left")
     unit = unit_of(loaded)
-    for col in ("configuration", "runs", f"capacity {unit}", "range", "first failed", "limit", "vs next"):
+    for col in ("configuration", "runs", f"capacity {unit}", "range", "first failed", "server ms/msg", "limit",
+                "vs next"):
         t.add_column(col, justify="left" if col in ("configuration", "limit") else "right")
     for i, g in enumerate(gs):
         values = g.values(CAPACITY)
@@ -80,8 +92,10 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
                                                                  else f"not significant, p={p:.2f}")
         t.add_row(bundles.label(g.key, varying), str(len(g.bundles)),
                   fmt(statistics.median(values)) if values else below or "none", spread,
-                  fmt(statistics.median(failed)) if failed else "–", escape(limit) if not gen else limit, nxt)
+                  fmt(statistics.median(failed)) if failed else "–", cost(answers),
+                  escape(limit) if not gen else limit, nxt)
     t.caption = ("capacity: the level that held the SLO for the confirm period (the highest short step that held, "
-                 "or one further down after failed confirms); "
+                 "or one further down after failed confirms); server ms/msg: its CPU per message in the first step "
+                 "→ in the step that gave the capacity (grown: the server's state grew during the search); "
                  "medians over the repeats; 'vs next': one-sided Mann-Whitney U against the row below")
     return t

@@ -183,6 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         console.print(f"[red]{e}[/]")
         return 2
+    bundles.fill_defaults(base + cand)  # both sides read at the defaults either side's records name
     if not base or not cand:
         what = f"matching {args.against}" if against else "in the baseline"
         console.print(f"[red]no result bundles {what if not base else 'in the candidates'}[/]")

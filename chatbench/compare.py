@@ -10,7 +10,8 @@ A *count* measure (writes, bus messages per message, losses) is deterministic: i
 allowance, full stop. A *time* measure (latencies, CPU) fails only when it is over the allowance **and** the
 change is significant: a one-sided Mann-Whitney U test over the repetitions (scipy; exact for small samples)
 with p < alpha. With one run a side no time can fail: repeat (``chatbench matrix --repeat 5``).
-Runs of different scenario parameters or api versions are marked incomparable and not compared.
+Runs of different scenario parameters or api versions are marked incomparable and not compared. A record from
+before a scenario option existed is read at the default the newer records declare (bundles.fill_defaults).
 """
 
 from __future__ import annotations

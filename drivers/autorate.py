@@ -138,6 +138,15 @@ def drain(env: Environment) -> float | None:
     return None
 
 
+def per_message_ms(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """The server's CPU ms per message it accepted between two readings of its /metrics (None: none accepted,
+    or unreadable)."""
+    if not before or not after:
+        return None
+    accepted = delta(after, before, "chat_messages_accepted_total")
+    return delta(after, before, "process_cpu_seconds_total") * 1000 / accepted if accepted > 0 else None
+
+
 def control(env: Environment, totals: Totals, start_at: float) -> None:
     """The coordinator's search loop (a greenlet); ``start_at``: reference epoch s when the search phase begins
     (after connecting). Judged on what was merged into ``totals`` during each step."""
@@ -189,6 +198,7 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                     missed_slots=c1.get("missed_send_slots", 0) - c0.get("missed_send_slots", 0),
                     sent=c1.get("sent", 0) - c0.get("sent", 0), generator_cpu=cpu, generator_lag_ms=lag,
                     server_cpu=(delta(s1, s0, "process_cpu_seconds_total") / (t1 - t0)) if s0 and s1 else None,
+                    server_ms_per_message=per_message_ms(s0, s1),
                     server_p99_ms=bucket_quantiles(s1, s0, "chat_push_latency_seconds", (0.99,)).get("p99")
                     if s0 and s1 else None)
         judge(step, slo, CPU_SATURATED, LAG_SATURATED_MS)
@@ -198,7 +208,9 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
                         f"the step at {level:,.1f} {axis.short}: its closes and CPU are unknown")
         line = (f"capacity {phase} {level:,.1f} {axis.short}: {'held' if step.held else 'FAILED'} "
                 f"p99 {lat.get('p99', float('nan')):.1f} ms, {step.deliveries:,} deliveries, lost {step.lost}, "
-                f"server CPU {step.server_cpu or 0:.0%} (own p99 ≤ {step.server_p99_ms or 0:.1f} ms), generator CPU "
+                f"server CPU {step.server_cpu or 0:.0%}"
+                + (f", {step.server_ms_per_message:.1f} ms/msg" if step.server_ms_per_message is not None else "")
+                + f" (own p99 ≤ {step.server_p99_ms or 0:.1f} ms), generator CPU "
                 f"{cpu:.0%}, loop lag {lag:.0f} ms"
                 + ("" if step.held else f" — {'; '.join(step.failures + step.generator_limits)}"))
         if not step.held and search.next_level() is not None:

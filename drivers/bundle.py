@@ -60,15 +60,31 @@ def scenario_parameters(env: Environment) -> dict[str, Any]:
             and isinstance(v, str | int | float | bool)}
 
 
+def parameter_defaults(env: Environment, names: Sequence[str]) -> dict[str, Any]:
+    """Each of ``names``' default as the scenario declares it now (Locust's parser with every scenario option, no
+    config file read): a later record compares with one from before an option existed as if that run had used the
+    option's default (chatbench.bundles.fill_defaults)."""
+    from locust.argument_parser import get_parser
+
+    parser = get_parser(default_config_files=[])
+    out = {}
+    for name in names:
+        value = parser.get_default(name)
+        if isinstance(value, str | int | float | bool):
+            out[name] = value
+    return out
+
+
 def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
     opts = env.parsed_options
     from drivers.shapes import PhasedShape
 
     if isinstance(env.shape_class, PhasedShape) and opts is not None:
         totals.set_measure_from(env.shape_class.measured_from(opts))
+    parameters = scenario_parameters(env)
     out = record.new("swarm", getattr(opts, "chatbench_scenario", "") or _scenario_name(env),
-                     scenario_parameters(env), run_id=run.run_id, started_s=run.started_us / 1e6,
-                     server_modes=_server_modes(env))
+                     parameters, run_id=run.run_id, started_s=run.started_us / 1e6,
+                     server_modes=_server_modes(env), parameter_defaults=parameter_defaults(env, list(parameters)))
     metrics = out["metrics"]
     metrics.update(totals.metrics())
     # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation

@@ -71,6 +71,9 @@ class Step:
     generator_cpu: float = 0.0
     generator_lag_ms: float = 0.0
     server_cpu: float | None = None
+    #: the server's CPU per message it accepted in the step (ms): a cost that grows over a search at similar
+    #: levels is the server's state growing (a table), and the answer depends on when it was confirmed
+    server_ms_per_message: float | None = None
     server_p99_ms: float | None = None  # the server's own accept → socket write p99 (bucket bound) in the step
     failures: list[str] = field(default_factory=list)  # SLO clauses broken (empty: held)
     generator_limits: list[str] = field(default_factory=list)  # why the generator was the limit (empty: it wasn't)
@@ -85,6 +88,7 @@ class Step:
                 "deliveries": self.deliveries, "lost": self.lost, "closes": self.closes,
                 "missed_slots": self.missed_slots, "sent": self.sent, "generator_cpu": self.generator_cpu,
                 "generator_lag_ms": self.generator_lag_ms, "server_cpu": self.server_cpu,
+                "server_ms_per_message": self.server_ms_per_message,
                 "server_p99_ms": self.server_p99_ms,
                 "failures": self.failures, "generator_limits": self.generator_limits, "drain_s": self.drain_s}
 
@@ -274,6 +278,8 @@ class Search:
             because = [*because, "no level held for the confirm period"]
         if self.stopped is not None:
             because = [*because, self.stopped]
+        costed = [s for s in self.steps if s.server_ms_per_message is not None]
+        found = [s for s in costed if s.held and s.level == capacity and (s.phase == "confirm") == self.confirm]
         return {
             "capacity": capacity,
             "highest_held": self._highest_held(),
@@ -286,5 +292,8 @@ class Search:
             "confirmed": self.confirmed,
             "resolution": self.resolution,
             "stopped": self.stopped,
+            # the server's CPU per message at the search's first step and at the step that gave the answer
+            "server_ms_per_message_first": costed[0].server_ms_per_message if costed else None,
+            "server_ms_per_message_found": found[-1].server_ms_per_message if found else None,
             "steps": [s.as_dict() for s in self.steps],
         }

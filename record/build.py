@@ -44,19 +44,24 @@ def _utc(epoch_s: float) -> str:
 
 
 def new(kind: str, scenario: str, parameters: dict[str, Any], *, run_id: str | None = None,
-        started_s: float | None = None, server_modes: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A record's envelope, with empty metrics."""
+        started_s: float | None = None, server_modes: dict[str, Any] | None = None,
+        parameter_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A record's envelope, with empty metrics. ``parameter_defaults``: each parameter's declared default (so that
+    a record from before a parameter existed can be read as having run at it)."""
     if kind not in KINDS:
         raise ValueError(f"record kind {kind!r}: choose from {', '.join(KINDS)}")
     started = time.time() if started_s is None else started_s
     git = git_info()
-    return {
+    out = {
         "api_version": API_VERSION, "kind": kind, "run_id": run_id or new_run_id(), "utc": _utc(started),
         "started_utc": _utc(started), "duration_s": 0.0, "commit": git["commit"], "dirty": git["dirty"],
         "machine": machine_info(), "scenario": scenario, "parameters": dict(parameters),
         "server_modes": dict(server_modes or {}), "metrics": {"valid": True, "invalid_reasons": []},
         "_started_s": started,
     }
+    if parameter_defaults:
+        out["parameter_defaults"] = dict(parameter_defaults)
+    return out
 
 
 def server_figures(after: dict[str, float], before: dict[str, float]) -> dict[str, float | None]:

@@ -50,6 +50,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("parameters", "dict", "", "what defines the workload; runs compare only when these are equal", True),
     _f("parameters.<name>", "str|int|float|bool", "", "one scenario or benchmark option (secrets and per-run "
        "plumbing left out)"),
+    _f("parameter_defaults", "dict", "", "each parameter's declared default when the run was made: a record from "
+       "before a parameter existed is read as having run at its default (`chatbench.bundles.fill_defaults`)"),
+    _f("parameter_defaults.<name>", "str|int|float|bool", "", "one parameter's default"),
     _f("server_modes", "dict", "", "the server's modes as it reported them (/healthz)", True),
     _f("server_modes.<axis>", "str", "", "fanout, storage, unread or offline mode"),
     _f("machine", "dict", "", "where it ran", True),
@@ -184,8 +187,14 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.resolution", "float", "", "bisection stopped within this fraction"),
     _f("metrics.capacity.stopped", "str", "", "why the search ended unanswered before it narrowed (the server "
        "still busy DRAIN_MAX_S after a failed step: a later step would judge that backlog); null: it did not"),
+    _f("metrics.capacity.server_ms_per_message_first", "float", "CPU ms", "the server's CPU per message it "
+       "accepted in the search's first step (null: unknown)"),
+    _f("metrics.capacity.server_ms_per_message_found", "float", "CPU ms", "the same in the step that gave the "
+       "capacity (its confirm); more than the first at a similar level: the server's state grew during the search, "
+       "and the answer depends on when it was confirmed (null: no capacity)"),
     _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
-       "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_p99_ms (the server's "
+       "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_ms_per_message "
+       "(CPU ms per message the server accepted in the step), server_p99_ms (the server's "
        "own push p99 bound), failures, generator_limits, drain_s (after a failure: seconds at level 0 until the server "
        "was quiet, null when not waited or still busy after 60 s)"),
     # -- the server's side, from its /metrics over the traffic window

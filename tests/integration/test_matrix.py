@@ -48,6 +48,9 @@ def test_matrix_writes_one_bundle_per_run_and_a_summary(matrix: tuple[Path, Path
     assert configs == [("read", "seq"), ("write", "seq")]
     assert len({b["run_id"] for b in bundles}) == 2
     assert all(b["parameters"]["members"] == 60 and b["parameters"]["senders"] == 3 for b in bundles)
+    for b in bundles:  # the defaults the scenario declares (scenarios/large_group_burst.py), not this run's values
+        assert set(b["parameter_defaults"]) <= set(b["parameters"])
+        assert (b["parameter_defaults"]["members"], b["parameter_defaults"]["history"]) == (10_000, 0)
     for b in bundles:
         m = b["metrics"]
         for key in ("api_version", "commit", "machine", "histograms", "timeseries"):  # the record schema's business

@@ -338,3 +338,36 @@ def test_a_configuration_with_no_level_ranks_below_every_capacity_in_the_signifi
     console = Console(width=300, record=True)
     console.print(capacity_table(few, "t"))
     assert "n/a (≥ 2 answers a side)" in console.export_text()
+
+
+def test_the_answer_names_the_servers_cost_per_message_at_the_start_and_at_the_capacity() -> None:
+    """A server whose cost per message grows with every message it stores (a table growing): the answer's
+    first-step and confirm-step costs show it, and the table prints them as first → found (medians)."""
+    from rich.console import Console
+
+    from chatbench.capacity import capacity_table
+
+    search, stored = Search(10.0, resolution=0.1), 0
+    while (level := search.next_level()) is not None:
+        ms = 30.0 + stored / 1000  # 30 ms on an empty table, +1 ms per 1,000 messages stored
+        step = Step(level, search.phase, sent=int(level * 20), server_ms_per_message=ms)
+        stored += step.sent
+        if level * ms >= 700:  # the server saturates (70 % of a core) at this cost
+            step.failures.append("latency p99 over")
+        search.record(step)
+    answer = search.answer()
+    steps = answer["steps"]
+    assert answer["server_ms_per_message_first"] == 30.0 == steps[0]["server_ms_per_message"]
+    held = [s for s in steps if s["phase"] == "confirm" and s["held"]]
+    assert held and held[-1]["level"] == answer["capacity"]
+    assert answer["server_ms_per_message_found"] == held[-1]["server_ms_per_message"] > 30.0
+    bundles = [{"scenario": "large_group_burst", "api_version": 1, "parameters": {"members": 2000},
+                "server_modes": {"storage": "write"},
+                "metrics": {"capacity": {**answer, "server_ms_per_message_found": found}}} for found in (40, 50, 70)]
+    console = Console(width=300, record=True)
+    console.print(capacity_table(bundles, "t"))
+    assert "30.0 → 50.0" in console.export_text()
+    unanswered = Search(10.0)  # no capacity: no cost at the capacity either
+    unanswered.record(Step(10.0, "bracket", sent=5, server_ms_per_message=12.0, generator_limits=["slots missed"]))
+    assert (unanswered.answer()["server_ms_per_message_first"], unanswered.answer()["server_ms_per_message_found"]
+            ) == (12.0, None)

@@ -182,3 +182,57 @@ def test_benchmark_and_swarm_records_go_through_one_reader_and_compare(tmp_path:
     # paced pairs with paced and burst with burst (each its own workload), not one with the other
     assert "bench-fanout[paced]" in out and "bench-fanout[burst]" in out and "INCOMPARABLE" not in out
     assert "-33.3%" in out  # deliveries per server CPU-second: 50,000 → 33,333 (paced) and 200,000 → 133,333
+
+
+def test_a_record_from_before_an_option_compares_at_its_default() -> None:
+    """Adding a scenario option must not make every stored baseline incomparable: a record without it is read as
+    having run at the default the newer records declare — and only then (not at another value, not when the
+    newer records disagree on the default, not across scenarios)."""
+    def newer(history: int, default: int = 0, scenario: str = "large_group_burst") -> dict[str, Any]:
+        b = bundle("write", writes=101.0)
+        b["scenario"] = scenario
+        b["parameters"]["history"] = history
+        b["parameter_defaults"] = {"members": 10_000, "history": default}
+        return b
+
+    check = [Check.parse("storage_writes_per_message:0")]
+    old, new = bundle("write", writes=101.0), newer(0)
+    assert bundles.differences(bundles.comparability(old), bundles.comparability(new)) == ["parameters.history: "
+                                                                                          "(unset) ≠ 0"]
+    bundles.fill_defaults([old, new])
+    assert old["parameters"]["history"] == 0 and old["_filled"] == ["history"]
+    assert old["parameters"]["members"] == 100  # present parameters are never touched
+    out = compare(bundles.groups([old]), bundles.groups([new]), check)
+    assert out.compared == 1 and not out.warnings and not out.failures
+    assert bundles.config(old)["workload"] == bundles.config(new)["workload"]  # one group when loaded together
+
+    old, other = bundle("write", writes=101.0), newer(500)  # ran at another value: still incomparable
+    bundles.fill_defaults([old, other])
+    out = compare(bundles.groups([old]), bundles.groups([other]), check)
+    assert out.compared == 0 and any("parameters.history: 0 ≠ 500" in w for w in out.warnings)
+
+    old = bundle("write", writes=101.0)  # the default changed between the newer records: nothing to assume
+    bundles.fill_defaults([old, newer(0), newer(5, default=5)])
+    assert "history" not in old["parameters"] and "_filled" not in old
+
+    old = bundle("write", writes=101.0)  # another scenario's defaults say nothing of this one
+    bundles.fill_defaults([old, newer(0, scenario="many_groups")])
+    assert "history" not in old["parameters"]
+
+
+def test_cli_compare_reads_an_older_baseline_at_the_candidates_defaults(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the CLI, baseline and candidates loaded apart: the baseline's records gain the option the
+    candidates declare; the gate then checks (and catches a regression) instead of finding nothing comparable."""
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    base.mkdir()
+    cand.mkdir()
+    (base / "a.json").write_bytes(orjson.dumps({**bundle("write", writes=101.0), "kind": "swarm"}))
+    b = {**bundle("write", writes=202.0), "kind": "swarm", "parameter_defaults": {"history": 0}}
+    b["parameters"] = {**b["parameters"], "history": 0}
+    (cand / "b.json").write_bytes(orjson.dumps(b))
+    capsys.readouterr()
+    assert chatbench_main(["compare", "--baseline", str(base), str(cand), "--check",
+                           "storage_writes_per_message:0"]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "101 → 202" in out and "incomparable" not in out.lower(), out
