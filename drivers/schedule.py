@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 
@@ -56,6 +56,14 @@ def staggered(index: int, senders: int) -> float:
     if not 0 <= index < senders:
         raise ValueError(f"sender {index} of {senders}: the index must be in 0..{senders - 1}")
     return index / senders
+
+
+def phase_among(member: int, senders: Sequence[int]) -> float:
+    """The phase of ``member`` among ``senders`` (:func:`staggered` by its place in that list, which every process
+    of a run shares)."""
+    if member not in senders:
+        raise ValueError(f"user {member} is not one of the {len(senders)} senders")
+    return staggered(senders.index(member), len(senders))
 
 
 def per_sender(total_rate: float, senders: int) -> float:

@@ -29,7 +29,7 @@ from argparse import ArgumentParser, ArgumentTypeError, Namespace
 
 from drivers import autorate, swarm
 from drivers.locust_user import ChatUser, admin_client, provision_group, sender_uids
-from drivers.schedule import LiveSchedule, Schedule, per_sender, staggered
+from drivers.schedule import LiveSchedule, Schedule, per_sender, phase_among
 from drivers.shapes import Phase, PhasedShape, window
 
 
@@ -111,7 +111,7 @@ class Member(ChatUser):
         self.gid = opts.chat_group
         self.sending = self.uid in set(opts.sender_uids)
         # the senders' slots evenly through each interval (drivers/schedule.py)
-        self.phase = staggered(opts.sender_uids.index(self.uid), len(opts.sender_uids)) if self.sending else 0.0
+        self.phase = phase_among(self.uid, opts.sender_uids) if self.sending else 0.0
 
     @task
     def talk(self) -> None:

@@ -1,8 +1,8 @@
-"""Reconnect storm: members of one group stay online while ``--senders`` keep talking; then ``--offline-pct`` % of
-the members drop at once, traffic continues for ``--offline-s`` seconds, and they all come back — at the same
-instant (``--reconnect all``) or with exponential backoff (``--reconnect backoff``; full jitter, or none with
-``--backoff-jitter none``: every member waits exactly the same and the herd arrives at once) — and catch up with
-``sync`` from their last seq.
+"""Reconnect storm: members of one group stay online while ``--senders`` keep talking (staggered, at even gaps);
+then ``--offline-pct`` % of the members drop at once, traffic continues for ``--offline-s`` seconds, and they all
+come back — at the same instant (``--reconnect all``) or with exponential backoff (``--reconnect backoff``; full
+jitter, or none with ``--backoff-jitter none``: every member waits exactly the same and the herd arrives at once) —
+and catch up with ``sync`` from their last seq.
 
 Phases: ``connect``, ``steady``, ``offline``, ``storm`` (reconnects and catch-up), ``tail``. Look at, in the
 bundle's ``scenario_results``: the reconnect rate (reconnects per second over the storm, and in its busiest
@@ -33,7 +33,7 @@ import gevent
 from drivers import swarm
 from drivers.bundle import ServerSampler
 from drivers.locust_user import ChatUser, is_coordinator, provision_group
-from drivers.schedule import Schedule, per_sender
+from drivers.schedule import Schedule, per_sender, phase_among
 from drivers.shapes import Phase, PhasedShape, window
 
 
@@ -112,6 +112,8 @@ class Member(ChatUser):
         self.reconnect_cap_s = opts.backoff_cap_s
         self.gid = opts.chat_group
         self.sending = self.uid in set(opts.sender_uids)
+        # the senders' slots evenly through each interval (drivers/schedule.py), as in every run of this scenario
+        self.phase = phase_among(self.uid, opts.sender_uids) if self.sending else 0.0
         self.drops = not self.sending and random.Random(self.uid).random() * 100 < opts.offline_pct
         self.done = False
 
@@ -123,7 +125,7 @@ class Member(ChatUser):
             start, _ = window(phases(opts), opts, "steady")
             _, end = window(phases(opts), opts, "tail")
             self.run_schedule(self.gid, Schedule(rate=per_sender(opts.rate, opts.senders), start=start,
-                                                 duration=end - 1 - start))
+                                                 duration=end - 1 - start, phase=self.phase))
             return
         if not self.drops or self.done:
             self.ensure_connected()

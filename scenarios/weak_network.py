@@ -1,7 +1,8 @@
-"""Weak network: one group whose members sit on different networks (``--profile-mix``, drivers/profiles.py);
-a few direct senders talk at a steady open-model rate; everyone receives, impaired members through a per-profile
-impairing proxy in each generator process (latency + jitter, bandwidth, stalls, disconnects, resets, half-open
-connections that only the heartbeat can detect → reconnect with backoff + full jitter → catch-up by sync).
+"""Weak network: one group whose members sit on different networks (``--profile-mix``, drivers/profiles.py); a few
+direct senders talk at a steady open-model rate (their slots staggered evenly); everyone receives, impaired members
+through a per-profile impairing proxy in each generator process (latency + jitter, bandwidth, stalls, disconnects,
+resets, half-open connections that only the heartbeat can detect → reconnect with backoff + full jitter → catch-up by
+sync).
 
 Look at, in the bundle's ``metrics.by_profile`` (and the ``profile`` label of the chatbench_ metrics, dashboard
 "Weak network"): delivery latency per profile, reconnects, dead connections (half-open ones found by the
@@ -28,7 +29,7 @@ from typing import Any
 from drivers import swarm
 from drivers.locust_user import ChatUser, is_coordinator, provision_group
 from drivers.profiles import DIRECT
-from drivers.schedule import Schedule, per_sender
+from drivers.schedule import Schedule, per_sender, phase_among
 from drivers.shapes import Phase, PhasedShape, window
 
 DEFAULT_MIX = "3g:20,subway:10,2g:5,lossy:5"
@@ -104,6 +105,8 @@ class Member(ChatUser):
         opts = self.environment.parsed_options
         self.gid = opts.chat_group
         self.sending = self.uid in set(opts.sender_uids)
+        # the senders' slots evenly through each interval (drivers/schedule.py), as in every run of this scenario
+        self.phase = phase_among(self.uid, opts.sender_uids) if self.sending else 0.0
 
     @task
     def live(self) -> None:
@@ -112,6 +115,6 @@ class Member(ChatUser):
             self.sending = False
             start, end = window(phases(opts), opts, "steady")
             self.run_schedule(self.gid, Schedule(rate=per_sender(opts.rate, opts.senders), start=start,
-                                                 duration=end - start))
+                                                 duration=end - start, phase=self.phase))
             return
         self.ensure_connected()

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from drivers.schedule import LiveSchedule, Schedule, staggered
+from drivers.schedule import LiveSchedule, Schedule, phase_among, staggered
 
 EPOCH = 1_796_000_000.0  # starts are epoch seconds: floats whose rounding a grid must survive
 
@@ -24,6 +24,16 @@ def test_staggered_senders_sum_to_even_gaps() -> None:
     assert len(slots) == 50
     assert all(abs(g - 100_000) <= 2 for g in gaps_us(slots)), gaps_us(slots)
     assert min(slots) == int(EPOCH * 1e6)  # sender 0 at the start, the others after it
+
+
+def test_a_senders_phase_is_its_place_in_the_shared_list() -> None:
+    senders = [907, 13, 455, 2]  # a run's sender uids, in the order every process was given
+    phases = [phase_among(uid, senders) for uid in senders]
+    assert phases == [0.0, 0.25, 0.5, 0.75]
+    slots = [t for p in phases for t, _ in Schedule(rate=2.0, start=EPOCH, duration=3, phase=p).slots()]
+    assert all(abs(g - 125_000) <= 2 for g in gaps_us(slots)), gaps_us(slots)
+    with pytest.raises(ValueError, match="not one of the 4 senders"):
+        phase_among(5, senders)
 
 
 def test_random_phases_bunch() -> None:
