@@ -5,6 +5,7 @@ differences between configurations are significant (Mann-Whitney U over the repe
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 from typing import Any
 
@@ -51,6 +52,15 @@ def ranked(group: bundles.Group) -> list[float]:
     return group.values(CAPACITY) + [0.0 for a in answers if a.get("below_minimum")]
 
 
+def clause(reason: str) -> str:
+    """What broke, without the step's own figure, so the repeats' reasons merge: ``latency p99 159.9 ms ≥ 100 ms``
+    → ``latency p99 ≥ 100 ms``, ``generator event loop 40 ms late: …`` → ``generator event loop late``,
+    ``3 send slots missed`` → ``send slots missed``."""
+    head = reason.split(":")[0]
+    head = re.sub(r" [0-9][0-9.,]*(?: ?(?:ms|%))?(?= [≥>] | late$)", "", head)
+    return re.sub(r"^[0-9][0-9,]* ", "", head)
+
+
 def cost(answers: list[dict[str, Any]]) -> str:
     """``first → found``: the medians over the searches of the server's CPU ms per message in their first step and
     in the step that gave their capacity."""
@@ -77,7 +87,7 @@ def capacity_table(loaded: list[dict[str, Any]], title: str) -> Table:
         floors = [a["minimum"] for a in answers if a.get("below_minimum")]
         below = f"< {fmt(min(floors))} (in {len(floors)} of {len(answers)})" if floors else ""
         failed = [a["first_failed"] for a in answers if a.get("first_failed")]
-        reasons = sorted({r.split(" ≥ ")[0].split(" > ")[0] for a in answers for r in a.get("failed_because", [])})
+        reasons = sorted({clause(r) for a in answers for r in a.get("failed_because", [])})
         limit = ", ".join(reasons) or "—"
         if gen:
             limit = f"[red]generator-bound in {gen} of {len(answers)}[/] " + limit
