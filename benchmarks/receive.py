@@ -55,8 +55,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from drivers.engine import DEFAULT_RECEIVE_ENGINE, RECEIVE_ENGINES
-
 if TYPE_CHECKING:
     from drivers.client import ChatClient
     from harness.procs import ServerProcess
@@ -245,6 +243,10 @@ def build_record(args: argparse.Namespace, mode: str, runs: list[dict[str, Any]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # here, not at the top: the receiver process (child) monkey-patches before the engine imports picows and ssl,
+    # as a Locust worker does
+    from drivers.engine import DEFAULT_RECEIVE_ENGINE, RECEIVE_ENGINES
+
     p = argparse.ArgumentParser(prog="python -m benchmarks.receive",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--receivers", type=int, default=10_000)
