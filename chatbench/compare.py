@@ -11,7 +11,8 @@ allowance, full stop. A *time* measure (latencies, CPU) fails only when it is ov
 change is significant: a one-sided Mann-Whitney U test over the repetitions (scipy; exact for small samples)
 with p < alpha. With one run a side no time can fail: repeat (``chatbench matrix --repeat 5``).
 Runs of different scenario parameters or api versions are marked incomparable and not compared. A record from
-before a scenario option existed is read at the default the newer records declare (bundles.fill_defaults).
+before a scenario option existed is read at the default the newer records declare (bundles.fill_defaults); records
+of different scenario versions (a scenario's SCENARIO_VERSION, absent: 1) are incomparable.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ they are exact only when nothing else loads it meanwhile. ``process_cpu_seconds_
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +86,7 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
     out = record.new("swarm", getattr(opts, "chatbench_scenario", "") or _scenario_name(env),
                      parameters, run_id=run.run_id, started_s=run.started_us / 1e6,
                      server_modes=_server_modes(env), parameter_defaults=parameter_defaults(env, list(parameters)))
+    out["scenario_version"] = scenario_version(env)
     metrics = out["metrics"]
     metrics.update(totals.metrics())
     # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation
@@ -191,6 +193,12 @@ def clock_reasons(clock: dict[str, Any], had_workers: bool, bound_ms: float, unc
             out.append(f"{worker}: clock {c['offset_ms']:+.3f} ms off the master's and latencies not corrected "
                        "(--no-clock-correction)")
     return out
+
+
+def scenario_version(env: Environment) -> int:
+    """The workload version of the scenario the users come from: its module's ``SCENARIO_VERSION`` (1 without)."""
+    versions = {int(getattr(sys.modules.get(cls.__module__), "SCENARIO_VERSION", 1)) for cls in env.user_classes}
+    return max(versions, default=1)
 
 
 def _scenario_name(env: Environment) -> str:

@@ -47,6 +47,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("commit", "str", "", "git HEAD of the checkout that ran (null without git)", True),
     _f("dirty", "bool", "", "the work tree had uncommitted changes (null without git)", True),
     _f("scenario", "str", "", "scenario name (swarm) or benchmark name (`bench-fanout`, `bench-modes`, ...)", True),
+    _f("scenario_version", "int", "", "the scenario's workload version (its module's `SCENARIO_VERSION`), raised "
+       "when the scenario changes what it sends or measures without a new option: records of different versions "
+       "are incomparable (absent: 1)"),
     _f("parameters", "dict", "", "what defines the workload; runs compare only when these are equal", True),
     _f("parameters.<name>", "str|int|float|bool", "", "one scenario or benchmark option (secrets and per-run "
        "plumbing left out)"),

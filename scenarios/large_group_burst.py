@@ -26,11 +26,15 @@ from locust.env import Environment
 import math
 import random
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
+from typing import Final
 
 from drivers import autorate, swarm
 from drivers.locust_user import ChatUser, admin_client, provision_group, sender_uids
 from drivers.schedule import LiveSchedule, Schedule, per_sender, phase_among
 from drivers.shapes import Phase, PhasedShape, window
+
+#: the workload version (records of different versions are not compared): 2 = the senders staggered, 2026-12-07
+SCENARIO_VERSION: Final = 2
 
 
 @events.init_command_line_parser.add_listener

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import Any, Final
 
 import gevent
 
@@ -35,6 +35,9 @@ from drivers.bundle import ServerSampler
 from drivers.locust_user import ChatUser, is_coordinator, provision_group
 from drivers.schedule import Schedule, per_sender, phase_among
 from drivers.shapes import Phase, PhasedShape, window
+
+#: the workload version (records of different versions are not compared): 2 = the senders staggered, 2026-12-07
+SCENARIO_VERSION: Final = 2
 
 
 @events.init_command_line_parser.add_listener

@@ -24,7 +24,7 @@ from locust.env import Environment
 
 import math
 from argparse import ArgumentParser, Namespace
-from typing import Any
+from typing import Any, Final
 
 from drivers import swarm
 from drivers.locust_user import ChatUser, is_coordinator, provision_group
@@ -33,6 +33,10 @@ from drivers.schedule import Schedule, per_sender, phase_among
 from drivers.shapes import Phase, PhasedShape, window
 
 DEFAULT_MIX = "3g:20,subway:10,2g:5,lossy:5"
+
+
+#: the workload version (records of different versions are not compared): 2 = the senders staggered, 2026-12-07
+SCENARIO_VERSION: Final = 2
 
 
 @events.init_command_line_parser.add_listener

@@ -3,6 +3,7 @@ report rendered by headless Chromium (plots drawn, no console messages)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -23,6 +24,15 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def chatbench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "chatbench.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def scenario_version(path: Path) -> int:
+    """The ``SCENARIO_VERSION`` a scenario module declares, read from its source (importing it imports Locust)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                node.target.id == "SCENARIO_VERSION" and isinstance(node.value, ast.Constant):
+            return int(node.value.value)
+    return 1
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +58,11 @@ def test_matrix_writes_one_bundle_per_run_and_a_summary(matrix: tuple[Path, Path
     assert configs == [("read", "seq"), ("write", "seq")]
     assert len({b["run_id"] for b in bundles}) == 2
     assert all(b["parameters"]["members"] == 60 and b["parameters"]["senders"] == 3 for b in bundles)
+    declared = scenario_version(REPO / "scenarios" / "large_group_burst.py")
     for b in bundles:  # the defaults the scenario declares (scenarios/large_group_burst.py), not this run's values
         assert set(b["parameter_defaults"]) <= set(b["parameters"])
         assert (b["parameter_defaults"]["members"], b["parameter_defaults"]["history"]) == (10_000, 0)
+        assert b["scenario_version"] == declared >= 2  # its module's SCENARIO_VERSION (2: staggered senders)
     for b in bundles:
         m = b["metrics"]
         for key in ("api_version", "commit", "machine", "histograms", "timeseries"):  # the record schema's business

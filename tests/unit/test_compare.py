@@ -236,3 +236,17 @@ def test_cli_compare_reads_an_older_baseline_at_the_candidates_defaults(tmp_path
                            "storage_writes_per_message:0"]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "101 → 202" in out and "incomparable" not in out.lower(), out
+
+
+def test_a_scenario_whose_workload_changed_is_not_compared_with_its_older_records() -> None:
+    """A scenario that changes what it sends without a new option raises its SCENARIO_VERSION: its older records
+    (no version: 1) are then incomparable, while a record at version 1 still compares with them."""
+    check = [Check.parse("storage_writes_per_message:0")]
+    old = bundle("write", writes=101.0)
+    newer = {**bundle("write", writes=202.0), "scenario_version": 2}
+    out = compare(bundles.groups([old]), bundles.groups([newer]), check)
+    assert out.compared == 0 and not out.failures
+    assert any("scenario_version: 1 ≠ 2" in w for w in out.warnings), out.warnings
+    same = {**bundle("write", writes=202.0), "scenario_version": 1}
+    out = compare(bundles.groups([old]), bundles.groups([same]), check)
+    assert out.compared == 1 and out.failures  # compared, and its regression caught
