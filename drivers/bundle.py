@@ -10,6 +10,7 @@ they are exact only when nothing else loads it meanwhile. ``process_cpu_seconds_
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +29,9 @@ if TYPE_CHECKING:  # no locust import at run time: importing locust monkey-patch
     from locust.env import Environment
 
     from drivers.swarm import RunState
+
+log = logging.getLogger(__name__)
+
 
 def server_counters(env: Environment, names: Sequence[str] = ()) -> dict[str, float]:
     """The server's /metrics (only ``names``, if given), flattened, or {} if the admin plane cannot be read."""
@@ -61,13 +65,18 @@ def scenario_parameters(env: Environment) -> dict[str, Any]:
             and isinstance(v, str | int | float | bool)}
 
 
-def parameter_defaults(env: Environment, names: Sequence[str]) -> dict[str, Any]:
+def parameter_defaults(names: Sequence[str]) -> dict[str, Any]:
     """Each of ``names``' default as the scenario declares it now (Locust's parser with every scenario option, no
     config file read): a later record compares with one from before an option existed as if that run had used the
-    option's default (chatbench.bundles.fill_defaults)."""
+    option's default (chatbench.bundles.fill_defaults). {} if Locust's parser cannot be built (then the record has
+    no defaults, as records before them, and a warning says why)."""
     from locust.argument_parser import get_parser
 
-    parser = get_parser(default_config_files=[])
+    try:
+        parser = get_parser(default_config_files=[])
+    except Exception as exc:  # a Locust whose parser API changed: the record is still written, without defaults
+        log.warning("parameter defaults not recorded: Locust's argument parser could not be built (%s)", exc)
+        return {}
     out = {}
     for name in names:
         value = parser.get_default(name)
@@ -85,7 +94,7 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
     parameters = scenario_parameters(env)
     out = record.new("swarm", getattr(opts, "chatbench_scenario", "") or _scenario_name(env),
                      parameters, run_id=run.run_id, started_s=run.started_us / 1e6,
-                     server_modes=_server_modes(env), parameter_defaults=parameter_defaults(env, list(parameters)))
+                     server_modes=_server_modes(env), parameter_defaults=parameter_defaults(list(parameters)))
     out["scenario_version"] = scenario_version(env)
     metrics = out["metrics"]
     metrics.update(totals.metrics())

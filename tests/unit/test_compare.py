@@ -250,3 +250,23 @@ def test_a_scenario_whose_workload_changed_is_not_compared_with_its_older_record
     same = {**bundle("write", writes=202.0), "scenario_version": 1}
     out = compare(bundles.groups([old]), bundles.groups([same]), check)
     assert out.compared == 1 and out.failures  # compared, and its regression caught
+
+
+def test_parameter_defaults_come_from_locusts_parser_and_a_parser_that_fails_only_loses_them() -> None:
+    """In a subprocess (importing Locust monkey-patches the process): a real default is read; a Locust whose parser
+    cannot be built leaves the record without defaults and says so, rather than losing the record."""
+    import subprocess
+    import sys
+
+    read = ("from drivers.bundle import parameter_defaults; import orjson, sys; "
+            "sys.stdout.write(orjson.dumps(parameter_defaults(['web_port', 'no_such_option'])).decode())")
+    proc = subprocess.run([sys.executable, "-c", read], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout) == {"web_port": 8089}  # Locust's declared default; unknown names left out
+    broken = ("import locust.argument_parser as a\n"
+              "def fail(**_): raise TypeError('get_parser() got an unexpected keyword argument')\n"
+              "a.get_parser = fail\n" + read)
+    proc = subprocess.run([sys.executable, "-c", broken], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert orjson.loads(proc.stdout) == {}
+    assert "parameter defaults not recorded" in proc.stderr and "unexpected keyword" in proc.stderr
