@@ -13,7 +13,8 @@ No push is silently lost on a live connection: a gateway that may have missed bu
 numbers of what it received (cluster/bus.py), fewer messages than the logic node says it sent (PROBE → STATE, at
 start and after every reconnect), or the logic node saying it missed requests of this gateway (RESET) — closes
 all its clients with 4003, and they resume by seq. After losing Redis it holds its requests until the logic node
-answers a PROBE (it listens again), so requests sent meanwhile are not lost on the way.
+answers a PROBE (it listens again), so requests sent meanwhile are not lost on the way. A member list missing
+from Redis (not mirrored again yet) is asked for again, never taken for an empty group (``_load_members``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ log = logging.getLogger("chat.cluster.gateway")
 MEMBER_BATCH = 100  # the lesson: member lists reach gateways about 100 at a time
 PROBE_EVERY_S = 0.5  # a PROBE is repeated this often until the logic node answers
 HOLD_MAX_S = 5.0  # requests held after a reconnect are sent anyway after this long without an answer
+#: a group's member list missing from Redis (not mirrored yet: after a Redis restart the logic node mirrors every
+#: group again, and a group message can arrive first) or unreadable is asked for again this often, this long; then
+#: the gateway closes its clients with 4003 rather than dropping the group's held messages silently
+MEMBERS_RETRY_S = 0.1
+MEMBERS_WAIT_S = 5.0
 LOAD_KEY = "chat:load"  # hash gateway id -> connections
 URL_KEY = "chat:gateways"  # hash gateway id -> public ws:// URL
 ALIVE_TTL_S = 2  # refreshed every HEARTBEAT_S: a dead gateway is forgotten within 2 s
@@ -246,23 +252,38 @@ class GatewayNode:
             held.append(m)  # kept in arrival order: delivered in seq order once the members are here
 
     async def _load_members(self, gid: int) -> None:
-        members: dict[int, int] = {}
-        cursor = 0
-        try:
-            while True:
-                cursor, batch = await self.bus.redis.hscan(MEMBERS_KEY.format(gid), cursor, count=MEMBER_BATCH)
-                assert isinstance(batch, dict)  # with values (the stubs also allow no_values' list of keys)
-                self.metrics.member_batches.inc()
-                members.update((int(k), int(v)) for k, v in batch.items())
-                if cursor == 0:
+        """Load the group's member list, its messages held meanwhile. A group that has messages has members (the
+        sender at least): an empty list is one not mirrored yet, asked for again, never taken for the group's."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + MEMBERS_WAIT_S
+        why = ""
+        while True:
+            try:
+                members = await self._read_members(gid)
+                if members:
                     break
-        except REDIS_ERRORS as exc:
-            log.warning("loading members of group %d failed (%s); its held messages are dropped", gid, exc)
-            self._waiting.pop(gid, None)
-            return
+                why = "its member list is not in redis"
+            except REDIS_ERRORS as exc:
+                why = f"reading its member list failed ({exc})"
+            if loop.time() >= give_up:
+                held = self._waiting.pop(gid, [])
+                self._resume_all(f"group {gid}: {why} for {MEMBERS_WAIT_S:g} s; {len(held)} held messages dropped")
+                return
+            await asyncio.sleep(MEMBERS_RETRY_S)
         self.members[gid] = members
         for m in self._waiting.pop(gid, []):
             self._deliver(m, members)
+
+    async def _read_members(self, gid: int) -> dict[int, int]:
+        members: dict[int, int] = {}
+        cursor = 0
+        while True:
+            cursor, batch = await self.bus.redis.hscan(MEMBERS_KEY.format(gid), cursor, count=MEMBER_BATCH)
+            assert isinstance(batch, dict)  # with values (the stubs also allow no_values' list of keys)
+            self.metrics.member_batches.inc()
+            members.update((int(k), int(v)) for k, v in batch.items())
+            if cursor == 0:
+                return members
 
     # -- registry, liveness, load
     async def _flush_registry(self) -> None:

@@ -127,6 +127,53 @@ def cluster_factory() -> Iterator[Any]:
         c.stop()
 
 
+@pytest.mark.parametrize("fanout", ["broadcast", "routed"])
+def test_a_member_list_not_mirrored_yet_is_waited_for_not_taken_for_an_empty_group(cluster_factory: Any,
+                                                                                  fanout: str) -> None:
+    """After a Redis restart the logic node mirrors every group's member list again, and a group message can reach
+    a gateway first (a CI run caught it: the gateway cached the missing list as an empty group and pushed nothing
+    more to its live connections, without a 4003). Here the list is deleted by hand: the gateways ask again until
+    it is back, then deliver; a list that never comes back makes them close their clients with 4003 (they resume
+    by seq) — a loss is never silent."""
+    import redis as redis_py
+
+    from reference_server.cluster.gateway_node import MEMBERS_WAIT_S
+    from reference_server.protocol import CloseCode
+
+    c: Cluster = cluster_factory(2, fanout)
+    c.admin.create_users(1, 4)
+    r = redis_py.Redis.from_url(c.redis_url)
+    members: list[Member] = []
+    try:
+        for gid in (1, 2):
+            c.admin.create_groups({gid: [1, 2, 3, 4]})
+            wait_until(lambda gid=gid: r.exists(f"chat:members:{gid}"), 10, f"group {gid} mirrored")  # type: ignore[misc]
+        members += [Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)]
+        saved = r.hgetall("chat:members:1")
+        r.delete("chat:members:1")  # as after a Redis restart, before the logic node mirrored again
+        batches = sum(total(metrics(g.admin_url), "chat_gateway_member_batches_total") for g in c.gateways)
+        members[0].client.send(1, "m1")
+        wait_until(lambda: sum(total(metrics(g.admin_url), "chat_gateway_member_batches_total")
+                               for g in c.gateways) >= batches + 6, 10,
+                   "both gateways asking again for the missing member list", interval=0.1)
+        assert [m.flush() for m in members[1:]] == [[], [], []]  # nothing delivered from an empty list
+        r.hset("chat:members:1", mapping=saved)
+        for m in members[1:]:
+            assert m.wait(1) == [1]
+        # a list that never comes back: after MEMBERS_WAIT_S every client of both gateways is told to resume
+        r.delete("chat:members:2")
+        members[0].client.send(2, "lost unless resumed")
+        for m in members:
+            wait_until(lambda m=m: m.client.closed, MEMBERS_WAIT_S + 10, f"user {m.uid} closed")  # type: ignore[misc]
+            assert m.client.close_code == CloseCode.RESUME
+        resumed = metrics(c.gateways[0].admin_url), metrics(c.gateways[1].admin_url)
+        assert sum(total(x, "chat_resume_disconnects_total") for x in resumed) == 4
+    finally:
+        r.close()
+        for m in members:
+            m.client.close()
+
+
 @pytest.mark.parametrize("k", [2, 4])
 def test_modes_deliver_the_same_and_cost_what_the_model_says(cluster_factory: Any, k: int) -> None:
     members, messages, offline = 24, 12, {23, 24}
