@@ -152,17 +152,17 @@ def fill_defaults(loaded: list[dict[str, Any]]) -> None:
     its scenario name for it (``parameter_defaults``), in place, so that it compares with runs at that default
     (adding an option must keep the old behaviour as its default). Not filled when those records disagree on the
     default (it changed): then the parameter stays absent and the runs are incomparable. The names filled are
-    listed in the record's ``_filled`` (not part of the record)."""
-    known: dict[tuple[Any, str], set[bytes]] = {}
+    listed in the record's ``_filled`` (not part of the record; ``compare`` says what it assumed)."""
+    known: dict[Any, dict[str, set[bytes]]] = {}  # scenario -> parameter -> the defaults named for it
     for b in loaded:
         for k, v in (b.get("parameter_defaults") or {}).items():
-            known.setdefault((b.get("scenario"), k), set()).add(orjson.dumps(v))
+            known.setdefault(b.get("scenario"), {}).setdefault(k, set()).add(orjson.dumps(v))
     for b in loaded:
         params = b.get("parameters")
         if not isinstance(params, dict):
             continue
-        for (scenario, k), values in known.items():
-            if scenario == b.get("scenario") and k not in params and len(values) == 1:
+        for k, values in known.get(b.get("scenario"), {}).items():
+            if k not in params and len(values) == 1:
                 params[k] = orjson.loads(next(iter(values)))
                 b.setdefault("_filled", []).append(k)
 

@@ -162,6 +162,11 @@ def compare(base: list[Group], cand: list[Group], checks: list[Check], alpha: fl
         if pair.incomparable:
             warnings.append(f"INCOMPARABLE [{where}]: " + "; ".join(pair.incomparable))
             continue
+        assumed = sorted({f"{k}={b['parameters'][k]}" for g in (pair.base, pair.cand) for b in g.bundles
+                          for k in b.get("_filled", ())})
+        if assumed:  # compared on the promise that an option's default is the behaviour from before it
+            warnings.append(f"ASSUMED [{where}]: records from before these options read at their declared defaults: "
+                            + ", ".join(assumed))
         for m in measures:
             row = evaluate(m, pair.base, pair.cand, by_measure.get(m.name), alpha)
             if row is None:

@@ -203,7 +203,9 @@ def test_a_record_from_before_an_option_compares_at_its_default() -> None:
     assert old["parameters"]["history"] == 0 and old["_filled"] == ["history"]
     assert old["parameters"]["members"] == 100  # present parameters are never touched
     out = compare(bundles.groups([old]), bundles.groups([new]), check)
-    assert out.compared == 1 and not out.warnings and not out.failures
+    assert out.compared == 1 and not out.failures
+    (warning,) = out.warnings  # what was assumed is said
+    assert warning.startswith("ASSUMED [") and warning.endswith("read at their declared defaults: history=0")
     assert bundles.config(old)["workload"] == bundles.config(new)["workload"]  # one group when loaded together
 
     old, other = bundle("write", writes=101.0), newer(500)  # ran at another value: still incomparable
@@ -236,6 +238,7 @@ def test_cli_compare_reads_an_older_baseline_at_the_candidates_defaults(tmp_path
                            "storage_writes_per_message:0"]) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "101 → 202" in out and "incomparable" not in out.lower(), out
+    assert "read at their declared defaults: history=0" in out, out
 
 
 def test_a_scenario_whose_workload_changed_is_not_compared_with_its_older_records() -> None:
