@@ -58,6 +58,9 @@ class ServerConfig:
     request_budget_ms: float = 100.0
     request_burst_ms: float = 500.0  # ... holding up to this many ms
     max_send_queue_bytes: int = 4 * 1024 * 1024  # per connection; past it: close 4001 slow consumer
+    # cluster gateway: group messages held while their member lists load (after a Redis restart); past it every
+    # held message is dropped and the gateway's clients are told to resume by seq (4003)
+    gateway_hold_bytes: int = 16 * 1024 * 1024
     max_connections: int = 0  # client connections held at once; past it the upgrade gets 503 (0: from the fd limit)
     # Timeouts
     idle_timeout_s: float = 75.0  # nothing received for this long: close 4000
@@ -104,6 +107,8 @@ _HELP: dict[str, str] = {
                          "connection is not read until the budget refills, and new connections get 429 (0 = unlimited)",
     "request_burst_ms": "request-budget bucket size in ms of server time (per user)",
     "max_send_queue_bytes": "per-connection send-queue bound",
+    "gateway_hold_bytes": "cluster gateway: bytes of group messages held while their member lists load; past it they "
+                          "are dropped and the gateway's clients told to resume by seq (4003)",
     "max_connections": "client connections held at once, past which upgrades get 503 (0 = the open-file limit minus "
                        "max(64, limit/8))",
     "idle_timeout_s": "close connections silent for this many seconds",

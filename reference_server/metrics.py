@@ -68,6 +68,10 @@ class ServerMetrics:
         self.member_batches = Counter(
             "chat_gateway_member_batches", "Member-list batches a gateway fetched for its filter", registry=registry
         )
+        self.hold_overflows = Counter(
+            "chat_gateway_hold_overflows", "Times a gateway's group messages held while member lists load passed "
+            "gateway_hold_bytes: it dropped them and told its clients to resume by seq (4003)", registry=registry
+        )
         self.redis_reconnects = Counter(
             "chat_redis_reconnects", "Times this node lost Redis and reconnected", registry=registry
         )

@@ -100,6 +100,9 @@ class GatewayNode:
         self.gateway = Gateway(config, metrics, RemoteLogic(self), loop)
         self.members: dict[int, dict[int, int]] = {}  # gid -> uid -> join seq, fetched on first use
         self._waiting: dict[int, list[wire.Decoded]] = {}  # group messages held while their members load
+        self._held_bytes = 0  # their payloads' bytes, bounded by config.gateway_hold_bytes
+        metrics.add_gauges("chat_gateway_held_bytes", "Bytes of group messages a gateway holds while their member "
+                           "lists load", lambda: float(self._held_bytes))
         self.registry: dict[int, bool] = {}  # uid -> online here (True) / gone (False), not yet in redis
         # connected, hello not yet here: pushes that arrive before it are at or below its max seqs (the logic node
         # sent them before it handled the connect, and it sends in order), so they are left to the client's sync
@@ -246,10 +249,26 @@ class GatewayNode:
     def _hold(self, m: wire.Decoded) -> None:
         held = self._waiting.get(m.uid)
         if held is None:
-            self._waiting[m.uid] = [m]
+            held = self._waiting[m.uid] = []
             asyncio.get_running_loop().create_task(self._load_members(m.uid))
-        else:
-            held.append(m)  # kept in arrival order: delivered in seq order once the members are here
+        held.append(m)  # kept in arrival order: delivered in seq order once the members are here
+        self._held_bytes += len(m.payload)
+        if self._held_bytes > self.config.gateway_hold_bytes:
+            # every client is told to resume by seq, so nothing held is needed any more: all of it goes (the lists
+            # stay, so each group keeps its one loader, and what arrives next is held again)
+            dropped = sum(len(h) for h in self._waiting.values())
+            for h in self._waiting.values():
+                h.clear()
+            self._held_bytes = 0
+            self.metrics.hold_overflows.inc()
+            self._resume_all(f"{dropped} group messages held while member lists load passed "
+                             f"{self.config.gateway_hold_bytes} bytes; dropped")
+
+    def _release(self, gid: int) -> list[wire.Decoded]:
+        """The group's held messages, no longer held."""
+        held = self._waiting.pop(gid, [])
+        self._held_bytes -= sum(len(m.payload) for m in held)
+        return held
 
     async def _load_members(self, gid: int) -> None:
         """Load the group's member list, its messages held meanwhile. A group that has messages has members (the
@@ -266,12 +285,12 @@ class GatewayNode:
             except REDIS_ERRORS as exc:
                 why = f"reading its member list failed ({exc})"
             if loop.time() >= give_up:
-                held = self._waiting.pop(gid, [])
+                held = self._release(gid)
                 self._resume_all(f"group {gid}: {why} for {MEMBERS_WAIT_S:g} s; {len(held)} held messages dropped")
                 return
             await asyncio.sleep(MEMBERS_RETRY_S)
         self.members[gid] = members
-        for m in self._waiting.pop(gid, []):
+        for m in self._release(gid):
             self._deliver(m, members)
 
     async def _read_members(self, gid: int) -> dict[int, int]:

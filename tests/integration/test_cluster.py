@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -168,6 +169,63 @@ def test_a_member_list_not_mirrored_yet_is_waited_for_not_taken_for_an_empty_gro
             assert m.client.close_code == CloseCode.RESUME
         resumed = metrics(c.gateways[0].admin_url), metrics(c.gateways[1].admin_url)
         assert sum(total(x, "chat_resume_disconnects_total") for x in resumed) == 4
+    finally:
+        r.close()
+        for m in members:
+            m.client.close()
+
+
+@pytest.mark.parametrize("fanout", ["broadcast", "routed"])
+def test_messages_held_for_a_member_list_are_bounded_in_bytes(cluster_factory: Any, fanout: str) -> None:
+    """What a gateway holds while member lists load is bounded in bytes over all its groups, not per group: here
+    two groups' lists are missing and seven messages alternate between them, each group's share under the bound,
+    their sum over it. The gateways drop what they hold and close their clients with 4003 at once (not after
+    MEMBERS_WAIT_S); the clients come back and find every message by seq — nothing that was dropped was needed."""
+    import redis as redis_py
+
+    from reference_server.cluster.gateway_node import MEMBERS_WAIT_S
+    from reference_server.protocol import CloseCode
+
+    bound, body = 20_000, "x" * 3_000  # each push frame ~3.1 KB: six stay under the bound, the seventh passes it
+    c: Cluster = cluster_factory(2, fanout, "--gateway-hold-bytes", str(bound))
+    c.admin.create_users(1, 4)
+    r = redis_py.Redis.from_url(c.redis_url)
+    members: list[Member] = []
+    try:
+        for gid in (1, 2):
+            c.admin.create_groups({gid: [1, 2, 3, 4]})
+            wait_until(lambda gid=gid: r.exists(f"chat:members:{gid}"), 10, f"group {gid} mirrored")  # type: ignore[misc]
+        members += [Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)]
+        saved = {gid: r.hgetall(f"chat:members:{gid}") for gid in (1, 2)}
+        for gid in (1, 2):
+            r.delete(f"chat:members:{gid}")
+        started = time.monotonic()
+        acked = {1: [], 2: []}  # type: dict[int, list[int]]
+        for i in range(7):
+            gid = 1 + i % 2
+            acked[gid].append(members[0].client.send(gid, body)["seq"])
+
+        def overflows() -> list[float]:
+            return [total(metrics(g.admin_url), "chat_gateway_hold_overflows_total") for g in c.gateways]
+
+        wait_until(lambda: overflows() == [1, 1], 10, "both gateways past their hold bound", interval=0.1)
+        for gid, fields in saved.items():
+            r.hset(f"chat:members:{gid}", mapping=fields)
+        for m in members:
+            wait_until(lambda m=m: m.client.closed, 10, f"user {m.uid} closed")  # type: ignore[misc]
+            assert m.client.close_code == CloseCode.RESUME
+        assert time.monotonic() - started < MEMBERS_WAIT_S  # the bound closed them, not the wait for the lists
+        assert [total(metrics(g.admin_url), "chat_gateway_held_bytes") for g in c.gateways] == [0, 0]
+        # back by seq: every message is in the group's history; and what is sent now is pushed again
+        for m in members:
+            client = m.live(c.gateways[m.uid % 2].ws_url)
+            for gid in (1, 2):
+                assert [f["seq"] for f in client.sync_all(gid, 0)] == acked[gid], (m.uid, gid)
+        with members[1].cond:
+            members[1].seqs.clear()
+        members[0].client.send(1, "after")
+        assert members[1].wait(1) == [acked[1][-1] + 1]
+        assert overflows() == [1, 1]
     finally:
         r.close()
         for m in members:
