@@ -43,7 +43,12 @@ def pumped(engine: Engine) -> int:
     """How many connections the engine's pump reads (asked on the engine thread: the pump belongs to it)."""
     done = threading.Event()
     out: list[int] = []
-    engine._call(lambda: (out.append(engine._pump.stats["connections"]), done.set()))
+
+    def ask() -> None:
+        out.append(engine._pump.stats["connections"])
+        done.set()
+
+    engine._call(ask)
     assert done.wait(5), "the engine thread did not answer"
     return out[0]
 
