@@ -15,6 +15,13 @@
  * take() hands the records over as packed arrays (int32 ids, int64 slots, int64 receive times in ns since the
  * epoch, CLOCK_REALTIME like time.time_ns()) with the distinct payloads as bytes.
  *
+ * Receive time: when the kernel received the bytes (SO_TIMESTAMPNS: the last segment a read took), not when this
+ * thread got round to reading them — so a late engine thread does not add its lateness to the latencies it
+ * measures. The kernel's clock is the real one; the process's may be shifted (libfaketime in the tests, the
+ * clock module corrects offsets in the process's clock), so each stamp is moved by the process clock's offset from
+ * the kernel's, measured at most once a second by stamping a datagram sent to itself (CALIBRATE_NS). A read without
+ * a kernel stamp (the option refused) is stamped with the process clock when read; stats counts both.
+ *
  * Limits: a frame longer than max_frame_bytes is an error event (the connection is dropped from the pump, nothing
  * grows past the limit); a partial frame waits in a per-connection carry buffer about its own size (at most
  * max_frame_bytes + 14 + one read of 64 KiB while a frame that long comes in), freed when the frame is complete;
@@ -31,6 +38,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -44,6 +52,7 @@
 #define EPOLL_BATCH 512
 #define PROBE_GEN 0xFFFFFFFFu  /* the probe's tag: never a connection's generation */
 #define MAX_KEY 32
+#define CALIBRATE_NS 1000000000LL /* how often the process clock's offset from the kernel's is measured */
 
 typedef struct {
     int64_t cid, slot;
@@ -96,6 +105,10 @@ typedef struct {
     event_t *events;
     Py_ssize_t nevents, capevents;
     int64_t probe_lag_ns;
+    int cal[2];          /* a datagram pair: the kernel stamps what one end sends the other */
+    int64_t skew_ns;     /* the process's CLOCK_REALTIME less the kernel's, at the last calibration */
+    int64_t calibrated;  /* CLOCK_MONOTONIC of the last calibration (0: never) */
+    unsigned long long stamped; /* reads with a kernel stamp */
     int busy;
     int oom;
     unsigned long long reads, frames, pushes;
@@ -105,6 +118,46 @@ static int64_t now_ns(clockid_t clock) {
     struct timespec ts;
     clock_gettime(clock, &ts);
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* The kernel's receive stamp of what a recvmsg() read (CLOCK_REALTIME, ns), or 0 if it carries none. */
+static int64_t kernel_stamp(struct msghdr *mh) {
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm; cm = CMSG_NXTHDR(mh, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS &&
+            cm->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            struct timespec ts;
+            memcpy(&ts, CMSG_DATA(cm), sizeof ts);
+            return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        }
+    }
+    return 0;
+}
+
+/* The process clock's offset from the kernel's: a byte sent to ourselves, stamped by the kernel between two
+ * readings of the process clock. Kept as it was if the datagram pair fails. */
+static void calibrate(Pump *self) {
+    int64_t mono = now_ns(CLOCK_MONOTONIC);
+    if (self->calibrated && mono - self->calibrated < CALIBRATE_NS) return;
+    if (self->cal[0] < 0) return;
+    self->calibrated = mono;
+    char b = 0, back;
+    struct iovec iov = {&back, 1};
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl;
+    struct msghdr mh;
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = ctl.buf;
+    mh.msg_controllen = sizeof ctl.buf;
+    int64_t before = now_ns(CLOCK_REALTIME);
+    if (send(self->cal[0], &b, 1, MSG_DONTWAIT) != 1) return;
+    ssize_t r = recvmsg(self->cal[1], &mh, MSG_DONTWAIT);
+    int64_t after = now_ns(CLOCK_REALTIME);
+    int64_t k = r == 1 ? kernel_stamp(&mh) : 0;
+    if (k) self->skew_ns = before + (after - before) / 2 - k;
 }
 
 static uint64_t hash_bytes(const char *p, Py_ssize_t n) {
@@ -404,7 +457,18 @@ static void read_conn(Pump *self, int fd, conn_t *c) {
             if (have) memcpy(buf, c->carry, (size_t)have);
             room = CHUNK;
         }
-        ssize_t r = recv(fd, buf + have, (size_t)room, 0);
+        struct iovec iov = {buf + have, (size_t)room};
+        union {
+            char buf[CMSG_SPACE(sizeof(struct timespec))];
+            struct cmsghdr align;
+        } ctl;
+        struct msghdr mh;
+        memset(&mh, 0, sizeof mh);
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        mh.msg_control = ctl.buf;
+        mh.msg_controllen = sizeof ctl.buf;
+        ssize_t r = recvmsg(fd, &mh, 0);
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) return;
             if (errno == EINTR) continue;
@@ -420,7 +484,13 @@ static void read_conn(Pump *self, int fd, conn_t *c) {
             drop_conn(self, fd);
             return;
         }
-        int64_t t = now_ns(CLOCK_REALTIME);
+        int64_t t = kernel_stamp(&mh);
+        if (t) {
+            t += self->skew_ns;
+            self->stamped++;
+        } else {
+            t = now_ns(CLOCK_REALTIME);
+        }
         Py_ssize_t total = have + r;
         Py_ssize_t used = parse(self, fd, c, buf, total, t);
         if (used < 0) return; /* dropped */
@@ -501,6 +571,13 @@ static int Pump_init(Pump *self, PyObject *args, PyObject *kw) {
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    int on = 1;
+    if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, self->cal) < 0 ||
+        setsockopt(self->cal[1], SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    calibrate(self);
     return 0;
 }
 
@@ -509,6 +586,7 @@ static PyObject *Pump_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObjec
     if (self) {
         self->epfd = -1;
         self->probe_fd = -1;
+        self->cal[0] = self->cal[1] = -1;
         self->last_match = -1;
     }
     return (PyObject *)self;
@@ -541,6 +619,10 @@ static void release_all(Pump *self) {
     self->scratch = NULL;
     if (self->epfd >= 0) close(self->epfd);
     self->epfd = -1;
+    for (int k = 0; k < 2; k++) {
+        if (self->cal[k] >= 0) close(self->cal[k]);
+        self->cal[k] = -1;
+    }
 }
 
 static void Pump_dealloc(Pump *self) {
@@ -587,6 +669,8 @@ static PyObject *Pump_add(Pump *self, PyObject *args) {
     memset(&ev, 0, sizeof ev);
     ev.events = EPOLLIN;
     ev.data.u64 = ((uint64_t)self->gen << 32) | (uint32_t)fd;
+    int on = 1; /* refused (not a socket that stamps): its reads are stamped when read, and counted apart */
+    (void)setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     if (epoll_ctl(self->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return PyErr_SetFromErrno(PyExc_OSError);
     c->cid = cid;
     c->slot = slot;
@@ -660,6 +744,7 @@ static PyObject *Pump_process(Pump *self, PyObject *args) {
     struct epoll_event evs[EPOLL_BATCH];
     unsigned long long reads0 = self->reads;
     int stop = 0;
+    calibrate(self);
     while (!stop) {
         int n = epoll_wait(self->epfd, evs, EPOLL_BATCH, 0);
         if (n <= 0) break;
@@ -758,8 +843,9 @@ static PyObject *Pump_get_stats(Pump *self, void *Py_UNUSED(closure)) {
         if (self->conns[fd].active) active++;
         carried += self->conns[fd].carry_cap;
     }
-    return Py_BuildValue("{s:K,s:K,s:K,s:n,s:n,s:n}", "reads", self->reads, "frames", self->frames, "pushes",
-                         self->pushes, "connections", active, "carry_bytes", carried, "distinct", self->ndist);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n,s:n,s:n,s:L}", "reads", self->reads, "stamped_reads", self->stamped,
+                         "frames", self->frames, "pushes", self->pushes, "connections", active, "carry_bytes",
+                         carried, "distinct", self->ndist, "clock_skew_ns", (long long)self->skew_ns);
 }
 
 static PyMethodDef Pump_methods[] = {
@@ -785,7 +871,7 @@ static PyMethodDef Pump_methods[] = {
 
 static PyGetSetDef Pump_getset[] = {
     {"pending", (getter)Pump_get_pending, NULL, "push records not taken yet", NULL},
-    {"stats", (getter)Pump_get_stats, NULL, "counters: reads, frames, pushes, connections, carry_bytes, distinct",
+    {"stats", (getter)Pump_get_stats, NULL, "counters: reads, stamped_reads (with the kernel's receive stamp), frames, pushes, connections, carry_bytes, distinct, clock_skew_ns (the process clock less the kernel's)",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -39,18 +39,23 @@ def admin(srv: ServerProcess) -> AdminClient:
     return srv.admin
 
 
-def pumped(engine: Engine) -> int:
-    """How many connections the engine's pump reads (asked on the engine thread: the pump belongs to it)."""
+def pump_stats(engine: Engine) -> dict[str, int]:
+    """The engine's pump counters (asked on the engine thread: the pump belongs to it)."""
     done = threading.Event()
-    out: list[int] = []
+    out: list[dict[str, int]] = []
 
     def ask() -> None:
-        out.append(engine._pump.stats["connections"])
+        out.append(dict(engine._pump.stats))
         done.set()
 
     engine._call(ask)
     assert done.wait(5), "the engine thread did not answer"
     return out[0]
+
+
+def pumped(engine: Engine) -> int:
+    """How many connections the engine's pump reads."""
+    return pump_stats(engine)["connections"]
 
 
 def provision(srv: ServerProcess, members: int, gid: int = 1, first_uid: int = 1) -> list[int]:

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 from drivers.engine import Engine, EngineClient
 from drivers.ledger import Ledger
 from reference_server import protocol
-from tests.integration.conftest import pumped
+from tests.integration.conftest import pump_stats, pumped
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -156,6 +157,34 @@ def test_pings_fragments_replies_and_the_servers_close_on_a_pumped_connection(
     wait_until(lambda: client.closed, 5, "the member to see the close")
     assert (client.close_code, client.close_reason) == (4001, "bye")
     assert pumped(engine) == 0
+
+
+def test_a_late_engine_thread_does_not_add_its_lateness_to_the_latency(
+        ws_server: tuple[str, Callable[[], Peer]], engine: Engine) -> None:
+    """The pump stamps each read with when the kernel received the bytes (SO_TIMESTAMPNS), not when the engine's
+    thread got round to reading them: pushes that arrive while the thread is stalled for 300 ms read a latency of
+    about the wire's, and the stall shows only as the loop's lag. (Stamped when read, they read ≥ 300 ms.)"""
+    url, accept = ws_server
+    client, peer = connect(url, accept, engine, [])
+    stalled, stall_s = threading.Event(), 0.3
+
+    def stall() -> None:
+        stalled.set()
+        time.sleep(stall_s)  # the engine thread itself, busy: nothing of it reads until this returns
+
+    engine._call(stall)
+    assert stalled.wait(5)
+    for seq in (1, 2, 3):
+        peer.send(frame(1, push(seq)))
+    ledger = engine.ledger
+    wait_until(lambda: ledger.delivered == 3, 5, "the three pushes")
+    h = ledger.latency.h
+    print(f"latency max {h.get_max_value() / 1000:.3f} ms over {h.get_total_count()} pushes (stall {stall_s} s)")
+    assert h.get_total_count() == 3
+    assert h.get_max_value() < 100_000, "the stall is in the latency: the reads were stamped when read"
+    stats = pump_stats(engine)
+    assert stats["stamped_reads"] >= 1 and stats["stamped_reads"] == stats["reads"], stats
+    client.close()
 
 
 @pytest.mark.parametrize(("wire", "reason"), [
