@@ -169,11 +169,14 @@ def fill_defaults(loaded: list[dict[str, Any]]) -> None:
 
 def comparability(bundle: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two runs to be compared: api version, scenario and its workload version (absent: 1),
-    its parameters (volatile ones out)."""
+    how receive times were taken (absent: when read), its parameters (volatile ones out)."""
     params = {k: v for k, v in (bundle.get("parameters") or {}).items()
               if k not in VOLATILE_PARAMETERS and k not in AXIS_PARAMETERS}
-    return {"api_version": bundle.get("api_version"), "scenario": bundle.get("scenario"),
-            "scenario_version": int(bundle.get("scenario_version") or 1), "parameters": params}
+    out = {"api_version": bundle.get("api_version"), "scenario": bundle.get("scenario"),
+           "scenario_version": int(bundle.get("scenario_version") or 1), "parameters": params}
+    if bundle.get("kind", "swarm") == "swarm":
+        out["receive_stamp"] = bundle.get("receive_stamp") or "read"
+    return out
 
 
 def differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

@@ -96,6 +96,8 @@ def build(env: Environment, totals: Totals, run: RunState) -> dict[str, Any]:
                      parameters, run_id=run.run_id, started_s=run.started_us / 1e6,
                      server_modes=_server_modes(env), parameter_defaults=parameter_defaults(list(parameters)))
     out["scenario_version"] = scenario_version(env)
+    # the batch engine reads through the pump, which stamps each read with the kernel's receive time
+    out["receive_stamp"] = "kernel" if getattr(opts, "receive_engine", None) == "batch" else "read"
     metrics = out["metrics"]
     metrics.update(totals.metrics())
     # server costs up to the end of the traffic: taken when the run began stopping, before the reconciliation

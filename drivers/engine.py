@@ -233,7 +233,7 @@ class Engine:
         self.switch_interval_s = switch_interval_s
         self.batch = BatchLedger(ledger)
         # a batch costs a fixed ~0.2 ms to apply beside its per-frame work: hand over a few thousand at a time
-        # (the ledger sees a push at most flush_s late; its receive time is taken when it is read)
+        # (the ledger sees a push at most flush_s late; its receive time is the kernel's, taken when it arrived)
         self.flush_s = flush_s
         self.flush_frames = flush_frames
         self._flushed_at = 0.0
@@ -599,7 +599,9 @@ class Engine:
 
     def lag_ms(self) -> float:
         """The engine's worst lateness (ms) since the previous call, as :meth:`probe` measures it: how long a
-        readable descriptor waited to be read (receive timestamps are this late at most)."""
+        readable descriptor waited to be read. The pump's receive times are the kernel's, so this lateness is not in
+        them; it still delays what the engine writes (a send whose intended time has passed leaves this late, and
+        its latency counts from the intended time) and what picows reads before the pump takes a socket over."""
         lag, self._lag_ms = self._lag_ms, 0.0
         return lag
 

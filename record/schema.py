@@ -50,6 +50,10 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("scenario_version", "int", "", "the scenario's workload version (its module's `SCENARIO_VERSION`), raised "
        "when the scenario changes what it sends or measures without a new option: records of different versions "
        "are incomparable (absent: 1)"),
+    _f("receive_stamp", "str", "", "when a delivery's receive time was taken: `kernel` (the receive engine's "
+       "pump: when the generator's kernel received the bytes, so its own lateness in reading is not in the "
+       "latency) or `read` (when the generator read them); records of different stamps are incomparable (absent: "
+       "`read`)"),
     _f("parameters", "dict", "", "what defines the workload; runs compare only when these are equal", True),
     _f("parameters.<name>", "str|int|float|bool", "", "one scenario or benchmark option (secrets and per-run "
        "plumbing left out)"),

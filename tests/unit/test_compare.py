@@ -255,6 +255,22 @@ def test_a_scenario_whose_workload_changed_is_not_compared_with_its_older_record
     assert out.compared == 1 and out.failures  # compared, and its regression caught
 
 
+def test_latencies_stamped_by_the_kernel_are_not_compared_with_latencies_stamped_when_read() -> None:
+    """A record of the receive engine's pump stamps deliveries when the kernel received them; older records (no
+    ``receive_stamp``: when read) carry the generator's lateness in every latency, so the two do not compare —
+    while two kernel-stamped records do, and a benchmark record is not concerned."""
+    check = [Check.parse("p99:0%")]
+    old = bundle("write", p99=50.0)
+    kernel = {**bundle("write", p99=10.0), "receive_stamp": "kernel"}
+    out = compare(bundles.groups([old]), bundles.groups([kernel]), check)
+    assert out.compared == 0 and not out.failures
+    assert any("receive_stamp: read ≠ kernel" in w for w in out.warnings), out.warnings
+    worse = {**bundle("write", p99=90.0), "receive_stamp": "kernel"}
+    out = compare(bundles.groups([kernel]), bundles.groups([worse]), check)
+    assert out.compared == 1
+    assert bundles.comparability({**old, "kind": "benchmark"}).get("receive_stamp") is None
+
+
 def test_parameter_defaults_come_from_locusts_parser_and_a_parser_that_fails_only_loses_them() -> None:
     """In a subprocess (importing Locust monkey-patches the process): a real default is read; a Locust whose parser
     cannot be built leaves the record without defaults and says so, rather than losing the record."""
