@@ -109,6 +109,7 @@ typedef struct {
     int64_t skew_ns;     /* the process's CLOCK_REALTIME less the kernel's, at the last calibration */
     int64_t calibrated;  /* CLOCK_MONOTONIC of the last calibration (0: never) */
     unsigned long long stamped; /* reads with a kernel stamp */
+    unsigned long long unstamped; /* reads stamped when read (no kernel stamp), since take_unstamped() */
     int busy;
     int oom;
     unsigned long long reads, frames, pushes;
@@ -490,6 +491,7 @@ static void read_conn(Pump *self, int fd, conn_t *c) {
             self->stamped++;
         } else {
             t = now_ns(CLOCK_REALTIME);
+            self->unstamped++;
         }
         Py_ssize_t total = have + r;
         Py_ssize_t used = parse(self, fd, c, buf, total, t);
@@ -707,6 +709,12 @@ static PyObject *Pump_add_probe(Pump *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *Pump_take_unstamped(Pump *self, PyObject *Py_UNUSED(ignored)) {
+    unsigned long long v = self->unstamped;
+    self->unstamped = 0;
+    return PyLong_FromUnsignedLongLong(v);
+}
+
 static PyObject *Pump_take_probe_ns(Pump *self, PyObject *Py_UNUSED(ignored)) {
     int64_t v = self->probe_lag_ns;
     self->probe_lag_ns = 0;
@@ -856,6 +864,8 @@ static PyMethodDef Pump_methods[] = {
     {"add_probe", (PyCFunction)Pump_add_probe, METH_VARARGS,
      "add_probe(fd): a pipe of 8-byte little-endian CLOCK_MONOTONIC stamps; each one's wait goes into take_probe_ns."},
     {"take_probe_ns", (PyCFunction)Pump_take_probe_ns, METH_NOARGS, "The longest probe wait since the last call."},
+    {"take_unstamped", (PyCFunction)Pump_take_unstamped, METH_NOARGS,
+     "Reads without the kernel's receive stamp (stamped when read) since the last call."},
     {"process", (PyCFunction)Pump_process, METH_VARARGS,
      "process(max_frames, max_reads) -> events: read what is ready (GIL released) until max_frames records are "
      "pending or max_reads reads were made; events are tuples "

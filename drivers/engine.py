@@ -249,6 +249,8 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._waker: _Waker | None = None
         self._lag_ms = 0.0  # worst lateness of a probe (see probe()) since lag_ms() was last called
+        #: reads the pump stamped when read, for want of the kernel's stamp (only grows; the engine thread adds)
+        self.unstamped_reads = 0
         self._probe_w = -1
         self.batches_out = 0
         self._pid = os.getpid()
@@ -510,6 +512,7 @@ class Engine:
             self._flush()
             return
         now = loop.time()
+        self.unstamped_reads += self._pump.take_unstamped()
         if self._pump.pending >= self.flush_frames or now - self._flushed_at >= self.flush_s:
             self._flush()
         loop.call_at(now + self.TICK_S, self._tick)

@@ -204,6 +204,7 @@ def _watch_engine(environment: Environment, **_: Any) -> None:
 
     def watch() -> None:
         shipped = time.monotonic()
+        unstamped = engine.unstamped_reads
         while not swarm.run.flushed:
             gevent.sleep(swarm.Health.TICK_S)  # a probe as often as the gevent loop's own lag is probed
             if not engine.running:
@@ -211,6 +212,9 @@ def _watch_engine(environment: Environment, **_: Any) -> None:
             engine.probe()
             if time.monotonic() - shipped >= swarm.Health.INTERVAL_S:
                 swarm.run.health.lag_ms.append((CLOCK.time(), engine.lag_ms()))
+                now_unstamped = engine.unstamped_reads
+                swarm.run.health.unstamped_reads += now_unstamped - unstamped
+                unstamped = now_unstamped
                 shipped = time.monotonic()
 
     _engine_lag.append(gevent.spawn(watch))

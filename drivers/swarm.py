@@ -78,6 +78,7 @@ class Health:
         self.cpu: list[tuple[float, float]] = []  # (epoch s, ratio)
         self.cpu_s: list[tuple[float, float]] = []  # (epoch s, this process's CPU seconds so far)
         self.lag_ms: list[tuple[float, float]] = []  # (epoch s, worst lateness in the interval)
+        self.unstamped_reads = 0  # receive-engine reads without the kernel's stamp, since the last take
         self._greenlets: list[gevent.Greenlet] = []
 
     def start(self) -> None:
@@ -111,9 +112,10 @@ class Health:
                 worst = 0.0
                 last_ship = time.monotonic()
 
-    def take(self) -> dict[str, list[tuple[float, float]]]:
-        data = {"cpu": self.cpu, "lag_ms": self.lag_ms, "cpu_s": [*self.cpu_s, (CLOCK.time(), time.process_time())]}
-        self.cpu, self.lag_ms, self.cpu_s = [], [], []
+    def take(self) -> dict[str, Any]:
+        data = {"cpu": self.cpu, "lag_ms": self.lag_ms, "cpu_s": [*self.cpu_s, (CLOCK.time(), time.process_time())],
+                "unstamped_reads": self.unstamped_reads}
+        self.cpu, self.lag_ms, self.cpu_s, self.unstamped_reads = [], [], [], 0
         return data
 
 

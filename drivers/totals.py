@@ -127,8 +127,11 @@ class Totals:
                                                      for t, o, b, a in wire["clock"])
 
     def merge_health(self, worker: str, h: dict[str, Any]) -> None:
-        """Samples are (epoch s, value) pairs: CPU ratio and event-loop lateness (ms)."""
-        cur = self.health.setdefault(worker, {"cpu_max": 0.0, "cpu_last": 0.0, "lag_max_ms": 0.0, "samples": 0})
+        """Samples are (epoch s, value) pairs: CPU ratio and event-loop lateness (ms); ``unstamped_reads``: the receive
+        engine's reads since the last report that carried no kernel stamp (stamped when read)."""
+        cur = self.health.setdefault(worker, {"cpu_max": 0.0, "cpu_last": 0.0, "lag_max_ms": 0.0, "samples": 0,
+                                              "unstamped_reads": 0})
+        cur["unstamped_reads"] += int(h.get("unstamped_reads", 0))
         samples = self._health_samples.setdefault(worker, {"cpu": [], "lag_ms": [], "cpu_s": []})
         samples["cpu_s"].extend((float(t), float(c)) for t, c in h.get("cpu_s", ()))
         for t, cpu in h.get("cpu", ()):

@@ -137,6 +137,9 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.generator_health.<worker>.cpu_last", "float", "cores", "last CPU sample"),
     _f("metrics.generator_health.<worker>.lag_max_ms", "float", "ms", "highest event-loop lag"),
     _f("metrics.generator_health.<worker>.samples", "int", "", "health samples taken"),
+    _f("metrics.generator_health.<worker>.unstamped_reads", "int", "", "reads of the receive engine's pump that "
+       "carried no kernel receive stamp and were stamped when read instead (over the whole run; 0 expected: a "
+       "record whose `receive_stamp` is `kernel` holds only for reads outside this count)"),
     _f("metrics.generator_health_from", "float", "epoch s", "start of the measured phase (after connecting)"),
     _f("metrics.generator_health_until", "float", "epoch s", "end of the measured phase: the stop + quiet_s, when "
        "the last deliveries landed (the reconciliation after it is not judged); null: not stopped yet"),

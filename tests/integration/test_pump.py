@@ -361,6 +361,39 @@ def test_the_probe_reports_how_long_a_stamp_waited(pump: Any) -> None:
         os.close(w)
 
 
+def test_a_tcp_read_carries_the_kernels_receive_time_and_a_socket_without_one_the_time_it_was_read(
+        pump: Any) -> None:
+    """A push that waited 200 ms in a loopback TCP socket's buffer is stamped with when it arrived (the kernel's
+    stamp, SO_TIMESTAMPNS); one that waited as long in a Unix socket pair (no kernel stamp there) with when it was
+    read — and is counted in take_unstamped()."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    tcp_w = socket.create_connection(srv.getsockname())
+    tcp_r, _ = srv.accept()
+    unix_r, unix_w = socket.socketpair()
+    try:
+        pump.add(tcp_r.fileno(), 1, 1)
+        pump.add(unix_r.fileno(), 2, 2)
+        pump.take_unstamped()
+        sent = time.time_ns()
+        tcp_w.sendall(ws(1, push(1, 1)))
+        unix_w.sendall(ws(1, push(1, 2)))
+        time.sleep(0.2)  # the bytes wait, unread: what the stamps are about
+        read = time.time_ns()
+        _, taken = drain(pump, want_records=2)
+        assert taken is not None
+        _, _, slots, times = taken
+        at = dict(zip(np.frombuffer(slots, np.int64).tolist(), np.frombuffer(times, np.int64).tolist(), strict=True))
+        assert abs(at[1] - sent) < 20_000_000, (at[1] - sent) / 1e6  # arrived when sent: loopback
+        assert at[2] >= read, (at[2] - read) / 1e6  # stamped when read, 200 ms later
+        assert pump.take_unstamped() == 1 and pump.take_unstamped() == 0
+        stats = pump.stats
+        assert (stats["reads"], stats["stamped_reads"]) == (2, 1)
+        assert abs(stats["clock_skew_ns"]) < 1_000_000  # an unshifted process clock is the kernel's
+    finally:
+        for sock in (srv, tcp_w, tcp_r, unix_r, unix_w):
+            sock.close()
+
+
 def test_a_pass_stops_at_its_limits_and_the_next_pass_loses_nothing(pump: Any, pairs: Any) -> None:
     n = 50
     for i in range(n):

@@ -17,7 +17,8 @@ def test_chatbench_run_smoke(tmp_path: Path, processes: int) -> None:
     out = tmp_path / "run.json"
     proc = subprocess.run(
         [sys.executable, "-m", "chatbench.cli", "run", "smoke", "-u", "60", "-r", "60", "-t", "6s",
-         "--processes", str(processes), "--json", str(out), "--locust-arg=--senders=2",
+         "--processes", str(processes), "--json", str(out), "--results-dir", str(tmp_path / "res"),
+         "--locust-arg=--senders=2",
          "--locust-arg=--send-interval=0.5"],
         capture_output=True, text=True, timeout=120,
     )
@@ -32,6 +33,12 @@ def test_chatbench_run_smoke(tmp_path: Path, processes: int) -> None:
     lat = result["delivery_latency_ms"]  # one latency per delivered push (each message carries its cts)
     assert lat["count"] == result["delivered"]
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    # the receive engine stamped every read with the kernel's receive time, in every generator process
+    (path,) = (tmp_path / "res").glob("*.json")
+    bundle = orjson.loads(path.read_bytes())
+    assert bundle["receive_stamp"] == "kernel"
+    health = bundle["metrics"]["generator_health"]
+    assert len(health) == processes and all(h["unstamped_reads"] == 0 for h in health.values()), health
 
 
 def test_a_cluster_run_reads_every_server_process(tmp_path: Path) -> None:

@@ -285,6 +285,11 @@ def test_the_generator_is_judged_between_the_measured_phase_and_the_last_deliver
     totals.merge_health("w0", {"cpu": [(14.0, 0.93)], "lag_ms": []})  # a late report of a sample inside
     assert totals.saturated() == ["w0: CPU 93% > 90%"]
     assert Totals().metrics()["generator_health_until"] is None
+    # reads the receive engine stamped when read (no kernel stamp), summed over a worker's reports, whatever the phase
+    totals.merge_health("w0", {"unstamped_reads": 3})
+    totals.merge_health("w0", {"cpu": [], "lag_ms": [], "unstamped_reads": 2})
+    totals.merge_health("w1", {"cpu": [(14.0, 0.2)], "lag_ms": []})
+    assert {w: h["unstamped_reads"] for w, h in totals.metrics()["generator_health"].items()} == {"w0": 5, "w1": 0}
 
 
 def test_generator_metrics_names_and_values() -> None:
