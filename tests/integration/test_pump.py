@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from drivers import _pump
@@ -242,6 +242,7 @@ def test_a_frame_over_the_limit_is_refused_at_its_header_before_any_of_it_is_hel
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=3000))
+@example(b"\x00\x00")  # a whole empty fragment, then the end: two passes
 def test_random_bytes_never_crash_the_pump(junk: bytes) -> None:
     """Whatever a server sends, the pump reports frames or one error and keeps serving its other connections."""
     pump = _pump.Pump(PUSH_PREFIX, SEQ_KEY, 4096)
@@ -256,6 +257,11 @@ def test_random_bytes_never_crash_the_pump(junk: bytes) -> None:
         b.close()
         d.sendall(ws(1, push(1, 1)))
         events, taken = drain(pump, 1, 1)
+        # junk that is a whole frame (b"\x00\x00": an empty fragment) is an event of its own, and the stream's end
+        # is read in a later pass: go on until the end is there (a CI run drew that example)
+        deadline = time.monotonic() + 5
+        while not any(e[2] != _pump.FRAME for e in events) and time.monotonic() < deadline:
+            events += pump.process(1 << 20, 1 << 20)
         ends = [e for e in events if e[2] != _pump.FRAME]
         assert len(ends) == 1 and ends[0][1] == 1  # the junk's connection ends once: an error or its end
         assert all(e[1] == 1 for e in events)
