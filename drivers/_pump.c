@@ -134,15 +134,9 @@ static int64_t kernel_stamp(struct msghdr *mh) {
     return 0;
 }
 
-/* The process clock's offset from the kernel's: a byte sent to ourselves, stamped by the kernel between two
- * readings of the process clock. Kept as it was if the datagram pair fails. */
-static void calibrate(Pump *self) {
-    int64_t mono = now_ns(CLOCK_MONOTONIC);
-    if (self->calibrated && mono - self->calibrated < CALIBRATE_NS) return;
-    if (self->cal[0] < 0) return;
-    self->calibrated = mono;
-    char b = 0, back;
-    struct iovec iov = {&back, 1};
+/* recvmsg() into buf, with the kernel's receive stamp of what it read in *stamp (0: none, or nothing read). */
+static ssize_t recv_stamped(int fd, void *buf, size_t len, int flags, int64_t *stamp) {
+    struct iovec iov = {buf, len};
     union {
         char buf[CMSG_SPACE(sizeof(struct timespec))];
         struct cmsghdr align;
@@ -153,12 +147,24 @@ static void calibrate(Pump *self) {
     mh.msg_iovlen = 1;
     mh.msg_control = ctl.buf;
     mh.msg_controllen = sizeof ctl.buf;
-    int64_t before = now_ns(CLOCK_REALTIME);
+    ssize_t r = recvmsg(fd, &mh, flags);
+    *stamp = r > 0 ? kernel_stamp(&mh) : 0;
+    return r;
+}
+
+/* The process clock's offset from the kernel's: a byte sent to ourselves, stamped by the kernel between two
+ * readings of the process clock. Kept as it was if the datagram pair fails. */
+static void calibrate(Pump *self) {
+    int64_t mono = now_ns(CLOCK_MONOTONIC);
+    if (self->calibrated && mono - self->calibrated < CALIBRATE_NS) return;
+    if (self->cal[0] < 0) return;
+    self->calibrated = mono;
+    char b = 0, back;
+    int64_t before = now_ns(CLOCK_REALTIME), k;
     if (send(self->cal[0], &b, 1, MSG_DONTWAIT) != 1) return;
-    ssize_t r = recvmsg(self->cal[1], &mh, MSG_DONTWAIT);
+    ssize_t r = recv_stamped(self->cal[1], &back, 1, MSG_DONTWAIT, &k);
     int64_t after = now_ns(CLOCK_REALTIME);
-    int64_t k = r == 1 ? kernel_stamp(&mh) : 0;
-    if (k) self->skew_ns = before + (after - before) / 2 - k;
+    if (r == 1 && k) self->skew_ns = before + (after - before) / 2 - k;
 }
 
 static uint64_t hash_bytes(const char *p, Py_ssize_t n) {
@@ -458,18 +464,8 @@ static void read_conn(Pump *self, int fd, conn_t *c) {
             if (have) memcpy(buf, c->carry, (size_t)have);
             room = CHUNK;
         }
-        struct iovec iov = {buf + have, (size_t)room};
-        union {
-            char buf[CMSG_SPACE(sizeof(struct timespec))];
-            struct cmsghdr align;
-        } ctl;
-        struct msghdr mh;
-        memset(&mh, 0, sizeof mh);
-        mh.msg_iov = &iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = ctl.buf;
-        mh.msg_controllen = sizeof ctl.buf;
-        ssize_t r = recvmsg(fd, &mh, 0);
+        int64_t t;
+        ssize_t r = recv_stamped(fd, buf + have, (size_t)room, 0, &t);
         if (r < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) return;
             if (errno == EINTR) continue;
@@ -485,7 +481,6 @@ static void read_conn(Pump *self, int fd, conn_t *c) {
             drop_conn(self, fd);
             return;
         }
-        int64_t t = kernel_stamp(&mh);
         if (t) {
             t += self->skew_ns;
             self->stamped++;

@@ -128,6 +128,15 @@ def cluster_factory() -> Iterator[Any]:
         c.stop()
 
 
+def mirrored_groups(c: Cluster, r: Any) -> list[Member]:
+    """Users 1–4 in groups 1 and 2, both member lists mirrored to Redis; each user connected to gateway uid % 2."""
+    c.admin.create_users(1, 4)
+    for gid in (1, 2):
+        c.admin.create_groups({gid: [1, 2, 3, 4]})
+        wait_until(lambda gid=gid: r.exists(f"chat:members:{gid}"), 10, f"group {gid} mirrored")  # type: ignore[misc]
+    return [Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)]
+
+
 @pytest.mark.parametrize("fanout", ["broadcast", "routed"])
 def test_a_member_list_not_mirrored_yet_is_waited_for_not_taken_for_an_empty_group(cluster_factory: Any,
                                                                                   fanout: str) -> None:
@@ -142,14 +151,10 @@ def test_a_member_list_not_mirrored_yet_is_waited_for_not_taken_for_an_empty_gro
     from reference_server.protocol import CloseCode
 
     c: Cluster = cluster_factory(2, fanout)
-    c.admin.create_users(1, 4)
     r = redis_py.Redis.from_url(c.redis_url)
     members: list[Member] = []
     try:
-        for gid in (1, 2):
-            c.admin.create_groups({gid: [1, 2, 3, 4]})
-            wait_until(lambda gid=gid: r.exists(f"chat:members:{gid}"), 10, f"group {gid} mirrored")  # type: ignore[misc]
-        members += [Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)]
+        members += mirrored_groups(c, r)
         saved = r.hgetall("chat:members:1")
         r.delete("chat:members:1")  # as after a Redis restart, before the logic node mirrored again
         batches = sum(total(metrics(g.admin_url), "chat_gateway_member_batches_total") for g in c.gateways)
@@ -188,14 +193,10 @@ def test_messages_held_for_a_member_list_are_bounded_in_bytes(cluster_factory: A
 
     bound, body = 20_000, "x" * 3_000  # each push frame ~3.1 KB: six stay under the bound, the seventh passes it
     c: Cluster = cluster_factory(2, fanout, "--gateway-hold-bytes", str(bound))
-    c.admin.create_users(1, 4)
     r = redis_py.Redis.from_url(c.redis_url)
     members: list[Member] = []
     try:
-        for gid in (1, 2):
-            c.admin.create_groups({gid: [1, 2, 3, 4]})
-            wait_until(lambda gid=gid: r.exists(f"chat:members:{gid}"), 10, f"group {gid} mirrored")  # type: ignore[misc]
-        members += [Member(uid, c.gateways[uid % 2].ws_url) for uid in (1, 2, 3, 4)]
+        members += mirrored_groups(c, r)
         saved = {gid: r.hgetall(f"chat:members:{gid}") for gid in (1, 2)}
         for gid in (1, 2):
             r.delete(f"chat:members:{gid}")
