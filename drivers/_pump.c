@@ -25,9 +25,14 @@
  * Limits: a frame longer than max_frame_bytes is an error event (the connection is dropped from the pump, nothing
  * grows past the limit); a partial frame waits in a per-connection carry buffer about its own size (at most
  * max_frame_bytes + 14 + one read of 64 KiB while a frame that long comes in), freed when the frame is complete;
- * one process() call stops once max_frames records are pending (not taken) or after max_reads socket reads (the
- * rest stays ready: epoll is level-triggered). Every method is for one thread (the engine's); a call from a second thread while another runs
- * raises RuntimeError.
+ * one process() call stops once max_frames records are pending (not taken) or after max_reads socket reads.
+ *
+ * Readiness is edge-triggered: epoll reports a socket once per arrival of bytes, so a socket read empty is not
+ * polled again (level-triggered, every ready socket was polled twice: when reported and in the next wait, to find
+ * it empty). A socket that may still hold bytes no new edge will announce — READS_PER_SOCKET full reads, or its
+ * event left unread when a pass stopped at a limit — goes into the again list, read first by the next pass; `more`
+ * says the caller should not wait before that pass. Every method is for one thread (the engine's); a call from a
+ * second thread while another runs raises RuntimeError.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -58,6 +63,7 @@ typedef struct {
     int64_t cid, slot;
     uint32_t gen;
     int active;
+    int again; /* in the pump's again list (kept across a reuse of the fd: its entry then reads the new one) */
     char *carry;
     Py_ssize_t carry_len, carry_cap;
 } conn_t;
@@ -82,6 +88,12 @@ typedef struct {
     int probe_fd;
     conn_t *conns; /* indexed by fd */
     Py_ssize_t nconns;
+    /* sockets that may hold bytes no event will announce again (edge-triggered): read first in the next pass.
+     * Two lists of nconns entries each, swapped at a pass's start; an fd is in at most one (conn_t.again). */
+    int *again, *again_next;
+    Py_ssize_t nagain;
+    int more;             /* the last pass stopped at a limit: more may be ready */
+    Py_ssize_t pass_reads; /* socket reads of the last pass */
     uint32_t gen;
     Py_ssize_t max_frame;
     char prefix[MAX_KEY];
@@ -319,6 +331,14 @@ static void reset_distinct(Pump *self) {
 
 /* ---- connections ----------------------------------------------------------------------------------------- */
 
+/* The socket at fd may hold unread bytes that no edge will announce: read it in the next pass. */
+static void mark_again(Pump *self, int fd) {
+    conn_t *c = &self->conns[fd];
+    if (c->again) return;
+    c->again = 1;
+    self->again[self->nagain++] = fd; /* never full: nconns entries, an fd at most once */
+}
+
 static void drop_conn(Pump *self, int fd) {
     conn_t *c = &self->conns[fd];
     epoll_ctl(self->epfd, EPOLL_CTL_DEL, fd, NULL); /* fails harmlessly when the fd was closed already */
@@ -448,7 +468,10 @@ static int set_carry(conn_t *c, int in_carry, const char *src, Py_ssize_t rest) 
     return 1;
 }
 
-static void read_conn(Pump *self, int fd, conn_t *c) {
+/* Read a ready socket: until a read leaves it empty (shorter than asked), or — `drain`: the peer has shut down or
+ * the socket is in the again list, where a short read does not prove there is no end behind the bytes — until
+ * the end, an error or EAGAIN; at most READS_PER_SOCKET reads (then it goes into the again list). */
+static void read_conn(Pump *self, int fd, conn_t *c, int drain) {
     for (int k = 0; k < READS_PER_SOCKET; k++) {
         char *buf;
         Py_ssize_t have = c->carry_len, room;
@@ -495,8 +518,13 @@ static void read_conn(Pump *self, int fd, conn_t *c) {
             self->oom = 1;
             return;
         }
-        if (self->oom || r < room) return;
+        if (self->oom) {
+            mark_again(self, fd);
+            return;
+        }
+        if (r < room && !drain) return; /* the socket is empty: its next bytes (or its end) are a new edge */
     }
+    mark_again(self, fd); /* READS_PER_SOCKET full reads: more may wait */
 }
 
 static void read_probe(Pump *self) {
@@ -594,6 +622,10 @@ static void release_all(Pump *self) {
     free(self->conns);
     self->conns = NULL;
     self->nconns = 0;
+    free(self->again);
+    free(self->again_next);
+    self->again = self->again_next = NULL;
+    self->nagain = 0;
     reset_distinct(self);
     free(self->dist);
     free(self->table);
@@ -657,6 +689,11 @@ static PyObject *Pump_add(Pump *self, PyObject *args) {
         if (!cs) return PyErr_NoMemory();
         memset(cs + self->nconns, 0, (size_t)(n - self->nconns) * sizeof(conn_t));
         self->conns = cs;
+        int *a = realloc(self->again, (size_t)n * sizeof(int));
+        if (a) self->again = a;
+        int *b = a ? realloc(self->again_next, (size_t)n * sizeof(int)) : NULL;
+        if (b) self->again_next = b;
+        if (!a || !b) return PyErr_NoMemory(); /* nconns stays: every array holds at least that many */
         self->nconns = n;
     }
     conn_t *c = &self->conns[fd];
@@ -664,7 +701,9 @@ static PyObject *Pump_add(Pump *self, PyObject *args) {
     if (++self->gen == PROBE_GEN) self->gen = 1;
     struct epoll_event ev;
     memset(&ev, 0, sizeof ev);
-    ev.events = EPOLLIN;
+    /* an event per arrival: a socket read empty is not polled again; the peer's end is flagged (EPOLLRDHUP) when
+     * it came with the bytes of the same edge, so the read goes on to it */
+    ev.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
     ev.data.u64 = ((uint64_t)self->gen << 32) | (uint32_t)fd;
     int on = 1; /* refused (not a socket that stamps): its reads are stamped when read, and counted apart */
     (void)setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
@@ -748,6 +787,25 @@ static PyObject *Pump_process(Pump *self, PyObject *args) {
     unsigned long long reads0 = self->reads;
     int stop = 0;
     calibrate(self);
+    /* first the sockets left with bytes by the last pass (the list is swapped: what this pass leaves goes to
+     * the other one) */
+    Py_ssize_t nold = self->nagain;
+    int *old = self->again;
+    self->again = self->again_next;
+    self->again_next = old;
+    self->nagain = 0;
+    for (Py_ssize_t i = 0; i < nold; i++) {
+        int fd = old[i];
+        conn_t *c = &self->conns[fd];
+        if (stop) { /* still marked: moved over as it is */
+            self->again[self->nagain++] = fd;
+            continue;
+        }
+        c->again = 0;
+        if (!c->active) continue;
+        read_conn(self, fd, c, 1);
+        stop = self->oom || self->nrec >= max_frames || (Py_ssize_t)(self->reads - reads0) >= max_reads;
+    }
     while (!stop) {
         int n = epoll_wait(self->epfd, evs, EPOLL_BATCH, 0);
         if (n <= 0) break;
@@ -761,14 +819,17 @@ static PyObject *Pump_process(Pump *self, PyObject *args) {
             if (fd >= self->nconns) continue;
             conn_t *c = &self->conns[fd];
             if (!c->active || c->gen != gen) continue;
-            read_conn(self, fd, c);
-            if (self->oom || self->nrec >= max_frames || (Py_ssize_t)(self->reads - reads0) >= max_reads) {
-                stop = 1;
-                break;
+            if (stop) { /* its edge is taken: read it next pass */
+                mark_again(self, fd);
+                continue;
             }
+            read_conn(self, fd, c, (evs[i].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
+            stop = self->oom || self->nrec >= max_frames || (Py_ssize_t)(self->reads - reads0) >= max_reads;
         }
         if (n < EPOLL_BATCH) break;
     }
+    self->more = stop;
+    self->pass_reads = (Py_ssize_t)(self->reads - reads0);
     Py_END_ALLOW_THREADS
     self->busy = 0;
     PyObject *out = events_to_list(self);
@@ -840,6 +901,14 @@ static PyObject *Pump_holds(Pump *self, PyObject *args) {
 
 static PyObject *Pump_get_pending(Pump *self, void *Py_UNUSED(closure)) { return PyLong_FromSsize_t(self->nrec); }
 
+static PyObject *Pump_get_more(Pump *self, void *Py_UNUSED(closure)) {
+    return PyBool_FromLong(self->more || self->nagain > 0);
+}
+
+static PyObject *Pump_get_pass_reads(Pump *self, void *Py_UNUSED(closure)) {
+    return PyLong_FromSsize_t(self->pass_reads);
+}
+
 static PyObject *Pump_get_stats(Pump *self, void *Py_UNUSED(closure)) {
     Py_ssize_t active = 0, carried = 0;
     for (Py_ssize_t fd = 0; fd < self->nconns; fd++) {
@@ -876,6 +945,9 @@ static PyMethodDef Pump_methods[] = {
 
 static PyGetSetDef Pump_getset[] = {
     {"pending", (getter)Pump_get_pending, NULL, "push records not taken yet", NULL},
+    {"more", (getter)Pump_get_more, NULL,
+     "the last process() stopped at a limit, or left sockets with bytes: call it again without waiting", NULL},
+    {"pass_reads", (getter)Pump_get_pass_reads, NULL, "socket reads the last process() made", NULL},
     {"stats", (getter)Pump_get_stats, NULL, "counters: reads, stamped_reads (with the kernel's receive stamp), frames, pushes, connections, carry_bytes, distinct, clock_skew_ns (the process clock less the kernel's)",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},

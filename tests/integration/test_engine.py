@@ -204,6 +204,35 @@ def test_engine_client_requests_are_chatclients(server: ServerProcess) -> None:
         x.close()
 
 
+def test_a_flow_of_pushes_is_read_on_the_quantum_and_an_idle_engine_waits_for_its_descriptor(
+        server: ServerProcess) -> None:
+    """While pushes flow the engine reads its pump every READ_QUANTUM_S instead of waking at each arrival: 30
+    messages 20 ms apart wake it once or twice, not 30 times; idle, it goes back to waiting for the descriptor (no
+    pass runs), and the next push wakes it and is read with a latency of the wire's."""
+    uids = provision(server, 2, gid=4)
+    ledger = Ledger()
+    engine = new_engine(ledger)
+    rx = member(server.ws_url, uids[1], engine, ledger.receiver(uids[1]))
+    wait_until(lambda: pumped(engine) == 1, 5, "the pump reading the member")
+    with ChatClient(server.ws_url, uids[0], user_token(SECRET, uids[0]), heartbeat_s=None) as tx:
+        wait_until(lambda: not engine.polling, 5, "the engine idle after the hello")
+        woken = engine.wakeups
+        for i in range(30):
+            tx.send(4, f"m{i}")
+            time.sleep(0.02)  # the flow's pace: each push is its own arrival, 20 ms after the last
+        wait_until(lambda: ledger.delivered == 30, 5, "the 30 pushes")
+        assert engine.wakeups - woken <= 2, f"{engine.wakeups - woken} wake-ups for 30 pushes 20 ms apart"
+        wait_until(lambda: not engine.polling, 5, "the engine waiting for its descriptor again")
+        woken = engine.wakeups
+        tx.send(4, "after the idle spell")
+        wait_until(lambda: ledger.delivered == 31, 5, "the push after the idle spell")
+        assert engine.wakeups == woken + 1
+    h = ledger.latency.h
+    assert h.get_total_count() == 31 and h.get_max_value() < 50_000, h.get_max_value()
+    assert ledger.counts["duplicated"] == ledger.counts["reordered"] == 0
+    rx.close()
+
+
 def test_half_open_found_by_the_engines_heartbeat_and_resumed(server: ServerProcess) -> None:
     uids = provision(server, 4, gid=3)
     sender_uid, rx = uids[0], uids[1:]

@@ -7,10 +7,12 @@ probe's wait, and a pass's limits losing nothing."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import socket
 import struct
+import termios
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -408,11 +410,61 @@ def test_a_pass_stops_at_its_limits_and_the_next_pass_loses_nothing(pump: Any, p
         b.sendall(ws(1, push(1, 1)) * 3)
     pump.process(1 << 20, 10)
     assert pump.stats["reads"] == 10 and pump.pending == 30  # 10 sockets read, 3 frames each
+    assert pump.more  # the caller is told not to wait: no new byte will announce the other 40 (edge-triggered)
     pump.process(31, 1 << 20)
-    assert pump.pending == 33  # a pass ends once max_frames records are pending: here after one more read
-    events, taken = drain(pump, 3 * n)
-    assert not events and len(records(taken)) == 3 * n
+    assert pump.pending == 33 and pump.more  # a pass ends once max_frames records are pending: after one more read
+    events = pump.process(1 << 20, 1 << 20)  # no byte sent since: the sockets left over are read all the same
+    assert not events and pump.pending == 3 * n and not pump.more and pump.pass_reads == n - 11
+    taken = pump.take()
+    assert len(records(taken)) == 3 * n
     assert sorted(s for _, s in records(taken)) == sorted(list(range(n)) * 3)
+
+
+def test_a_socket_with_more_than_a_pass_reads_is_read_on_without_new_bytes(pump: Any) -> None:
+    """A socket holding more than a pass reads of one socket (4 reads of 64 KiB) is read on in the next pass,
+    though no byte arrives in between to announce it again (epoll is edge-triggered): nothing waits for the next
+    message, and the order holds."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.socket()
+    cli.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # room for all of it before any read
+    cli.connect(srv.getsockname())
+    peer, _ = srv.accept()
+    try:
+        cli.setblocking(False)
+        pump.add(cli.fileno(), 1, 7)
+        frames = [ws(1, push(1, seq, "b" * 1000)) for seq in range(1, 401)]  # ~420 KB
+        wire = b"".join(frames)
+        peer.sendall(wire)
+
+        def queued() -> int:
+            return int.from_bytes(fcntl.ioctl(cli.fileno(), termios.FIONREAD, b"\0\0\0\0"), "little")
+        deadline = time.monotonic() + 5
+        while queued() < len(wire) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert queued() == len(wire)
+        pump.process(1 << 20, 1 << 20)
+        assert pump.pass_reads == 4 and pump.more and 0 < pump.pending < 400
+        while pump.more:
+            pump.process(1 << 20, 1 << 20)
+        assert records(pump.take()) == [(push(1, seq, "b" * 1000), 7) for seq in range(1, 401)]
+    finally:
+        for sock in (cli, peer, srv):
+            sock.close()
+
+
+def test_a_frame_and_the_end_behind_it_are_read_in_one_pass(pump: Any, pairs: Any) -> None:
+    """Bytes and the peer's end that came before a pass are one edge: the pass reads the frame and goes on to
+    the end (EPOLLRDHUP), where a read shorter than asked would otherwise leave the end unreported."""
+    a, b = pair(pairs)
+    pump.add(a.fileno(), 3, 2)
+    b.sendall(ws(1, push(1, 1)))
+    b.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + 5
+    events: list[Any] = []
+    while not pump.pending and time.monotonic() < deadline:
+        events = pump.process(1 << 20, 1 << 20)
+    assert pump.pending == 1 and [e[:3] for e in events] == [(1, 3, _pump.EOF)]
+    assert pump.stats["connections"] == 0
 
 
 def test_bad_arguments_are_refused(pump: Any) -> None:
