@@ -20,7 +20,9 @@
  * measures. The kernel's clock is the real one; the process's may be shifted (libfaketime in the tests, the
  * clock module corrects offsets in the process's clock), so each stamp is moved by the process clock's offset from
  * the kernel's, measured at most once a second by stamping a datagram sent to itself (CALIBRATE_NS). A read without
- * a kernel stamp (the option refused) is stamped with the process clock when read; stats counts both.
+ * a kernel stamp (the option refused; or a segment that arrived before the kernel turned stamping on: when no
+ * socket of the system had asked for stamps, the first to ask — the pump's calibration pair, made with it — has
+ * it turned on by a work item moments later) is stamped with the process clock when read; stats counts both.
  *
  * Limits: a frame longer than max_frame_bytes is an error event (the connection is dropped from the pump, nothing
  * grows past the limit); a partial frame waits in a per-connection carry buffer about its own size (at most

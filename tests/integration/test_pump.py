@@ -381,6 +381,16 @@ def test_a_tcp_read_carries_the_kernels_receive_time_and_a_socket_without_one_th
     try:
         pump.add(tcp_r.fileno(), 1, 1)
         pump.add(unix_r.fileno(), 2, 2)
+        # the kernel turns receive stamps on for the whole system lazily: when no socket had asked for them, the
+        # first to ask schedules a work item, and a segment that arrives before it ran carries no stamp (a CI run
+        # sent within that moment). A fresh pump in a quiet system: first wait for a stamped read.
+        deadline = time.monotonic() + 5
+        while not pump.stats["stamped_reads"] and time.monotonic() < deadline:
+            tcp_w.sendall(ws(1, push(1, 1)))
+            drain(pump, want_records=1)
+            time.sleep(0.01)
+        before = pump.stats
+        assert before["stamped_reads"], "no read of a loopback TCP socket was stamped by the kernel in 5 s"
         pump.take_unstamped()
         sent = time.time_ns()
         tcp_w.sendall(ws(1, push(1, 1)))
@@ -395,7 +405,7 @@ def test_a_tcp_read_carries_the_kernels_receive_time_and_a_socket_without_one_th
         assert at[2] >= read, (at[2] - read) / 1e6  # stamped when read, 200 ms later
         assert pump.take_unstamped() == 1 and pump.take_unstamped() == 0
         stats = pump.stats
-        assert (stats["reads"], stats["stamped_reads"]) == (2, 1)
+        assert (stats["reads"] - before["reads"], stats["stamped_reads"] - before["stamped_reads"]) == (2, 1)
         assert abs(stats["clock_skew_ns"]) < 1_000_000  # an unshifted process clock is the kernel's
     finally:
         for sock in (srv, tcp_w, tcp_r, unix_r, unix_w):
