@@ -480,6 +480,7 @@ static void read_conn(Pump *self, int fd, conn_t *c, int drain) {
         if (have > SMALL) { /* a large frame in progress: read on in its own buffer */
             if (!grow_carry(self, c, have + CHUNK)) {
                 self->oom = 1;
+                mark_again(self, fd); /* nothing read: the bytes wait for the next pass */
                 return;
             }
             buf = c->carry;
@@ -516,11 +517,8 @@ static void read_conn(Pump *self, int fd, conn_t *c, int drain) {
         Py_ssize_t total = have + r;
         Py_ssize_t used = parse(self, fd, c, buf, total, t);
         if (used < 0) return; /* dropped */
-        if (!set_carry(c, buf == c->carry, buf + used, total - used)) {
-            self->oom = 1;
-            return;
-        }
-        if (self->oom) {
+        if (!set_carry(c, buf == c->carry, buf + used, total - used)) self->oom = 1;
+        if (self->oom) { /* process() raises MemoryError; what the socket still holds waits for the next pass */
             mark_again(self, fd);
             return;
         }

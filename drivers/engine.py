@@ -306,7 +306,12 @@ class Engine:
         the pump's sockets, ~1 ms at 10,000: once per idle spell)."""
         loop = self._loop
         assert loop is not None
-        self._pumped()
+        try:
+            self._pumped()
+        finally:  # an error (the pump's MemoryError) is the loop's to report; the passes go on
+            self._next_pass(loop)
+
+    def _next_pass(self, loop: asyncio.AbstractEventLoop) -> None:
         pump = self._pump
         if pump.more:
             loop.call_soon(self._pass)

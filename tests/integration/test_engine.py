@@ -233,6 +233,31 @@ def test_a_flow_of_pushes_is_read_on_the_quantum_and_an_idle_engine_waits_for_it
     rx.close()
 
 
+def test_a_pass_that_fails_does_not_stop_the_engine_reading(server: ServerProcess) -> None:
+    """A pump pass that raises (the pump's MemoryError) is the loop's to report; the passes go on, and the pushes
+    it did not read are read by the next one."""
+    uids = provision(server, 2, gid=6)
+    ledger = Ledger()
+    engine = new_engine(ledger)
+    rx = member(server.ws_url, uids[1], engine, ledger.receiver(uids[1]))
+    wait_until(lambda: pumped(engine) == 1, 5, "the pump reading the member")
+    real, failed = engine._pumped, []
+
+    def fail_once() -> None:
+        if not failed:
+            failed.append(True)
+            raise MemoryError("a pass that fails")
+        real()
+
+    engine._pumped = fail_once  # type: ignore[method-assign]
+    with ChatClient(server.ws_url, uids[0], user_token(SECRET, uids[0]), heartbeat_s=None) as tx:
+        for i in range(3):
+            tx.send(6, f"m{i}")
+        wait_until(lambda: ledger.delivered == 3, 5, "the pushes after the failed pass")
+    assert failed and ledger.counts["duplicated"] == ledger.counts["reordered"] == 0
+    rx.close()
+
+
 def test_half_open_found_by_the_engines_heartbeat_and_resumed(server: ServerProcess) -> None:
     uids = provision(server, 4, gid=3)
     sender_uid, rx = uids[0], uids[1:]
