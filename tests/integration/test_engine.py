@@ -228,7 +228,7 @@ def test_a_flow_of_pushes_is_read_on_the_quantum_and_an_idle_engine_waits_for_it
         wait_until(lambda: ledger.delivered == 31, 5, "the push after the idle spell")
         assert engine.wakeups == woken + 1
     h = ledger.latency.h
-    assert h.get_total_count() == 31 and h.get_max_value() < 50_000, h.get_max_value()
+    assert h.get_total_count() == 31 and h.get_max_value() < 100_000, h.get_max_value()  # the wire's, not a wait
     assert ledger.counts["duplicated"] == ledger.counts["reordered"] == 0
     rx.close()
 
