@@ -210,11 +210,13 @@ def _watch_engine(environment: Environment, **_: Any) -> None:
             if not engine.running:
                 continue
             engine.probe()
+            # every tick, not every ship: a count moved at INTERVAL_S would leave the last interval's out of the
+            # final report
+            now_unstamped = engine.unstamped_reads
+            swarm.run.health.unstamped_reads += now_unstamped - unstamped
+            unstamped = now_unstamped
             if time.monotonic() - shipped >= swarm.Health.INTERVAL_S:
                 swarm.run.health.lag_ms.append((CLOCK.time(), engine.lag_ms()))
-                now_unstamped = engine.unstamped_reads
-                swarm.run.health.unstamped_reads += now_unstamped - unstamped
-                unstamped = now_unstamped
                 shipped = time.monotonic()
 
     _engine_lag.append(gevent.spawn(watch))
