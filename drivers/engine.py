@@ -261,7 +261,8 @@ class Engine:
         self.batches_out = 0
         self._idle_passes = 0  # pump passes in a row that read nothing (engine thread)
         #: the engine reads the pump on its quantum (True) or waits for its descriptor (False); ``wakeups``: how
-        #: often that wait ended (each one starts a spell of polling). Engine thread; read elsewhere as figures.
+        #: many spells of polling began (a wait ended by bytes on a socket; a probe's stamp alone starts none).
+        #: Engine thread; read elsewhere as figures.
         self.polling = False
         self.wakeups = 0
         self._pid = os.getpid()
@@ -285,13 +286,22 @@ class Engine:
             self._post(("batch", *batch))
 
     def _readable(self) -> None:
-        """The pump's descriptor is readable (the engine was idle): poll from now on (see _pass)."""
-        assert self._loop is not None
-        self._loop.remove_reader(self._pump.fileno())
+        """The pump's descriptor is readable while the engine waits: read it, and if a socket had bytes, poll from
+        now on (see _pass). A wake that read no socket — the lag probe's stamp, every 50 ms — leaves the engine
+        waiting: a spell per probe would end by putting the descriptor back in the loop's epoll set, which makes
+        the kernel walk every socket of the pump — at 10,000 sockets that was ~100 epoll_ctl calls a second and
+        14 % of a core for an engine with nothing to read (2 % without)."""
+        loop = self._loop
+        assert loop is not None
+        pump = self._pump
+        self._pumped()
+        if not (pump.more or pump.pass_reads):
+            return
+        loop.remove_reader(pump.fileno())
         self._idle_passes = 0
         self.polling = True
         self.wakeups += 1
-        self._pass()
+        self._next_pass(loop)
 
     def _pass(self) -> None:
         """One pump pass, then the next one: at once when the pump stopped at a limit, after READ_QUANTUM_S while
@@ -302,8 +312,8 @@ class Engine:
         path's CPU per frame falls by about a quarter (README: the receive benchmark). The receive times stay the
         kernel's (the pump's stamps), so a push's latency does not move; what the quantum delays, by at most
         READ_QUANTUM_S, is the handling of replies (a send's ack, a sync page) and the lag probe, which says so.
-        Idle, the engine costs no wake-ups: it waits for the descriptor (re-arming it costs the kernel a walk over
-        the pump's sockets, ~1 ms at 10,000: once per idle spell)."""
+        Idle, the engine waits for the descriptor (putting it back in the loop's epoll set costs the kernel a walk
+        over the pump's sockets, ~1 ms at 10,000: once per idle spell; see _readable for the probe's wakes)."""
         loop = self._loop
         assert loop is not None
         try:

@@ -233,6 +233,27 @@ def test_a_flow_of_pushes_is_read_on_the_quantum_and_an_idle_engine_waits_for_it
     rx.close()
 
 
+def test_the_lag_probe_does_not_start_a_spell_of_polling(server: ServerProcess) -> None:
+    """The probe's stamp makes the pump's descriptor readable every 50 ms; an idle engine reads it and goes on
+    waiting (a spell of polling per stamp would end by re-adding the descriptor to the loop's epoll set: a walk over
+    every socket of the pump, ~100 a second). The stamps are still read and measured."""
+    uids = provision(server, 1, gid=7)
+    ledger = Ledger()
+    engine = new_engine(ledger)
+    rx = member(server.ws_url, uids[0], engine, ledger.receiver(uids[0]))
+    wait_until(lambda: pumped(engine) == 1, 5, "the pump reading the member")
+    wait_until(lambda: not engine.polling, 5, "the engine idle after the hello")
+    woken = engine.wakeups
+    engine.lag_ms()
+    for _ in range(20):
+        engine.probe()
+        lag = wait_until(lambda: engine.lag_ms() or None, 5, "the probe's stamp read")
+        assert 0 < lag < 100, lag
+        assert not engine.polling
+    assert engine.wakeups == woken, f"{engine.wakeups - woken} spells of polling for 20 probes"
+    rx.close()
+
+
 def test_a_pass_that_fails_does_not_stop_the_engine_reading(server: ServerProcess) -> None:
     """A pump pass that raises (the pump's MemoryError) is the loop's to report; the passes go on, and the pushes
     it did not read are read by the next one."""
