@@ -309,6 +309,10 @@ class ChatClient:
         """True once close() was called or the connection ended."""
         return self._closing or self._dropped
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Block until close() was called or the connection ended (True), or ``timeout`` seconds passed (False)."""
+        return self._stop.wait(timeout)
+
     @property
     def pending(self) -> int:
         """Requests sent and not yet answered."""

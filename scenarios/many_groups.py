@@ -17,7 +17,7 @@ Every flag has an environment variable (``MG_MEMBERS``, ``MG_RATE``, ...).
 
 from __future__ import annotations
 
-from locust import constant, events, task
+from locust import events, task
 from locust.env import Environment
 
 import math
@@ -25,7 +25,7 @@ import random
 from argparse import ArgumentParser, ArgumentTypeError, Namespace
 
 from drivers import autorate, swarm
-from drivers.locust_user import ChatUser, admin_client, planned_uids, provision_users
+from drivers.locust_user import ChatUser, admin_client, planned_uids, provision_users, until_dropped
 from drivers.schedule import LiveSchedule, Schedule, per_sender
 from drivers.shapes import Phase, PhasedShape, window
 
@@ -103,7 +103,7 @@ def _provision(environment: Environment) -> None:
 
 
 class Member(ChatUser):
-    wait_time = constant(1)
+    wait_time = until_dropped(30)  # after its sends a member only keeps its connection: it wakes when it drops
 
     def on_start(self) -> None:
         super().on_start()
