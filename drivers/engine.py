@@ -294,14 +294,15 @@ class Engine:
         loop = self._loop
         assert loop is not None
         pump = self._pump
-        self._pumped()
-        if not (pump.more or pump.pass_reads):
-            return
-        loop.remove_reader(pump.fileno())
-        self._idle_passes = 0
-        self.polling = True
-        self.wakeups += 1
-        self._next_pass(loop)
+        try:
+            self._pumped()
+        finally:  # after a pass that raised too (as in _pass): what it left in the again list wakes no one
+            if pump.more or pump.pass_reads:
+                loop.remove_reader(pump.fileno())
+                self._idle_passes = 0
+                self.polling = True
+                self.wakeups += 1
+                self._next_pass(loop)
 
     def _pass(self) -> None:
         """One pump pass, then the next one: at once when the pump stopped at a limit, after READ_QUANTUM_S while
