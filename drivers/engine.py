@@ -313,8 +313,9 @@ class Engine:
         path's CPU per frame falls by about a quarter (README: the receive benchmark). The receive times stay the
         kernel's (the pump's stamps), so a push's latency does not move; what the quantum delays, by at most
         READ_QUANTUM_S, is the handling of replies (a send's ack, a sync page) and the lag probe, which says so.
-        Idle, the engine waits for the descriptor (putting it back in the loop's epoll set costs the kernel a walk
-        over the pump's sockets, ~1 ms at 10,000: once per idle spell; see _readable for the probe's wakes)."""
+        Idle, the engine waits for the descriptor. Putting it back in the loop's epoll set makes the kernel walk the
+        pump's sockets twice (libuv first adds and removes a descriptor to check it can be polled), ~1 ms each at
+        10,000: once per idle spell (see _readable for the probe's wakes)."""
         loop = self._loop
         assert loop is not None
         try:
