@@ -28,7 +28,7 @@ def locust_args(args: argparse.Namespace) -> list[str]:
             "--capacity-growth", str(args.growth),
             "--capacity-resolution", str(args.resolution), "--capacity-max", str(args.max),
             "--capacity-step-s", str(args.step_s), "--capacity-warm-s", str(args.warm_s),
-            "--capacity-confirm-s", str(args.confirm_s)]
+            "--capacity-confirm-s", str(args.confirm_s), "--capacity-retry", str(args.retry)]
 
 
 def progress_line(console: Console, line: str) -> None:

@@ -471,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     ca.add_argument("--step-s", type=float, default=8.0, help="seconds each level is judged (8)")
     ca.add_argument("--warm-s", type=float, default=3.0, help="seconds after a change not judged (3)")
     ca.add_argument("--confirm-s", type=float, default=30.0, help="the level found is held again this long (30)")
+    ca.add_argument("--retry", type=int, choices=[0, 1], default=1,
+                    help="1 (default): a failed step is held once more, only a failed retry counts; 0: no retry")
     ca.add_argument("--repeat", type=int, default=1, help="searches per configuration: a range, and significance")
     ca.add_argument("--report", default="", help="also write the HTML report to this file")
     cp = sub.add_parser("compare", help="deltas between result bundles; regression checks (non-zero exit)")

@@ -171,7 +171,7 @@ def control(env: Environment, totals: Totals, start_at: float) -> None:
     search = Search(float(opts.capacity_start), growth=float(opts.capacity_growth),
                     resolution=float(opts.capacity_resolution),
                     maximum=min(float(opts.capacity_max), axis.maximum(opts)), minimum=minimum,
-                    confirm=confirm_s > 0, whole=axis.whole)
+                    confirm=confirm_s > 0, whole=axis.whole, retry=bool(opts.capacity_retry))
     while CLOCK.time() < start_at:
         gevent.sleep(0.2)
     while (level := search.next_level()) is not None:

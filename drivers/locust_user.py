@@ -126,6 +126,9 @@ def _options(parser: ArgumentParser) -> None:
                    help="seconds after a level change that are not judged (backlog of the previous level)")
     c.add_argument("--capacity-confirm-s", type=float, env_var="CHATBENCH_CAPACITY_CONFIRM_S", default=30.0,
                    help="the level found is held this long and must hold again (0: no confirm phase)")
+    c.add_argument("--capacity-retry", type=int, choices=[0, 1], env_var="CHATBENCH_CAPACITY_RETRY", default=1,
+                   help="1: a short step that fails is held once more at its level, and only a failed retry counts "
+                   "(one stall fails a step of a few dozen messages); 0: the first failure counts")
     g.add_argument("--flush-timeout-s", type=float, env_var="CHATBENCH_FLUSH_TIMEOUT_S", default=90.0,
                    help="how long the master waits for the workers' final data at the end of a run")
     g.add_argument("--profile-mix", env_var="CHATBENCH_PROFILE_MIX", default="", type=_profile_mix,

@@ -75,6 +75,50 @@ def test_a_search_over_whole_levels_asks_only_for_whole_levels(capacity: int, st
     assert failed - found <= 1 or failed / found - 1 <= 0.1 + 1e-9
 
 
+def test_a_lone_failure_is_held_again_and_a_retry_that_holds_overturns_it() -> None:
+    """One stall fails a short step (its p99 is about its slowest message's fan-out). The first step here fails
+    once by chance: without a retry the search answers below it, for good; with one, the level is held again
+    (phase ``retry``), holds, and the search goes on to the system's real limit, each failure there tried twice."""
+    def search_with_one_stall(retry: bool) -> dict[str, object]:
+        search = Search(10, resolution=0.1, retry=retry)
+        stalled = False
+        while (level := search.next_level()) is not None:
+            step = Step(level, search.phase)
+            if level >= 100 or not stalled:  # the real limit at 100; the very first step stalls once
+                step.failures.append("latency p99 over")
+            stalled = True
+            search.record(step)
+        return search.answer()
+
+    capped = search_with_one_stall(retry=False)
+    assert capped["capacity"] is not None and capped["capacity"] < 10  # type: ignore[operator]
+    answer = search_with_one_stall(retry=True)
+    found, failed = answer["capacity"], answer["first_failed"]
+    assert isinstance(found, float) and isinstance(failed, float)
+    assert found < 100 <= failed and failed / found - 1 <= 0.1 + 1e-9
+    steps = answer["steps"]
+    assert isinstance(steps, list)
+    assert [(s["level"], s["phase"], s["held"]) for s in steps[:2]] == [(10, "bracket", False), (10, "retry", True)]
+    # every other failure is a real one: retried, and failed again, before it narrowed the search
+    for i, s in enumerate(steps[2:], start=2):
+        if not s["held"] and s["phase"] != "confirm":
+            pair = steps[i - 1] if s["phase"] == "retry" else steps[i + 1]
+            assert pair["level"] == s["level"] and not pair["held"], (s, pair)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(min_value=0.5, max_value=50_000), st.floats(min_value=0.5, max_value=100))
+def test_retries_change_no_answer_of_a_steady_system(capacity: float, start: float) -> None:
+    """A system whose every step says the same: the answer with retries is the answer without, at one step more
+    per failed short step."""
+    with_retry, without = run(Search(start), capacity), run(Search(start, retry=False), capacity)
+    assert {k: v for k, v in with_retry.items() if k != "steps"} == {k: v for k, v in without.items() if k != "steps"}
+    steps, plain = with_retry["steps"], without["steps"]
+    assert isinstance(steps, list) and isinstance(plain, list)
+    failures = sum(1 for s in plain if not s["held"] and s["phase"] != "confirm")
+    assert len(steps) == len(plain) + failures
+
+
 def test_a_generator_that_breaks_first_is_the_answer() -> None:
     answer = run(Search(10), capacity=1000, generator_limit=150)
     assert answer["capacity"] is None and answer["generator_bound"] is True
@@ -146,7 +190,7 @@ def test_a_configuration_that_fails_at_the_lowest_measurable_level_has_no_capaci
     generator-bound — the search does not halve on until steps send nothing."""
     answer = run(Search(10, minimum=0.625), capacity=0.0)
     levels = [s["level"] for s in answer["steps"]]  # type: ignore[union-attr]
-    assert min(levels) == 0.625 and len(levels) == 5  # 10, 5, 2.5, 1.25, 0.625
+    assert levels == [10, 10, 5, 5, 2.5, 2.5, 1.25, 1.25, 0.625, 0.625]  # each failure retried once
     assert answer["capacity"] is None and answer["generator_bound"] is False and answer["below_minimum"] is True
     assert answer["failed_because"] == ["latency p99 over", "no level held down to 0.625, the lowest a step measures"]
     assert run(Search(10, minimum=0.625), capacity=5)["below_minimum"] is False
@@ -269,9 +313,10 @@ def test_the_capacity_command_passes_the_axis_and_refuses_a_bad_slo() -> None:
     from chatbench.capacity import locust_args
 
     base = {"slo": "p99<200ms", "start": 10.0, "growth": 2.0, "resolution": 0.1, "max": 1e5, "step_s": 8.0,
-            "warm_s": 3.0, "confirm_s": 30.0}
+            "warm_s": 3.0, "confirm_s": 30.0, "retry": 0}
     flags = locust_args(argparse.Namespace(vary="groups", **base))
     assert flags[flags.index("--capacity-vary") + 1] == "groups"
+    assert flags[flags.index("--capacity-retry") + 1] == "0"
     with pytest.raises(ValueError, match="SLO clause"):
         locust_args(argparse.Namespace(vary="rate", **{**base, "slo": "p99>1ms"}))
 
