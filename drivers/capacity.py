@@ -61,7 +61,7 @@ class Step:
     """One level held and judged."""
 
     level: float
-    phase: str  # bracket, bisect, confirm
+    phase: str  # bracket, bisect, retry (a failed step held again), confirm
     latency_ms: dict[str, float] = field(default_factory=dict)
     deliveries: int = 0
     lost: int = 0

@@ -202,7 +202,8 @@ FIELDS: Final[tuple[Field, ...]] = (
     _f("metrics.capacity.server_ms_per_message_found", "float", "CPU ms", "the same in the step that gave the "
        "capacity (its confirm); more than the first at a similar level: the server's state grew during the search, "
        "and the answer depends on when it was confirmed (null: no capacity)"),
-    _f("metrics.capacity.steps", "list", "", "every step: level, phase, held, latency_ms {p50..p999}, deliveries, "
+    _f("metrics.capacity.steps", "list", "", "every step: level, phase (bracket, bisect, retry: a failed step held "
+       "again, confirm), held, latency_ms {p50..p999}, deliveries, "
        "lost, closes, missed_slots, sent, generator_cpu, generator_lag_ms, server_cpu, server_ms_per_message "
        "(CPU ms per message the server accepted in the step), server_p99_ms (the server's "
        "own push p99 bound), failures, generator_limits, drain_s (after a failure: seconds at level 0 until the server "
