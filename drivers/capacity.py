@@ -148,8 +148,9 @@ class Search:
         is held once more at its level (phase ``retry``), and only a failed retry narrows the search. A step of a
         few dozen messages judges p99 over about one message's fan-out: one stall of the server or the host fails
         it (measured: read diffusion at 2,000 members failed 10 and 20 msg/s with p99 105–124 ms at 20–43 % of a
-        core, and each search answered below where the others held 73 msg/s), and a failure caps the search for
-        good. A retry that holds overturns the failure; a real limit fails twice (one step more per failure)."""
+        core, and those searches answered 9.2 and 18.3 msg/s where another held 73.4), and a failure caps the search
+        for good. A retry that holds overturns the failure; a real limit fails twice (one step more per failure).
+        Confirms are not retried: a stall that recurs within the confirm period still fails the level found."""
         if whole:
             start = float(max(round(start), 1))
             maximum = float(math.floor(maximum)) if math.isfinite(maximum) else maximum

@@ -256,26 +256,30 @@ def test_the_lag_probe_does_not_start_a_spell_of_polling(server: ServerProcess) 
 
 def test_a_pass_that_fails_does_not_stop_the_engine_reading(server: ServerProcess) -> None:
     """A pump pass that raises (the pump's MemoryError) is the loop's to report; the passes go on, and the pushes
-    it did not read are read by the next one."""
+    it did not read are read by the next one — whether it failed on a wake (the engine waiting) or while polling
+    (there the reader is gone: without a next pass nothing would read again)."""
     uids = provision(server, 2, gid=6)
     ledger = Ledger()
     engine = new_engine(ledger)
     rx = member(server.ws_url, uids[1], engine, ledger.receiver(uids[1]))
     wait_until(lambda: pumped(engine) == 1, 5, "the pump reading the member")
+    wait_until(lambda: not engine.polling, 5, "the engine idle after the hello")
     real, failed = engine._pumped, []
 
-    def fail_once() -> None:
-        if not failed:
-            failed.append(True)
+    def fail_once_each_way() -> None:
+        if (not failed and not engine.polling) or (len(failed) == 1 and engine.polling):
+            failed.append(engine.polling)
             raise MemoryError("a pass that fails")
         real()
 
-    engine._pumped = fail_once  # type: ignore[method-assign]
+    engine._pumped = fail_once_each_way  # type: ignore[method-assign]
     with ChatClient(server.ws_url, uids[0], user_token(SECRET, uids[0]), heartbeat_s=None) as tx:
-        for i in range(3):
+        tx.send(6, "m0")  # its wake fails, the next reads it and starts polling, whose next pass fails
+        wait_until(lambda: len(failed) == 2, 5, "a failed pass on a wake and one while polling")
+        for i in range(1, 3):
             tx.send(6, f"m{i}")
-        wait_until(lambda: ledger.delivered == 3, 5, "the pushes after the failed pass")
-    assert failed and ledger.counts["duplicated"] == ledger.counts["reordered"] == 0
+        wait_until(lambda: ledger.delivered == 3, 5, "the pushes after the failed passes")
+    assert failed == [False, True] and ledger.counts["duplicated"] == ledger.counts["reordered"] == 0
     rx.close()
 
 
