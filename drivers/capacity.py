@@ -177,7 +177,7 @@ class Search:
         self._failed_at_minimum: Step | None = None
         self.retry = retry
         self._retrying: tuple[int, str] | None = None  # (index of the failed step, the phase to go back to)
-        self._overturned: set[int] = set()  # indexes of failed steps whose retry held
+        self._superseded: set[int] = set()  # indexes of failed steps held again: their retry's result counts
 
     def next_level(self) -> float | None:
         return self._next
@@ -203,11 +203,10 @@ class Search:
                 self._confirms += 1
                 self._next = max(self._down(below, step.level), self.minimum)
             return
-        if self._retrying is not None:  # the retry's result counts for the level
+        if self._retrying is not None:  # the retry's result counts for the level, its first try's does not
             failed, self.phase = self._retrying
             self._retrying = None
-            if step.held:
-                self._overturned.add(failed)
+            self._superseded.add(failed)
         elif self.retry and not step.held:
             self._retrying = (len(self.steps) - 1, self.phase)
             self.phase = "retry"
@@ -263,7 +262,7 @@ class Search:
 
     def _first_failure(self) -> Step | None:
         fails = [s for i, s in enumerate(self.steps)
-                 if not s.held and s.phase != "confirm" and i not in self._overturned]
+                 if not s.held and s.phase != "confirm" and i not in self._superseded]
         return min(fails, key=lambda s: s.level) if fails else None
 
     def _generator_bound(self) -> bool:

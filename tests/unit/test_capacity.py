@@ -106,6 +106,23 @@ def test_a_lone_failure_is_held_again_and_a_retry_that_holds_overturns_it() -> N
             assert pair["level"] == s["level"] and not pair["held"], (s, pair)
 
 
+def test_a_retried_level_is_judged_by_its_retry() -> None:
+    """The first try at 20 fails with the generator's loop late, the retry fails on the server's latency alone: the
+    level's verdict is the retry's — a server capacity below 20, not 'generator-bound at 20'."""
+    search = Search(10, resolution=0.25)
+    while (level := search.next_level()) is not None:
+        step = Step(level, search.phase)
+        if level >= 20:
+            step.failures.append("latency p99 over")
+            if search.phase != "retry":
+                step.generator_limits.append("generator event loop late")
+        search.record(step)
+    answer = search.answer()
+    assert answer["generator_bound"] is False and answer["first_failed"] == 20
+    assert answer["failed_because"] == ["latency p99 over"]
+    assert answer["capacity"] is not None and 10 <= answer["capacity"] < 20  # type: ignore[operator]
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.floats(min_value=0.5, max_value=50_000), st.floats(min_value=0.5, max_value=100))
 def test_retries_change_no_answer_of_a_steady_system(capacity: float, start: float) -> None:
